@@ -1,0 +1,544 @@
+//! Committed offsets. Each file's offset moves only over a contiguous run of delivered
+//! events (sinks may acknowledge out of order); the offsets are written atomically to
+//! `checkpoints.json` in the state directory (temp file, fsync, rename, fsync dir).
+
+use crate::event::{AckRange, FileIdentity, FileKey};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// The committed offset of one file, advanced by acknowledgements in any order.
+#[derive(Debug, Clone)]
+pub struct AckTracker {
+    next_seq: u64,
+    committed: u64,
+    /// Acknowledged runs that wait for an earlier one: first seq → (last seq, safe point).
+    waiting: BTreeMap<u64, (u64, u64)>,
+}
+
+impl AckTracker {
+    pub fn new(start: u64) -> Self {
+        AckTracker {
+            next_seq: 0,
+            committed: start,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// How many events, from the first, are all delivered.
+    pub fn delivered(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Records a delivered run; returns whether the committed offset moved.
+    pub fn ack(&mut self, r: &AckRange) -> bool {
+        if r.last_seq < self.next_seq {
+            return false; // already counted
+        }
+        if r.first_seq > self.next_seq {
+            self.waiting.insert(r.first_seq, (r.last_seq, r.safe_point));
+            return false;
+        }
+        let before = self.committed;
+        self.next_seq = r.last_seq + 1;
+        self.committed = r.safe_point;
+        while let Some(entry) = self.waiting.first_entry() {
+            let first = *entry.key();
+            if first > self.next_seq {
+                break;
+            }
+            let (last, safe) = entry.remove();
+            if last >= self.next_seq {
+                self.next_seq = last + 1;
+                self.committed = safe;
+            }
+        }
+        self.committed != before
+    }
+}
+
+/// One file's line in `checkpoints.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub identity: FileIdentity,
+    pub path: PathBuf,
+    pub offset: u64,
+    /// Unix seconds when the file was read to its end and let go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    files: Vec<Entry>,
+}
+
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("cannot create state directory {dir}: {source}")]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("cannot read checkpoints {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write checkpoints {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What was on disk at start-up.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    /// No checkpoint file existed: files already present follow `start_at`.
+    pub first_start: bool,
+    pub entries: Vec<Entry>,
+}
+
+impl Loaded {
+    /// Offsets by identity, with a fallback that ignores the device number (it can change
+    /// across reboots).
+    pub fn lookup(&self) -> CheckpointLookup {
+        let mut exact = HashMap::new();
+        let mut loose = HashMap::new();
+        for e in &self.entries {
+            exact.insert(e.identity, e.offset);
+            loose.insert((e.identity.inode, e.identity.fingerprint), e.offset);
+        }
+        CheckpointLookup { exact, loose }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CheckpointLookup {
+    exact: HashMap<FileIdentity, u64>,
+    loose: HashMap<(u64, u64), u64>,
+}
+
+impl CheckpointLookup {
+    pub fn get(&self, id: &FileIdentity) -> Option<u64> {
+        self.exact
+            .get(id)
+            .or_else(|| self.loose.get(&(id.inode, id.fingerprint)))
+            .copied()
+    }
+}
+
+/// The checkpoint file in the state directory.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    path: PathBuf,
+    tmp: PathBuf,
+    dir: PathBuf,
+}
+
+const FILE_NAME: &str = "checkpoints.json";
+
+impl CheckpointStore {
+    /// Opens the state directory (created 0700) and reads what it holds. A corrupt file is
+    /// moved aside and reported, and reading starts as on a first start.
+    pub fn open(dir: &Path) -> Result<(CheckpointStore, Loaded), CheckpointError> {
+        create_private_dir(dir).map_err(|source| CheckpointError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let store = CheckpointStore {
+            path: dir.join(FILE_NAME),
+            tmp: dir.join(format!("{FILE_NAME}.tmp")),
+            dir: dir.to_path_buf(),
+        };
+        let loaded = match fs::read(&store.path) {
+            Ok(data) => match serde_json::from_slice::<StateFile>(&data) {
+                Ok(s) => Loaded {
+                    first_start: false,
+                    entries: s.files,
+                },
+                Err(e) => {
+                    let aside = dir.join(format!("{FILE_NAME}.corrupt-{}", unix_now()));
+                    tracing::error!(
+                        path = %store.path.display(), error = %e, moved_to = %aside.display(),
+                        "checkpoint file is corrupt; starting as on a first start"
+                    );
+                    let _ = fs::rename(&store.path, &aside);
+                    Loaded {
+                        first_start: true,
+                        entries: vec![],
+                    }
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded {
+                first_start: true,
+                entries: vec![],
+            },
+            Err(source) => {
+                return Err(CheckpointError::Read {
+                    path: store.path.clone(),
+                    source,
+                })
+            }
+        };
+        Ok((store, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file with `entries`, atomically.
+    pub fn save(&self, entries: Vec<Entry>) -> Result<(), CheckpointError> {
+        let err = |source| CheckpointError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let data = serde_json::to_vec(&StateFile {
+            version: 1,
+            files: entries,
+        })
+        .map_err(|e| err(io::Error::other(e)))?;
+        let mut f = fs::File::create(&self.tmp).map_err(err)?;
+        f.write_all(&data).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&self.tmp, &self.path).map_err(err)?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What the tailer and the sinks tell the checkpointer.
+#[derive(Debug)]
+pub enum CheckpointMsg {
+    /// A file generation is read from `offset` on; its events are addressed by `key`.
+    Opened {
+        key: FileKey,
+        identity: FileIdentity,
+        path: PathBuf,
+        offset: u64,
+    },
+    /// Events a sink delivered.
+    Acked(Vec<AckRange>),
+    /// The tailer let the file go after emitting `events` events.
+    Released { key: FileKey, events: u64 },
+}
+
+struct Tracked {
+    identity: FileIdentity,
+    tracker: AckTracker,
+    released_after: Option<u64>,
+}
+
+/// Released files whose path now names another file are forgotten; others after a day.
+const RELEASED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Owns the trackers and the store; runs until every sender is gone.
+pub struct Checkpointer {
+    store: Option<CheckpointStore>,
+    files: HashMap<FileKey, Tracked>,
+    entries: HashMap<FileIdentity, Entry>,
+    dirty: bool,
+}
+
+impl Checkpointer {
+    pub fn new(store: Option<CheckpointStore>, loaded: &Loaded) -> Self {
+        Checkpointer {
+            store,
+            files: HashMap::new(),
+            entries: loaded
+                .entries
+                .iter()
+                .map(|e| (e.identity, e.clone()))
+                .collect(),
+            dirty: false,
+        }
+    }
+
+    pub fn handle(&mut self, msg: CheckpointMsg) {
+        match msg {
+            CheckpointMsg::Opened {
+                key,
+                identity,
+                path,
+                offset,
+            } => {
+                self.files.insert(
+                    key,
+                    Tracked {
+                        identity,
+                        tracker: AckTracker::new(offset),
+                        released_after: None,
+                    },
+                );
+                self.entries.insert(
+                    identity,
+                    Entry {
+                        identity,
+                        path,
+                        offset,
+                        released_at: None,
+                    },
+                );
+                self.dirty = true;
+            }
+            CheckpointMsg::Acked(ranges) => {
+                for r in ranges {
+                    let Some(t) = self.files.get_mut(&r.key) else {
+                        continue;
+                    };
+                    if t.tracker.ack(&r) {
+                        if let Some(e) = self.entries.get_mut(&t.identity) {
+                            e.offset = t.tracker.committed();
+                            self.dirty = true;
+                        }
+                    }
+                    if t.released_after.is_some_and(|n| t.tracker.delivered() >= n) {
+                        self.forget(r.key);
+                    }
+                }
+            }
+            CheckpointMsg::Released { key, events } => {
+                if let Some(t) = self.files.get_mut(&key) {
+                    t.released_after = Some(events);
+                    if t.tracker.delivered() >= events {
+                        self.forget(key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, key: FileKey) {
+        if let Some(t) = self.files.remove(&key) {
+            if let Some(e) = self.entries.get_mut(&t.identity) {
+                e.released_at = Some(unix_now());
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// The committed offset of every known file.
+    pub fn committed(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self.entries.values().cloned().collect();
+        v.sort_by(|a, b| {
+            a.path
+                .cmp(&b.path)
+                .then(a.identity.inode.cmp(&b.identity.inode))
+        });
+        v
+    }
+
+    /// Writes the offsets if they changed. Failures are reported and retried next time.
+    pub fn persist(&mut self) -> Result<(), CheckpointError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let now = unix_now();
+        self.entries.retain(|_, e| match e.released_at {
+            None => true,
+            Some(at) => now.saturating_sub(at) < RELEASED_TTL.as_secs() && still_there(e),
+        });
+        if let Some(store) = &self.store {
+            store.save(self.committed())?;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Receives messages until all senders are gone, persisting every `interval`.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<CheckpointMsg>,
+        interval: Duration,
+    ) -> Vec<Entry> {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    match self.persist() {
+                        Ok(()) if failing => {
+                            tracing::info!("checkpoints written again");
+                            failing = false;
+                        }
+                        Ok(()) => {}
+                        Err(e) if !failing => {
+                            tracing::error!(error = %e, "cannot write checkpoints; shipping goes on and the write is retried");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        self.dirty = true;
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "cannot write final checkpoints");
+        }
+        self.committed()
+    }
+}
+
+/// Whether the entry's path still names the same file.
+fn still_there(e: &Entry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(&e.path).is_ok_and(|m| m.ino() == e.identity.inode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn r(first: u64, last: u64, safe: u64) -> AckRange {
+        AckRange {
+            key: 1,
+            first_seq: first,
+            last_seq: last,
+            safe_point: safe,
+        }
+    }
+
+    #[test]
+    fn commits_only_contiguous_prefix() {
+        let mut t = AckTracker::new(100);
+        assert!(!t.ack(&r(2, 3, 400)));
+        assert_eq!(t.committed(), 100);
+        assert!(t.ack(&r(0, 0, 200)));
+        assert_eq!(t.committed(), 200);
+        assert!(t.ack(&r(1, 1, 300)));
+        assert_eq!(t.committed(), 400);
+        assert_eq!(t.delivered(), 4);
+        assert!(!t.ack(&r(1, 1, 300)), "a repeated ack changes nothing");
+        assert_eq!(t.committed(), 400);
+    }
+
+    proptest! {
+        /// Acks in any order end where in-order acks end, and never pass an undelivered event.
+        #[test]
+        fn any_order_commits_the_same(order in Just((0..40u64).collect::<Vec<_>>()).prop_shuffle()) {
+            let safe = |s: u64| 1000 + s * 10;
+            let mut t = AckTracker::new(1000);
+            let mut delivered = std::collections::HashSet::new();
+            for s in order {
+                t.ack(&r(s, s, safe(s) + 10));
+                delivered.insert(s);
+                let prefix = (0..).take_while(|i| delivered.contains(i)).count() as u64;
+                let expect = if prefix == 0 { 1000 } else { safe(prefix - 1) + 10 };
+                prop_assert_eq!(t.committed(), expect);
+            }
+            prop_assert_eq!(t.committed(), 1400);
+        }
+    }
+
+    #[test]
+    fn store_round_trips_and_survives_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (store, loaded) = CheckpointStore::open(&state).unwrap();
+        assert!(loaded.first_start);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let e = Entry {
+            identity: FileIdentity {
+                dev: 1,
+                inode: 2,
+                fingerprint: 0xdead_beef,
+            },
+            path: "/x.log".into(),
+            offset: 42,
+            released_at: None,
+        };
+        store.save(vec![e.clone()]).unwrap();
+        let (_, loaded) = CheckpointStore::open(&state).unwrap();
+        assert!(!loaded.first_start);
+        assert_eq!(loaded.entries, vec![e.clone()]);
+        let moved = FileIdentity {
+            dev: 9,
+            ..e.identity
+        };
+        assert_eq!(loaded.lookup().get(&moved), Some(42));
+
+        fs::write(state.join(FILE_NAME), b"{\"version\":1,\"fi").unwrap();
+        let (_, loaded) = CheckpointStore::open(&state).unwrap();
+        assert!(loaded.first_start && loaded.entries.is_empty());
+        let aside = fs::read_dir(&state)
+            .unwrap()
+            .filter_map(|d| d.ok())
+            .filter(|d| d.file_name().to_string_lossy().contains("corrupt"))
+            .count();
+        assert_eq!(aside, 1);
+    }
+
+    #[test]
+    fn checkpointer_follows_acks_and_forgets_released_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        let mut c = Checkpointer::new(Some(store), &loaded);
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 2,
+            fingerprint: 3,
+        };
+        c.handle(CheckpointMsg::Opened {
+            key: 7,
+            identity,
+            path: dir.path().join("gone.log"),
+            offset: 0,
+        });
+        c.handle(CheckpointMsg::Acked(vec![AckRange {
+            key: 7,
+            first_seq: 1,
+            last_seq: 1,
+            safe_point: 20,
+        }]));
+        assert_eq!(c.committed()[0].offset, 0);
+        c.handle(CheckpointMsg::Released { key: 7, events: 2 });
+        c.handle(CheckpointMsg::Acked(vec![AckRange {
+            key: 7,
+            first_seq: 0,
+            last_seq: 0,
+            safe_point: 10,
+        }]));
+        assert_eq!(c.committed()[0].offset, 20);
+        assert!(c.committed()[0].released_at.is_some());
+        // Its path names no file: the entry is dropped at the next write.
+        c.persist().unwrap();
+        assert!(c.committed().is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! Messages that are JSON objects: their level and message are lifted into `log.level` and
+//! `message`, and the object itself is kept verbatim, without building a value tree.
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
+const MESSAGE_KEYS: [&str; 2] = ["msg", "message"];
+
+#[derive(Debug)]
+pub struct Lifted<'a> {
+    pub level: Option<Cow<'a, str>>,
+    /// The message: a string's text, or another value's JSON.
+    pub message: Option<Cow<'a, str>>,
+    /// The object, as compact JSON that fits on one NDJSON line.
+    pub object: Cow<'a, [u8]>,
+}
+
+/// Returns the lifted fields when `text` is a JSON object, `None` otherwise.
+pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
+    let start = text.iter().position(|c| !c.is_ascii_whitespace())?;
+    if text[start] != b'{' || *text.iter().rev().find(|c| !c.is_ascii_whitespace())? != b'}' {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let found = (&mut de).deserialize_map(LiftVisitor).ok()?;
+    de.end().ok()?;
+    let trimmed = text.trim_ascii();
+    // Whitespace between tokens may hold newlines, which NDJSON cannot carry.
+    let object = if trimmed.iter().any(|&c| c == b'\n' || c == b'\r') {
+        let v: serde_json::Value = serde_json::from_slice(trimmed).ok()?;
+        Cow::Owned(serde_json::to_vec(&v).ok()?)
+    } else {
+        Cow::Borrowed(trimmed)
+    };
+    Some(Lifted {
+        level: found.level,
+        message: found.message,
+        object,
+    })
+}
+
+struct Found<'a> {
+    level: Option<Cow<'a, str>>,
+    message: Option<Cow<'a, str>>,
+}
+
+struct LiftVisitor;
+
+impl<'de> Visitor<'de> for LiftVisitor {
+    type Value = Found<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found<'de>, A::Error> {
+        let mut found = Found {
+            level: None,
+            message: None,
+        };
+        while let Some(CowStr(key)) = map.next_key()? {
+            if found.level.is_none() && LEVEL_KEYS.contains(&key.as_ref()) {
+                let raw: &'de RawValue = map.next_value()?;
+                found.level = level_of(raw);
+            } else if found.message.is_none() && MESSAGE_KEYS.contains(&key.as_ref()) {
+                let raw: &'de RawValue = map.next_value()?;
+                found.message = Some(text_of(raw));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A string that borrows from the input unless it had escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn text_of(raw: &RawValue) -> Cow<'_, str> {
+    let s = raw.get();
+    if s.starts_with('"') {
+        if let Ok(CowStr(v)) = serde_json::from_str::<CowStr>(s) {
+            return v;
+        }
+    }
+    Cow::Borrowed(s)
+}
+
+/// A level string as written, lower-cased; pino/bunyan numeric levels by name.
+fn level_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let s = raw.get();
+    if s.starts_with('"') {
+        let v = text_of(raw);
+        let v = v.trim();
+        if v.is_empty() {
+            return None;
+        }
+        return Some(
+            if v.bytes().any(|b| b.is_ascii_uppercase()) || v.len() != s.len() - 2 {
+                Cow::Owned(v.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(&s[1..s.len() - 1])
+            },
+        );
+    }
+    let name = match s.parse::<u64>().ok()? {
+        10 => "trace",
+        20 => "debug",
+        30 => "info",
+        40 => "warn",
+        50 => "error",
+        60 => "fatal",
+        _ => return Some(Cow::Borrowed(s)),
+    };
+    Some(Cow::Borrowed(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lifts_level_and_message() {
+        let l = lift(br#"{"level":"INFO","msg":"started \"x\"","port":8080}"#).unwrap();
+        assert_eq!(l.level.as_deref(), Some("info"));
+        assert_eq!(l.message.as_deref(), Some("started \"x\""));
+        assert_eq!(
+            &l.object[..],
+            br#"{"level":"INFO","msg":"started \"x\"","port":8080}"#
+        );
+    }
+
+    #[test]
+    fn knows_the_other_key_names() {
+        let l = lift(br#"{"severity":"warning","message":"m"}"#).unwrap();
+        assert_eq!(
+            (l.level.as_deref(), l.message.as_deref()),
+            (Some("warning"), Some("m"))
+        );
+        let l = lift(br#"{"lvl":"debug","msg":{"nested":true}}"#).unwrap();
+        assert_eq!(l.message.as_deref(), Some(r#"{"nested":true}"#));
+        let l = lift(br#"{"level":50,"msg":"pino"}"#).unwrap();
+        assert_eq!(l.level.as_deref(), Some("error"));
+        let l = lift(br#"{"a":1}"#).unwrap();
+        assert!(l.level.is_none() && l.message.is_none());
+    }
+
+    #[test]
+    fn compacts_multiline_objects() {
+        let l = lift(b"{\n  \"a\": 1,\n  \"b\": [1, 2]\n}").unwrap();
+        assert_eq!(&l.object[..], br#"{"a":1,"b":[1,2]}"#);
+    }
+
+    #[test]
+    fn non_objects_are_text() {
+        for t in [
+            &b"plain"[..],
+            b"[1,2]",
+            b"\"s\"",
+            b"{broken",
+            b"{\"a\":1} trailing",
+            b"{\"a\":1}}",
+            b"",
+        ] {
+            assert!(lift(t).is_none(), "{}", String::from_utf8_lossy(t));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut t = b"{".to_vec();
+            t.extend(data);
+            t.push(b'}');
+            if let Some(l) = lift(&t) {
+                // What is kept is always a valid one-line JSON object.
+                let v: serde_json::Value = serde_json::from_slice(&l.object).unwrap();
+                prop_assert!(v.is_object());
+                prop_assert!(!l.object.contains(&b'\n'));
+            }
+        }
+    }
+}

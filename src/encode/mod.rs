@@ -1,0 +1,8 @@
+//! Encoding events as ECS JSON documents: one byte-oriented writer shared by every sink.
+
+pub mod doc_id;
+pub mod document;
+pub mod escape;
+pub mod json_message;
+
+pub use document::{DocumentEncoder, FileMetadata};

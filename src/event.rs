@@ -1,0 +1,199 @@
+//! The vocabulary every stage shares: a parsed log event, the identity of the file it
+//! came from, and the acknowledgements that flow back from the sinks to the checkpointer.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which output stream of the container wrote the line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &[u8]) -> Option<Stream> {
+        match s {
+            b"stdout" => Some(Stream::Stdout),
+            b"stderr" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Marks on an event that tell a reader what was done to the line (`log.flags`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// Joined from runtime partial chunks (CRI `P`, docker lines without `\n`).
+    pub const PARTIAL_MERGED: Flags = Flags(1);
+    /// Joined from several lines by a multiline rule.
+    pub const MULTILINE: Flags = Flags(1 << 1);
+    /// Bytes past `max_line_bytes` were dropped (counted).
+    pub const TRUNCATED: Flags = Flags(1 << 2);
+    /// One piece of a merged line that was longer than `max_line_bytes`.
+    pub const SPLIT: Flags = Flags(1 << 3);
+    /// Invalid UTF-8 was replaced with U+FFFD.
+    pub const INVALID_UTF8: Flags = Flags(1 << 4);
+    /// The line did not parse in the runtime's format and is shipped as it was.
+    pub const MALFORMED: Flags = Flags(1 << 5);
+    /// The runtime timestamp was missing or invalid; `@timestamp` is the read time.
+    pub const NO_TIMESTAMP: Flags = Flags(1 << 6);
+    /// Partial chunks whose final chunk never came (file ended or went away).
+    pub const INCOMPLETE: Flags = Flags(1 << 7);
+
+    const NAMES: [(Flags, &'static str); 8] = [
+        (Flags::PARTIAL_MERGED, "partial_merged"),
+        (Flags::MULTILINE, "multiline"),
+        (Flags::TRUNCATED, "truncated"),
+        (Flags::SPLIT, "split"),
+        (Flags::INVALID_UTF8, "invalid_utf8"),
+        (Flags::MALFORMED, "malformed"),
+        (Flags::NO_TIMESTAMP, "no_timestamp"),
+        (Flags::INCOMPLETE, "incomplete"),
+    ];
+
+    pub const fn empty() -> Flags {
+        Flags(0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Flags) {
+        self.0 |= other.0;
+    }
+
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .iter()
+            .filter(move |(f, _)| self.contains(*f))
+            .map(|(_, n)| *n)
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+/// A file is the same file while its device, inode and the hash of its first line agree;
+/// the hash tells a reused inode from the file that had it before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    #[serde(with = "hex_u64")]
+    pub fingerprint: u64,
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Identifies one reading of one file generation inside this process (a truncated file
+/// gets a new key). Acknowledgements are addressed by it.
+pub type FileKey = u64;
+
+/// What every event of a file shares: identity, path and the pre-encoded metadata.
+#[derive(Debug)]
+pub struct FileContext {
+    pub key: FileKey,
+    pub identity: FileIdentity,
+    /// The path it was discovered under (the `/var/log/containers` symlink, usually).
+    pub path: PathBuf,
+    /// Seed of the deterministic document ids of this file's events.
+    pub id_seed: u128,
+    /// `"file":{"path":…}`, pre-encoded for the `log` object of every document.
+    pub path_fragment: Bytes,
+    /// The document members every event of this file shares (Kubernetes, container,
+    /// host, agent), encoded once; no leading comma.
+    pub metadata: Bytes,
+}
+
+/// One log event: a line, a merged partial line or a multiline group.
+#[derive(Clone, Debug)]
+pub struct LogEvent {
+    pub file: Arc<FileContext>,
+    /// Position in the file's event sequence, for acknowledgements.
+    pub seq: u64,
+    /// Byte offset of the event's first raw line: with the file identity, its document id.
+    pub offset: u64,
+    /// The offset that may be committed once this event and all before it are delivered.
+    pub safe_point: u64,
+    /// The runtime's RFC 3339 timestamp, validated; empty when there was none.
+    pub timestamp: Bytes,
+    pub stream: Stream,
+    pub message: Bytes,
+    pub flags: Flags,
+}
+
+/// A run of events of one file, `first_seq..=last_seq`, that a sink has delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckRange {
+    pub key: FileKey,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub safe_point: u64,
+}
+
+/// Builds the acknowledgements of a delivered batch, joining consecutive events of a file.
+#[derive(Default, Debug)]
+pub struct AckBuilder {
+    ranges: Vec<AckRange>,
+}
+
+impl AckBuilder {
+    pub fn push(&mut self, event: &LogEvent) {
+        let key = event.file.key;
+        if let Some(last) = self.ranges.iter_mut().rev().find(|r| r.key == key) {
+            if last.last_seq + 1 == event.seq {
+                last.last_seq = event.seq;
+                last.safe_point = event.safe_point;
+                return;
+            }
+        }
+        self.ranges.push(AckRange {
+            key,
+            first_seq: event.seq,
+            last_seq: event.seq,
+            safe_point: event.safe_point,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn finish(self) -> Vec<AckRange> {
+        self.ranges
+    }
+}

@@ -1,0 +1,24 @@
+//! logferry: a Kubernetes log shipping agent. The module tree follows the pipeline:
+//! `source` (discover, tail, parse, merge) → `enrich` → `encode` → `sink`, with
+//! acknowledgements flowing back to `checkpoint`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod encode;
+pub mod enrich;
+pub mod event;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod time;
+
+/// The machine's host name, for `host.name` when the config gives none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

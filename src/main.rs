@@ -1,0 +1,205 @@
+//! The `logferry` command: `run` (the agent), `debug` (files → stdout), `check-config`.
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use logferry::config::{Config, StartAt, StdoutFormat};
+use logferry::pipeline::{self, RunOptions};
+use logferry::stats::Stats;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "logferry", version, about = "Kubernetes log shipping agent")]
+struct Cli {
+    /// Format of logferry's own log lines (on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DocFormat {
+    /// One document per line.
+    Document,
+    /// The Elasticsearch bulk body: an action line with the `_id`, then the document.
+    Bulk,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Tail files and print the documents logferry would index to stdout.
+    Debug {
+        /// Config file (defaults are used when absent; its include globs are replaced by PATHS).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read files from their start instead of only new lines.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop when every file is read to its end instead of following.
+        #[arg(long)]
+        once: bool,
+        /// Keep checkpoints here, so a second run resumes where this one stopped.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        format: Option<DocFormat>,
+        /// Files, directories or globs to read (e.g. '/var/log/containers/*.log').
+        #[arg(required = true, value_name = "PATH_OR_GLOB")]
+        paths: Vec<String>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(e),
+        },
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let state_dir = Some(cfg.state_dir.clone());
+            run(cfg, false, state_dir)
+        }
+        Command::Debug {
+            config,
+            from_beginning,
+            once,
+            state_dir,
+            format,
+            paths,
+        } => {
+            let mut cfg = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(c) => c,
+                    Err(e) => return config_error(e),
+                },
+                None => debug_defaults(),
+            };
+            cfg.source.include = paths.iter().map(|p| as_glob(p)).collect();
+            cfg.source.start_at = if from_beginning {
+                StartAt::Beginning
+            } else {
+                StartAt::End
+            };
+            if let Some(f) = format {
+                cfg.output.stdout.format = match f {
+                    DocFormat::Document => StdoutFormat::Document,
+                    DocFormat::Bulk => StdoutFormat::Bulk,
+                };
+            }
+            if let Err((key, msg)) = cfg.validate() {
+                eprintln!("logferry: {key}: {msg}");
+                return ExitCode::from(2);
+            }
+            run(cfg, once, state_dir)
+        }
+    }
+}
+
+/// The embedded default of the debug mode: every built-in multiline preset on.
+fn debug_defaults() -> Config {
+    let mut c = Config::default();
+    c.source.multiline.presets = vec!["java".into(), "python".into(), "go".into()];
+    c
+}
+
+fn as_glob(p: &str) -> String {
+    if std::path::Path::new(p).is_dir() {
+        format!("{}/*.log", p.trim_end_matches('/'))
+    } else {
+        p.to_string()
+    }
+}
+
+fn config_error(e: logferry::config::ConfigError) -> ExitCode {
+    eprintln!("logferry: {e}");
+    ExitCode::from(2)
+}
+
+fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> ExitCode {
+    match run_pipeline(cfg, once, state_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logferry: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_pipeline(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let host_name = if cfg.host_name.is_empty() {
+        logferry::host_name()
+    } else {
+        cfg.host_name.clone()
+    };
+    let opts = RunOptions {
+        once,
+        state_dir,
+        output: Box::new(std::io::stdout()),
+        host_name,
+    };
+    let summary = rt.block_on(async {
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        pipeline::run(&cfg, opts, stop).await
+    })?;
+    let s = &summary.stats;
+    tracing::info!(
+        events = Stats::get(&s.events),
+        delivered = Stats::get(&s.events_delivered),
+        files = Stats::get(&s.files_opened),
+        truncated = Stats::get(&s.events_truncated),
+        malformed = Stats::get(&s.events_malformed),
+        bytes_dropped = Stats::get(&s.bytes_dropped),
+        "stopped"
+    );
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

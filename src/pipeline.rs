@@ -1,0 +1,158 @@
+//! Wires the stages: tailer → bounded channel → sink → acknowledgements → checkpointer,
+//! and takes them down in order at shutdown (stop reading, drain, flush, persist).
+
+use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
+use crate::config::Config;
+use crate::encode::DocumentEncoder;
+use crate::sink::stdout::{SinkError, StdoutSink};
+use crate::source::assembler::AssemblyRules;
+use crate::source::discover::Discovery;
+use crate::source::multiline::MultilineRules;
+use crate::source::tailer::{Tailer, TailerSettings};
+use crate::source::wake::Wake;
+use crate::stats::Stats;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Batches in flight between the tailer and the sink.
+const EVENT_CHANNEL_BATCHES: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("output failed: {0}")]
+    Sink(#[source] SinkError),
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+pub struct RunOptions {
+    /// Stop when every file is read to its end.
+    pub once: bool,
+    /// Where checkpoints live; `None` keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub output: Box<dyn Write + Send>,
+    pub host_name: String,
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub committed: Vec<Entry>,
+    pub stats: Arc<Stats>,
+    /// The shutdown deadline passed before everything was drained.
+    pub timed_out: bool,
+}
+
+/// Runs until `stop` resolves (or, with `once`, until all is read), then shuts down within
+/// `config.shutdown.timeout`.
+pub async fn run(
+    config: &Config,
+    opts: RunOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<Summary, PipelineError> {
+    let (store, loaded) = match &opts.state_dir {
+        Some(dir) => {
+            let (s, l) = CheckpointStore::open(dir)?;
+            (Some(s), l)
+        }
+        None => (
+            None,
+            Loaded {
+                first_start: true,
+                entries: vec![],
+            },
+        ),
+    };
+    let src = &config.source;
+    let multiline = MultilineRules::from_config(&src.multiline)
+        .map_err(|(k, m)| PipelineError::Config(format!("{k}: {m}")))?;
+    let rules = Arc::new(AssemblyRules {
+        format: src.format,
+        max_line_bytes: src.max_line_bytes as usize,
+        overflow: src.line_overflow,
+        multiline,
+    });
+    let discovery =
+        Discovery::new(src).map_err(|e| PipelineError::Config(format!("source.exclude: {e}")))?;
+    let stats = Arc::new(Stats::default());
+    let wake = Arc::new(Wake::default());
+
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+    let (ck_tx, ck_rx) = mpsc::unbounded_channel();
+    let checkpointer =
+        tokio::spawn(Checkpointer::new(store, &loaded).run(ck_rx, config.checkpoint.interval));
+    let sink = StdoutSink {
+        encoder: DocumentEncoder::new(&src.json),
+        format: config.output.stdout.format,
+        writer: opts.output,
+        acks: ck_tx.clone(),
+        stats: stats.clone(),
+    };
+    let sink = tokio::task::spawn_blocking(move || sink.run(ev_rx));
+    let settings = TailerSettings::new(config, opts.host_name, opts.once);
+    let tailer = Tailer::new(
+        settings,
+        rules,
+        discovery,
+        loaded.lookup(),
+        loaded.first_start,
+        ev_tx,
+        ck_tx,
+        wake.clone(),
+        stats.clone(),
+    );
+    let mut tailer = tokio::task::spawn_blocking(move || tailer.run());
+
+    tokio::pin!(stop);
+    let tailer_result = tokio::select! {
+        r = &mut tailer => Some(r),
+        _ = &mut stop => {
+            tracing::info!("stopping: draining in-flight events");
+            wake.stop();
+            None
+        }
+    };
+    let drain = async {
+        let tailer_result = match tailer_result {
+            Some(r) => r,
+            None => tailer.await,
+        };
+        let sink_result = sink.await;
+        let committed = checkpointer.await;
+        (tailer_result, sink_result, committed)
+    };
+    match tokio::time::timeout(config.shutdown.timeout, drain).await {
+        Ok((tailer_result, sink_result, committed)) => {
+            let committed = committed.map_err(|e| PipelineError::Task(e.to_string()))?;
+            match sink_result.map_err(|e| PipelineError::Task(e.to_string()))? {
+                Ok(()) | Err(SinkError::Closed) => {}
+                Err(e) => return Err(PipelineError::Sink(e)),
+            }
+            // The tailer only fails when the sink went away, which was reported above.
+            let _ = tailer_result.map_err(|e| PipelineError::Task(e.to_string()))?;
+            Ok(Summary {
+                committed,
+                stats,
+                timed_out: false,
+            })
+        }
+        Err(_) => {
+            tracing::error!(
+                timeout = ?config.shutdown.timeout,
+                "shutdown timed out; offsets of undelivered events stay uncommitted"
+            );
+            Ok(Summary {
+                committed: vec![],
+                stats,
+                timed_out: true,
+            })
+        }
+    }
+}

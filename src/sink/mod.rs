@@ -1,0 +1,3 @@
+//! Sinks: where documents go. Each acknowledges what it delivered back to the checkpointer.
+
+pub mod stdout;

@@ -1,0 +1,135 @@
+//! Finds the files to follow: include globs minus exclude globs, symlinks resolved (the
+//! kubelet's `/var/log/containers` links point into `/var/log/pods`), one entry per file.
+
+use crate::config::SourceConfig;
+use globset::{GlobSet, GlobSetBuilder};
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The path as the glob matched it.
+    pub path: PathBuf,
+    /// Where it resolves to.
+    pub real_path: PathBuf,
+    pub dev: u64,
+    pub inode: u64,
+}
+
+#[derive(Debug)]
+pub struct Discovery {
+    include: Vec<String>,
+    exclude: GlobSet,
+}
+
+impl Discovery {
+    pub fn new(cfg: &SourceConfig) -> Result<Self, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        for g in &cfg.exclude {
+            b.add(globset::Glob::new(g)?);
+        }
+        Ok(Discovery {
+            include: cfg.include.clone(),
+            exclude: b.build()?,
+        })
+    }
+
+    /// Every matching regular file, in a stable order, once each.
+    pub fn scan(&self) -> Vec<Found> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for pattern in &self.include {
+            let Ok(paths) = glob::glob(pattern) else {
+                continue;
+            };
+            for path in paths.flatten() {
+                if self.exclude.is_match(&path) {
+                    continue;
+                }
+                let Ok(real_path) = std::fs::canonicalize(&path) else {
+                    continue;
+                };
+                if self.exclude.is_match(&real_path) {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(&real_path) else {
+                    continue;
+                };
+                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                out.push(Found {
+                    path,
+                    real_path,
+                    dev: meta.dev(),
+                    inode: meta.ino(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The directories to watch for new files: each include glob's fixed leading part.
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.include.iter().map(|g| fixed_prefix(g)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+fn fixed_prefix(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::new();
+    let path = Path::new(pattern);
+    let comps: Vec<Component> = path.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let s = c.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[', '{']) || i + 1 == comps.len() {
+            break;
+        }
+        dir.push(c);
+    }
+    if dir.as_os_str().is_empty() {
+        dir.push(".");
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn follows_symlinks_dedupes_and_excludes() {
+        let d = tempfile::tempdir().unwrap();
+        let pods = d.path().join("pods/ns_p_uid/c");
+        let containers = d.path().join("containers");
+        fs::create_dir_all(&pods).unwrap();
+        fs::create_dir_all(&containers).unwrap();
+        fs::write(pods.join("0.log"), b"x\n").unwrap();
+        fs::write(d.path().join("pods/skip.log"), b"x\n").unwrap();
+        std::os::unix::fs::symlink(pods.join("0.log"), containers.join("p_ns_c-1.log")).unwrap();
+        std::os::unix::fs::symlink(pods.join("missing.log"), containers.join("dangling.log"))
+            .unwrap();
+        fs::write(containers.join("noisy.log"), b"x\n").unwrap();
+        let cfg = SourceConfig {
+            include: vec![
+                format!("{}/*.log", containers.display()),
+                format!("{}/pods/**/*.log", d.path().display()),
+            ],
+            exclude: vec!["**/noisy.log".into(), "**/skip.log".into()],
+            ..Default::default()
+        };
+        let disc = Discovery::new(&cfg).unwrap();
+        let found = disc.scan();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, containers.join("p_ns_c-1.log"));
+        assert_eq!(
+            found[0].real_path,
+            fs::canonicalize(pods.join("0.log")).unwrap()
+        );
+        assert_eq!(disc.watch_dirs(), vec![containers, d.path().join("pods")]);
+    }
+}

@@ -1,0 +1,53 @@
+//! The content half of a file's identity: a hash of its first line (at most 1 KiB). With
+//! device and inode it tells a reused inode, or a truncated and rewritten file, from the old one.
+
+use memchr::memchr;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+pub const FINGERPRINT_BYTES: usize = 1024;
+
+/// `None` while the file has neither a complete first line nor 1 KiB.
+pub fn fingerprint(file: &File) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; FINGERPRINT_BYTES];
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let data = &buf[..n];
+    let end = match memchr(b'\n', data) {
+        Some(i) => i + 1,
+        None if n == FINGERPRINT_BYTES => n,
+        None => return Ok(None),
+    };
+    Ok(Some(xxhash_rust::xxh3::xxh3_64(&data[..end])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn needs_a_first_line_and_ignores_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut f = File::create(&p).unwrap();
+        let r = File::open(&p).unwrap();
+        assert_eq!(fingerprint(&r).unwrap(), None);
+        f.write_all(b"first line").unwrap();
+        assert_eq!(fingerprint(&r).unwrap(), None);
+        f.write_all(b"\n").unwrap();
+        let a = fingerprint(&r).unwrap().unwrap();
+        f.write_all(b"second\n").unwrap();
+        assert_eq!(fingerprint(&r).unwrap(), Some(a));
+        std::fs::write(&p, b"other first\n").unwrap();
+        assert_ne!(fingerprint(&r).unwrap(), Some(a));
+    }
+}

@@ -1,0 +1,422 @@
+//! Joins stack traces and other multi-line messages into one event. Each parser is a small
+//! state machine (as in Fluent Bit): rules `state --pattern--> next`, entered from `start_state`.
+//! One group is kept per stream, so stdout and stderr never mix.
+
+use super::line::Line;
+use crate::config::MultilineConfig;
+use crate::event::Flags;
+use bytes::Bytes;
+use regex::bytes::{Regex, RegexSet};
+use std::time::{Duration, Instant};
+
+const START: &str = "start_state";
+
+/// `(state, pattern, next)`.
+type RuleDef = (String, String, String);
+
+/// The built-in parsers, as `(state, pattern, next)` rules.
+fn preset(name: &str) -> Option<Vec<(&'static str, &'static str, &'static str)>> {
+    let rules = match name {
+        "java" => vec![
+            (
+                START,
+                r"(?:Exception|Error|Throwable)(?:[:\r\n]|$)",
+                "java_after_exception",
+            ),
+            ("java_after_exception", r"^[\t ]*$", "java_after_exception"),
+            ("java_after_exception", r"^[\t ]+(?:eval )?at ", "java"),
+            ("java", r"^[\t ]+(?:eval )?at ", "java"),
+            (
+                "java",
+                r"^[\t ]*(?:Caused by|Suppressed):",
+                "java_after_exception",
+            ),
+            (
+                "java",
+                r"^[\t ]*\.\.\. \d+ (?:more|common frames omitted)",
+                "java",
+            ),
+        ],
+        "python" => vec![
+            (START, r"^Traceback \(most recent call last\):$", "python"),
+            ("python", r"^[\t ]+File ", "python_code"),
+            (
+                "python",
+                r"^(?:[^\s.():]+\.)*[^\s.():]+(?::|$)",
+                "python_end",
+            ),
+            ("python_code", r"^[\t ]+File ", "python_code"),
+            ("python_code", r"^[\t ]+\S", "python"),
+            (
+                "python_code",
+                r"^(?:[^\s.():]+\.)*[^\s.():]+(?::|$)",
+                "python_end",
+            ),
+        ],
+        "go" => vec![
+            (START, r"^(?:panic: |fatal error: )", "go_panic"),
+            (START, r"^goroutine \d+ \[", "go_frames"),
+            ("go_panic", r"^$", "go_panic"),
+            ("go_panic", r"^\[signal ", "go_panic"),
+            ("go_panic", r"^goroutine \d+ \[", "go_frames"),
+            ("go_frames", r"^\t", "go_frames"),
+            ("go_frames", r"^\S.*\(.*\)$", "go_frames"),
+            ("go_frames", r"^created by ", "go_frames"),
+            ("go_frames", r"^$", "go_between"),
+            ("go_between", r"^goroutine \d+ \[", "go_frames"),
+        ],
+        _ => return None,
+    };
+    Some(rules)
+}
+
+#[derive(Debug)]
+struct Parser {
+    /// Rules leaving each state, by state index; state 0 is `start_state`.
+    states: Vec<Vec<(Regex, usize)>>,
+}
+
+/// The enabled parsers, compiled.
+#[derive(Debug)]
+pub struct MultilineRules {
+    parsers: Vec<Parser>,
+    /// All start rules at once, for the per-line fast path.
+    starts: RegexSet,
+    /// `(parser, next state)` of each pattern in `starts`.
+    start_targets: Vec<(usize, usize)>,
+    pub flush_timeout: Duration,
+    pub max_lines: usize,
+}
+
+impl MultilineRules {
+    /// Compiles the configured presets and parsers; errors name the config key.
+    pub fn from_config(cfg: &MultilineConfig) -> Result<Self, (String, String)> {
+        let mut defs: Vec<(String, Vec<RuleDef>)> = Vec::new();
+        for (i, name) in cfg.presets.iter().enumerate() {
+            let rules = preset(name).ok_or_else(|| {
+                (
+                    format!("source.multiline.presets[{i}]"),
+                    format!("unknown preset {name:?}; known: java, python, go"),
+                )
+            })?;
+            let rules = rules
+                .into_iter()
+                .map(|(s, p, n)| (s.to_string(), p.to_string(), n.to_string()))
+                .collect();
+            defs.push((format!("presets[{i}]"), rules));
+        }
+        for (i, p) in cfg.parsers.iter().enumerate() {
+            let rules = p
+                .rules
+                .iter()
+                .map(|r| (r.state.clone(), r.pattern.clone(), r.next.clone()))
+                .collect();
+            defs.push((format!("parsers[{i}]"), rules));
+        }
+        let mut parsers = Vec::new();
+        let mut start_patterns = Vec::new();
+        let mut start_targets = Vec::new();
+        for (pi, (key, rules)) in defs.iter().enumerate() {
+            let mut names = vec![START.to_string()];
+            let mut index = |s: &str| match names.iter().position(|n| n == s) {
+                Some(i) => i,
+                None => {
+                    names.push(s.to_string());
+                    names.len() - 1
+                }
+            };
+            let mut compiled = Vec::new();
+            for (ri, (state, pattern, next)) in rules.iter().enumerate() {
+                let re = Regex::new(pattern).map_err(|e| {
+                    (
+                        format!("source.multiline.{key}.rules[{ri}].pattern"),
+                        format!("bad regex: {e}"),
+                    )
+                })?;
+                compiled.push((index(state), re, index(next)));
+            }
+            if !compiled.iter().any(|(s, _, _)| *s == 0) {
+                return Err((
+                    format!("source.multiline.{key}.rules"),
+                    format!("needs at least one rule with state = \"{START}\""),
+                ));
+            }
+            let mut states: Vec<Vec<(Regex, usize)>> = vec![Vec::new(); names.len()];
+            for (s, re, n) in compiled {
+                if s == 0 {
+                    start_patterns.push(re.as_str().to_string());
+                    start_targets.push((pi, n));
+                } else {
+                    states[s].push((re, n));
+                }
+            }
+            parsers.push(Parser { states });
+        }
+        let starts = RegexSet::new(&start_patterns).map_err(|e| {
+            (
+                "source.multiline".to_string(),
+                format!("bad start pattern: {e}"),
+            )
+        })?;
+        Ok(MultilineRules {
+            parsers,
+            starts,
+            start_targets,
+            flush_timeout: cfg.flush_timeout,
+            max_lines: cfg.max_lines,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parsers.is_empty()
+    }
+
+    fn start(&self, content: &[u8]) -> Option<(usize, usize)> {
+        if self.start_targets.is_empty() || !self.starts.is_match(content) {
+            return None;
+        }
+        let first = self.starts.matches(content).into_iter().next()?;
+        Some(self.start_targets[first])
+    }
+
+    fn next(&self, parser: usize, state: usize, content: &[u8]) -> Option<usize> {
+        self.parsers[parser].states[state]
+            .iter()
+            .find(|(re, _)| re.is_match(content))
+            .map(|(_, n)| *n)
+    }
+
+    fn is_final(&self, parser: usize, state: usize) -> bool {
+        self.parsers[parser].states[state].is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    parser: usize,
+    state: usize,
+    start: u64,
+    end: u64,
+    timestamp: Bytes,
+    buf: Vec<u8>,
+    lines: usize,
+    flags: Flags,
+    deadline: Instant,
+}
+
+/// The group being built for one stream of one file.
+#[derive(Debug, Default)]
+pub struct MultilineBuffer {
+    group: Option<Group>,
+}
+
+impl MultilineBuffer {
+    pub fn held_start(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.start)
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.group.as_ref().map(|g| g.deadline)
+    }
+
+    /// Feeds one line; finished events go to `out` (a flushed group before the line itself).
+    pub fn push(
+        &mut self,
+        rules: &MultilineRules,
+        line: Line,
+        max_bytes: usize,
+        now: Instant,
+        out: &mut Vec<Line>,
+    ) {
+        if let Some(mut g) = self.group.take() {
+            let fits =
+                g.lines < rules.max_lines && g.buf.len() + 1 + line.content.len() <= max_bytes;
+            match rules.next(g.parser, g.state, &line.content) {
+                Some(next) if fits => {
+                    g.buf.push(b'\n');
+                    g.buf.extend_from_slice(&line.content);
+                    g.end = line.end;
+                    g.state = next;
+                    g.lines += 1;
+                    g.flags.insert(line.flags);
+                    g.deadline = now + rules.flush_timeout;
+                    if rules.is_final(g.parser, next) {
+                        out.push(finish(g, line.stream));
+                    } else {
+                        self.group = Some(g);
+                    }
+                    return;
+                }
+                _ => out.push(finish(g, line.stream)),
+            }
+        }
+        match rules.start(&line.content) {
+            Some((parser, state)) if line.content.len() < max_bytes => {
+                self.group = Some(Group {
+                    parser,
+                    state,
+                    start: line.start,
+                    end: line.end,
+                    timestamp: line.timestamp,
+                    buf: line.content.to_vec(),
+                    lines: 1,
+                    flags: line.flags,
+                    deadline: now + rules.flush_timeout,
+                });
+            }
+            _ => out.push(line),
+        }
+    }
+
+    /// Ends the group if its flush timeout passed (or always, with `force`).
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        force: bool,
+        stream: crate::event::Stream,
+    ) -> Option<Line> {
+        match &self.group {
+            Some(g) if force || g.deadline <= now => {
+                let g = self.group.take()?;
+                Some(finish(g, stream))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn finish(g: Group, stream: crate::event::Stream) -> Line {
+    let mut buf = g.buf;
+    // A group closed by blank lines (Go) should not end in them.
+    while buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    let mut flags = g.flags;
+    if g.lines > 1 {
+        flags.insert(Flags::MULTILINE);
+    }
+    Line {
+        start: g.start,
+        end: g.end,
+        timestamp: g.timestamp,
+        stream,
+        content: Bytes::from(buf),
+        flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Stream;
+
+    fn rules(presets: &[&str]) -> MultilineRules {
+        let cfg = MultilineConfig {
+            presets: presets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        MultilineRules::from_config(&cfg).unwrap()
+    }
+
+    fn run(rules: &MultilineRules, text: &str) -> Vec<String> {
+        let mut buf = MultilineBuffer::default();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for (i, l) in text.lines().enumerate() {
+            let line = Line {
+                start: i as u64 * 10,
+                end: i as u64 * 10 + 10,
+                timestamp: Bytes::new(),
+                stream: Stream::Stdout,
+                content: Bytes::copy_from_slice(l.as_bytes()),
+                flags: Flags::empty(),
+            };
+            buf.push(rules, line, 1 << 20, now, &mut out);
+        }
+        out.extend(buf.flush(now, true, Stream::Stdout));
+        out.iter()
+            .map(|l| String::from_utf8(l.content.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn joins_java_stack_trace() {
+        let text = "starting\njava.lang.IllegalStateException: boom\n\tat a.b.C.d(C.java:10)\n\tat a.b.C.e(C.java:20)\nCaused by: java.io.IOException: disk\n\tat x.Y.z(Y.java:1)\n\t... 3 more\nnext line";
+        let out = run(&rules(&["java"]), text);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], "starting");
+        assert!(out[1].starts_with("java.lang.IllegalStateException: boom\n\tat a.b.C.d"));
+        assert!(out[1].ends_with("\t... 3 more"));
+        assert_eq!(out[2], "next line");
+    }
+
+    #[test]
+    fn joins_python_traceback_and_ends_at_exception_line() {
+        let text = "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\n    main()\n  File \"app.py\", line 2, in main\n    raise ValueError(\"bad\")\nValueError: bad\nafter";
+        let out = run(&rules(&["python"]), text);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].ends_with("ValueError: bad"));
+        assert_eq!(out[1], "after");
+    }
+
+    #[test]
+    fn joins_go_panic() {
+        let text = "panic: runtime error: index out of range\n\ngoroutine 1 [running]:\nmain.main()\n\t/app/main.go:5 +0x1d\nexit status 2";
+        let out = run(&rules(&["go"]), text);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("panic: runtime error"));
+        assert!(out[0].ends_with("+0x1d"));
+        assert_eq!(out[1], "exit status 2");
+    }
+
+    #[test]
+    fn plain_lines_pass_through() {
+        let out = run(&rules(&["java", "python", "go"]), "a\nb\n\tat not a trace");
+        assert_eq!(out, vec!["a", "b", "\tat not a trace"]);
+    }
+
+    #[test]
+    fn custom_parser_from_config() {
+        let cfg: MultilineConfig = toml::from_str(
+            r#"
+[[parsers]]
+name = "dated"
+rules = [
+  { state = "start_state", pattern = '^\d{4}-\d\d-\d\d ', next = "cont" },
+  { state = "cont", pattern = '^[^\d]', next = "cont" },
+]"#,
+        )
+        .unwrap();
+        let r = MultilineRules::from_config(&cfg).unwrap();
+        let out = run(&r, "2024-01-01 one\n  detail\n  more\n2024-01-01 two");
+        assert_eq!(
+            out,
+            vec!["2024-01-01 one\n  detail\n  more", "2024-01-01 two"]
+        );
+    }
+
+    #[test]
+    fn times_out() {
+        let r = rules(&["java"]);
+        let mut buf = MultilineBuffer::default();
+        let now = Instant::now();
+        let line = Line {
+            start: 0,
+            end: 5,
+            timestamp: Bytes::new(),
+            stream: Stream::Stdout,
+            content: Bytes::from_static(b"java.lang.Error: x"),
+            flags: Flags::empty(),
+        };
+        let mut out = Vec::new();
+        buf.push(&r, line, 1 << 20, now, &mut out);
+        assert!(out.is_empty());
+        assert!(buf.flush(now, false, Stream::Stdout).is_none());
+        assert_eq!(buf.held_start(), Some(0));
+        let l = buf
+            .flush(now + r.flush_timeout, false, Stream::Stdout)
+            .unwrap();
+        assert_eq!(&l.content[..], b"java.lang.Error: x");
+        assert!(!l.flags.contains(Flags::MULTILINE));
+    }
+}

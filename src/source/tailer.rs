@@ -1,0 +1,573 @@
+//! The read loop. One owner holds every followed file: it reads each in turn (a bounded
+//! quantum per pass, so a noisy container cannot starve the others), follows rotation,
+//! truncation and deletion, and sends event batches down a bounded channel (backpressure).
+
+use super::assembler::{Assembler, AssemblyRules};
+use super::discover::{Discovery, Found};
+use super::fingerprint::fingerprint;
+use super::reader::{LineReader, RawLine};
+use super::wake::Wake;
+use crate::checkpoint::{CheckpointLookup, CheckpointMsg};
+use crate::config::{Config, StartAt};
+use crate::encode::doc_id::id_seed;
+use crate::encode::FileMetadata;
+use crate::enrich::path::PathMetadata;
+use crate::event::{FileContext, FileIdentity, FileKey, LogEvent};
+use crate::stats::Stats;
+use memchr::memrchr;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Events per batch sent down the pipeline.
+const BATCH_EVENTS: usize = 1024;
+/// Shortest sleep of an idle loop; doubled up to `max_idle_poll`.
+const MIN_IDLE: Duration = Duration::from_millis(5);
+/// How long the identities of released files are remembered in this run.
+const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct TailerSettings {
+    pub rescan_interval: Duration,
+    pub start_at: StartAt,
+    pub read_size: usize,
+    pub quantum: usize,
+    pub rotate_wait: Duration,
+    pub max_idle_poll: Duration,
+    pub max_raw_line: usize,
+    pub host_name: String,
+    /// Stop once every file is read to its end (`debug --once`).
+    pub once: bool,
+}
+
+impl TailerSettings {
+    pub fn new(cfg: &Config, host_name: String, once: bool) -> Self {
+        let s = &cfg.source;
+        let max_line = s.max_line_bytes as usize;
+        TailerSettings {
+            rescan_interval: s.rescan_interval,
+            start_at: s.start_at,
+            read_size: s.read_buffer_bytes as usize,
+            quantum: s.max_read_bytes_per_file as usize,
+            rotate_wait: s.rotate_wait,
+            max_idle_poll: s.max_idle_poll,
+            // A raw line carries the runtime's prefix or JSON escaping around the content.
+            max_raw_line: max_line.saturating_mul(2).max(max_line + 4096),
+            host_name,
+            once,
+        }
+    }
+}
+
+/// The pipeline downstream is gone; nothing more can be delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("the event channel is closed")]
+pub struct ChannelClosed;
+
+struct Reading {
+    reader: LineReader,
+    asm: Assembler,
+}
+
+struct Followed {
+    file: File,
+    path: PathBuf,
+    dev: u64,
+    inode: u64,
+    kube: PathMetadata,
+    reading: Option<Reading>,
+    /// No longer found by discovery (rotated away or deleted): drain, then let go.
+    gone_since: Option<Instant>,
+    last_data: Instant,
+    at_eof: bool,
+    last_path_check: Instant,
+    found_at_start: bool,
+    /// Truncated: read from 0 whatever was known of it.
+    fresh: bool,
+}
+
+pub struct Tailer {
+    settings: TailerSettings,
+    rules: Arc<AssemblyRules>,
+    discovery: Discovery,
+    files: Vec<Followed>,
+    seen: HashMap<FileIdentity, (u64, Instant)>,
+    checkpoints: CheckpointLookup,
+    first_start: bool,
+    first_scan_done: bool,
+    next_key: FileKey,
+    events_tx: mpsc::Sender<Vec<LogEvent>>,
+    ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
+    wake: Arc<Wake>,
+    stats: Arc<Stats>,
+    raw: Vec<RawLine>,
+    out: Vec<LogEvent>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+}
+
+impl Tailer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: TailerSettings,
+        rules: Arc<AssemblyRules>,
+        discovery: Discovery,
+        checkpoints: CheckpointLookup,
+        first_start: bool,
+        events_tx: mpsc::Sender<Vec<LogEvent>>,
+        ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
+        wake: Arc<Wake>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Tailer {
+            settings,
+            rules,
+            discovery,
+            files: Vec::new(),
+            seen: HashMap::new(),
+            checkpoints,
+            first_start,
+            first_scan_done: false,
+            next_key: 1,
+            events_tx,
+            ckpt_tx,
+            wake,
+            stats,
+            raw: Vec::new(),
+            out: Vec::new(),
+            watcher: None,
+            watched: HashSet::new(),
+        }
+    }
+
+    /// Runs until stopped (or, with `once`, until every file is read to its end).
+    /// Held-back lines are not flushed at a stop: their offsets stay uncommitted and they
+    /// are read again on the next start.
+    pub fn run(mut self) -> Result<(), ChannelClosed> {
+        if !self.settings.once {
+            self.start_watcher();
+        }
+        let mut next_rescan = Instant::now();
+        let mut idle = MIN_IDLE;
+        loop {
+            if self.wake.is_stopped() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_rescan || self.wake.take_rescan() {
+                self.rescan(now);
+                next_rescan = now + self.settings.rescan_interval;
+            }
+            let read = self.read_pass()?;
+            let now = Instant::now();
+            self.flush_expired(now);
+            self.release_drained(now);
+            self.send()?;
+            if read > 0 {
+                idle = MIN_IDLE;
+                continue;
+            }
+            if self.settings.once && self.files.iter().all(|f| f.at_eof || f.reading.is_none()) {
+                self.finish_all(now);
+                self.send()?;
+                break;
+            }
+            let mut timeout = idle.min(next_rescan.saturating_duration_since(now));
+            if let Some(d) = self.next_deadline() {
+                timeout = timeout.min(d.saturating_duration_since(now));
+            }
+            self.wake.wait(timeout);
+            idle = (idle * 2).min(self.settings.max_idle_poll);
+        }
+        Ok(())
+    }
+
+    fn start_watcher(&mut self) {
+        use notify::event::{EventKind, ModifyKind};
+        let wake = self.wake.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if matches!(
+                    ev.kind,
+                    EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(_))
+                ) {
+                    wake.request_rescan();
+                }
+            }
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable; new files are found by periodic rescans only")
+            }
+        }
+    }
+
+    /// Watches the include directories that exist (again after they appear).
+    fn watch_dirs(&mut self) {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        for dir in self.discovery.watch_dirs() {
+            if self.watched.contains(&dir) || !dir.is_dir() {
+                continue;
+            }
+            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(dir);
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory")
+                }
+            }
+        }
+    }
+
+    fn rescan(&mut self, now: Instant) {
+        self.watch_dirs();
+        let found = self.discovery.scan();
+        let present: HashSet<(u64, u64)> = found.iter().map(|f| (f.dev, f.inode)).collect();
+        for fd in found {
+            match self
+                .files
+                .iter_mut()
+                .find(|f| f.dev == fd.dev && f.inode == fd.inode)
+            {
+                Some(f) => {
+                    f.gone_since = None;
+                    f.path = fd.path;
+                }
+                None => self.open(fd, now),
+            }
+        }
+        for i in 0..self.files.len() {
+            let f = &mut self.files[i];
+            if f.gone_since.is_none() && !present.contains(&(f.dev, f.inode)) {
+                tracing::debug!(path = %f.path.display(), "file rotated away or deleted; reading it to its end");
+                f.gone_since = Some(now);
+                Stats::add(&self.stats.rotations, 1);
+            }
+            if f.gone_since.is_none() && self.replaced(i) {
+                self.restart_generation(i, now);
+            }
+        }
+        self.seen
+            .retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
+        self.first_scan_done = true;
+    }
+
+    /// Whether a live file was truncated or its content replaced behind our back.
+    fn replaced(&self, i: usize) -> bool {
+        let f = &self.files[i];
+        let Some(r) = &f.reading else { return false };
+        let shrunk = f
+            .file
+            .metadata()
+            .is_ok_and(|m| m.len() < r.reader.read_position());
+        let rewritten = matches!(fingerprint(&f.file), Ok(Some(fp)) if fp != r.asm.context().identity.fingerprint);
+        shrunk || rewritten
+    }
+
+    fn open(&mut self, fd: Found, now: Instant) {
+        let file = match File::open(&fd.real_path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %fd.path.display(), error = %e, "cannot open log file");
+                Stats::add(&self.stats.read_errors, 1);
+                return;
+            }
+        };
+        // The path may have been replaced between the scan and the open.
+        let Ok(meta) = file.metadata() else { return };
+        if (meta.dev(), meta.ino()) != (fd.dev, fd.inode) {
+            self.wake.request_rescan();
+            return;
+        }
+        tracing::debug!(path = %fd.path.display(), real = %fd.real_path.display(), "following file");
+        Stats::add(&self.stats.files_opened, 1);
+        let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
+        self.files.push(Followed {
+            file,
+            path: fd.path,
+            dev: fd.dev,
+            inode: fd.inode,
+            kube,
+            reading: None,
+            gone_since: None,
+            last_data: now,
+            at_eof: false,
+            last_path_check: now,
+            found_at_start: !self.first_scan_done,
+            fresh: false,
+        });
+        let i = self.files.len() - 1;
+        self.identify(i);
+    }
+
+    /// Starts reading once the file has a first line to fingerprint.
+    fn identify(&mut self, i: usize) {
+        let f = &mut self.files[i];
+        let fp = match fingerprint(&f.file) {
+            Ok(Some(fp)) => fp,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot read log file");
+                return;
+            }
+        };
+        let identity = FileIdentity {
+            dev: f.dev,
+            inode: f.inode,
+            fingerprint: fp,
+        };
+        let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let known = if f.fresh {
+            None
+        } else {
+            self.seen
+                .get(&identity)
+                .map(|(o, _)| *o)
+                .or_else(|| self.checkpoints.get(&identity))
+        };
+        let offset = match known {
+            Some(o) if o <= size => o,
+            Some(_) => 0, // shorter than what was read: truncated while we were away
+            None if f.found_at_start
+                && self.first_start
+                && self.settings.start_at == StartAt::End =>
+            {
+                end_of_last_line(&f.file, size)
+            }
+            None => 0,
+        };
+        f.fresh = false;
+        if let Err(e) = f.file.seek(SeekFrom::Start(offset)) {
+            tracing::warn!(path = %f.path.display(), error = %e, "cannot seek log file");
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let ctx = Arc::new(FileContext {
+            key,
+            identity,
+            path: f.path.clone(),
+            id_seed: id_seed(&identity),
+            path_fragment: FileMetadata::path_fragment(&f.path),
+            metadata: FileMetadata::metadata_fragment(&f.kube, &self.settings.host_name),
+        });
+        let _ = self.ckpt_tx.send(CheckpointMsg::Opened {
+            key,
+            identity,
+            path: f.path.clone(),
+            offset,
+        });
+        f.reading = Some(Reading {
+            reader: LineReader::new(offset, self.settings.read_size, self.settings.max_raw_line),
+            asm: Assembler::new(ctx, self.rules.clone()),
+        });
+    }
+
+    /// One turn over every file; returns the bytes read.
+    fn read_pass(&mut self) -> Result<usize, ChannelClosed> {
+        let mut total = 0;
+        for i in 0..self.files.len() {
+            if self.files[i].reading.is_none() {
+                self.identify(i);
+            }
+            let now = Instant::now();
+            let quantum = self.settings.quantum;
+            let f = &mut self.files[i];
+            let Some(r) = f.reading.as_mut() else {
+                f.at_eof = true;
+                continue;
+            };
+            let n = match r.reader.read(&mut f.file, quantum, &mut self.raw) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(path = %f.path.display(), error = %e, "read failed; will retry");
+                    Stats::add(&self.stats.read_errors, 1);
+                    0
+                }
+            };
+            total += n;
+            Stats::add(&self.stats.bytes_read, n as u64);
+            Stats::add(&self.stats.lines_read, self.raw.len() as u64);
+            for raw in self.raw.drain(..) {
+                r.asm.push(raw, now, &mut self.out);
+            }
+            f.at_eof = n == 0;
+            if n > 0 {
+                f.last_data = now;
+            } else {
+                self.at_eof(i, now);
+            }
+            if self.out.len() >= BATCH_EVENTS {
+                self.send()?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// At the end of a file: was it truncated, or has its path moved on to a new file?
+    fn at_eof(&mut self, i: usize, now: Instant) {
+        let f = &mut self.files[i];
+        let Some(r) = &f.reading else { return };
+        if f.file
+            .metadata()
+            .is_ok_and(|m| m.len() < r.reader.read_position())
+        {
+            self.restart_generation(i, now);
+            return;
+        }
+        if f.gone_since.is_none()
+            && now.duration_since(f.last_path_check) >= self.settings.max_idle_poll
+        {
+            f.last_path_check = now;
+            let moved =
+                std::fs::metadata(&f.path).map_or(true, |m| (m.dev(), m.ino()) != (f.dev, f.inode));
+            if moved {
+                self.wake.request_rescan();
+            }
+        }
+    }
+
+    /// The file was truncated (copytruncate) or rewritten: what was held of the old content
+    /// is shipped, and reading starts again at 0 as a new generation.
+    fn restart_generation(&mut self, i: usize, now: Instant) {
+        let f = &mut self.files[i];
+        tracing::info!(path = %f.path.display(), "file truncated; reading it again from the start");
+        Stats::add(&self.stats.truncations, 1);
+        if let Some(mut r) = f.reading.take() {
+            r.asm.flush_all(now, &mut self.out);
+            self.seen.remove(&r.asm.context().identity);
+            let _ = self.ckpt_tx.send(CheckpointMsg::Released {
+                key: r.asm.context().key,
+                events: r.asm.emitted(),
+            });
+        }
+        f.fresh = true;
+        f.at_eof = false;
+        if f.file.seek(SeekFrom::Start(0)).is_ok() {
+            self.identify(i);
+        }
+    }
+
+    fn flush_expired(&mut self, now: Instant) {
+        for f in &mut self.files {
+            if let Some(r) = &mut f.reading {
+                if r.asm.next_deadline().is_some_and(|d| d <= now) {
+                    r.asm.flush_expired(now, &mut self.out);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.files
+            .iter()
+            .filter_map(|f| f.reading.as_ref().and_then(|r| r.asm.next_deadline()))
+            .min()
+    }
+
+    /// Lets go of rotated or deleted files that stayed at their end for `rotate_wait`.
+    fn release_drained(&mut self, now: Instant) {
+        let wait = self.settings.rotate_wait;
+        let mut i = 0;
+        while i < self.files.len() {
+            let f = &self.files[i];
+            let done = f.at_eof
+                && f.gone_since.is_some_and(|g| now.duration_since(g) >= wait)
+                && now.duration_since(f.last_data) >= wait;
+            if done {
+                let f = self.files.swap_remove(i);
+                self.release(f, now);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, f: Followed, now: Instant) {
+        tracing::debug!(path = %f.path.display(), "file read to its end; letting it go");
+        Stats::add(&self.stats.files_released, 1);
+        if let Some(mut r) = f.reading {
+            if let Some(rest) = r.reader.take_remainder() {
+                r.asm.push(rest, now, &mut self.out);
+            }
+            r.asm.flush_all(now, &mut self.out);
+            Stats::add(&self.stats.bytes_dropped, r.reader.skipped_bytes);
+            let ctx = r.asm.context();
+            self.seen
+                .insert(ctx.identity, (r.reader.read_position(), now));
+            let _ = self.ckpt_tx.send(CheckpointMsg::Released {
+                key: ctx.key,
+                events: r.asm.emitted(),
+            });
+        }
+    }
+
+    fn finish_all(&mut self, now: Instant) {
+        for f in std::mem::take(&mut self.files) {
+            self.release(f, now);
+        }
+    }
+
+    fn send(&mut self) -> Result<(), ChannelClosed> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH_EVENTS));
+        let mut truncated = 0;
+        let mut malformed = 0;
+        for e in &batch {
+            truncated += u64::from(e.flags.contains(crate::event::Flags::TRUNCATED));
+            malformed += u64::from(e.flags.contains(crate::event::Flags::MALFORMED));
+        }
+        Stats::add(&self.stats.events, batch.len() as u64);
+        Stats::add(&self.stats.events_truncated, truncated);
+        Stats::add(&self.stats.events_malformed, malformed);
+        self.events_tx
+            .blocking_send(batch)
+            .map_err(|_| ChannelClosed)
+    }
+}
+
+/// Where reading from the end starts: just past the last complete line.
+fn end_of_last_line(file: &File, size: u64) -> u64 {
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = size;
+    let mut buf = vec![0u8; BLOCK as usize];
+    // Look back at most 1 MiB; a longer last line is read from the end as it is.
+    while end > 0 && size - end < 16 * BLOCK {
+        let start = end.saturating_sub(BLOCK);
+        let n = (end - start) as usize;
+        if file.read_exact_at(&mut buf[..n], start).is_err() {
+            return size;
+        }
+        if let Some(i) = memrchr(b'\n', &buf[..n]) {
+            return start + i as u64 + 1;
+        }
+        end = start;
+    }
+    if end == 0 {
+        0
+    } else {
+        size
+    }
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer")
+            .field("files", &self.files.len())
+            .finish()
+    }
+}

@@ -1,0 +1,55 @@
+//! How the read loop sleeps: until a timeout, a filesystem event, or a stop request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    cv: Condvar,
+    rescan: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Wake {
+    pub fn wake(&self) {
+        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        *w = true;
+        self.cv.notify_one();
+    }
+
+    /// Something changed in a watched directory: look for files again.
+    pub fn request_rescan(&self) {
+        self.rescan.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub fn take_rescan(&self) -> bool {
+        self.rescan.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the read loop to stop at its next turn.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps up to `timeout`, or less if woken (also by a wake that came before).
+    pub fn wait(&self, timeout: Duration) {
+        let guard = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = if *guard {
+            guard
+        } else {
+            self.cv
+                .wait_timeout(guard, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0)
+        };
+        *guard = false;
+    }
+}

@@ -1,0 +1,31 @@
+//! Counters every stage adds to; the metrics endpoint will read them. Lossy events
+//! (truncations, skipped bytes) are always counted here, never silent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_read: AtomicU64,
+    pub lines_read: AtomicU64,
+    pub events: AtomicU64,
+    pub events_delivered: AtomicU64,
+    pub files_opened: AtomicU64,
+    pub files_released: AtomicU64,
+    pub rotations: AtomicU64,
+    pub truncations: AtomicU64,
+    /// Bytes of over-long lines that were not kept.
+    pub bytes_dropped: AtomicU64,
+    pub events_truncated: AtomicU64,
+    pub events_malformed: AtomicU64,
+    pub read_errors: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
