@@ -25,6 +25,11 @@ fn preset(name: &str) -> Option<Vec<(&'static str, &'static str, &'static str)>>
             ),
             ("java_after_exception", r"^[\t ]*$", "java_after_exception"),
             ("java_after_exception", r"^[\t ]+(?:eval )?at ", "java"),
+            (
+                "java_after_exception",
+                r"^[\t ]*\.\.\. \d+ (?:more|common frames omitted)",
+                "java",
+            ),
             ("java", r"^[\t ]+(?:eval )?at ", "java"),
             (
                 "java",

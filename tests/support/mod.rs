@@ -1,0 +1,314 @@
+//! Test support: a kubelet-style log tree in a temp dir, CRI/Docker line writers, and the
+//! pipeline run in-process with its stdout captured.
+#![allow(dead_code)]
+
+use logferry::config::Config;
+use logferry::pipeline::{self, RunOptions, Summary};
+use serde_json::Value;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `/var/log/containers` and `/var/log/pods` under a temp dir.
+pub struct Tree {
+    pub root: tempfile::TempDir,
+    pub containers: PathBuf,
+    pub pods: PathBuf,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let containers = root.path().join("var/log/containers");
+        let pods = root.path().join("var/log/pods");
+        fs::create_dir_all(&containers).unwrap();
+        fs::create_dir_all(&pods).unwrap();
+        Tree {
+            root,
+            containers,
+            pods,
+        }
+    }
+
+    pub fn glob(&self) -> String {
+        format!("{}/*.log", self.containers.display())
+    }
+
+    /// A container's log as kubelet lays it out: `pods/<ns>_<pod>_<uid>/<c>/0.log` and a
+    /// symlink to it in `containers/`. The file is created empty.
+    pub fn container(&self, ns: &str, pod: &str, container: &str) -> ContainerLog {
+        let uid = format!("uid-{pod}");
+        let dir = self.pods.join(format!("{ns}_{pod}_{uid}")).join(container);
+        fs::create_dir_all(&dir).unwrap();
+        let id: String = format!("{:0>64}", format!("{:x}", fxhash(pod.as_bytes())));
+        let link = self
+            .containers
+            .join(format!("{pod}_{ns}_{container}-{id}.log"));
+        let log = ContainerLog { dir, link };
+        fs::File::create(log.path()).unwrap();
+        std::os::unix::fs::symlink(log.path(), &log.link).unwrap();
+        log
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+}
+
+fn fxhash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub struct ContainerLog {
+    pub dir: PathBuf,
+    pub link: PathBuf,
+}
+
+impl ContainerLog {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("0.log")
+    }
+
+    pub fn append(&self, data: &[u8]) {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.path())
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
+    pub fn append_lines(&self, lines: &[String]) {
+        let mut data = String::new();
+        for l in lines {
+            data.push_str(l);
+            data.push('\n');
+        }
+        self.append(data.as_bytes());
+    }
+
+    /// kubelet's rotation: rename `0.log` away and start a new empty one.
+    pub fn rotate(&self, n: usize) {
+        fs::rename(self.path(), self.dir.join(format!("0.log.{n:08}"))).unwrap();
+        fs::File::create(self.path()).unwrap();
+    }
+}
+
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// A CRI line with a unique, increasing timestamp.
+pub fn cri(stream: &str, tag: &str, content: &str) -> String {
+    let n = CLOCK.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "2026-11-30T10:{:02}:{:02}.{:09}Z {stream} {tag} {content}",
+        (n / 60_000_000) % 60,
+        (n / 1_000_000) % 60,
+        n % 1_000_000
+    )
+}
+
+/// A Docker json-file line.
+pub fn docker(stream: &str, log: &str) -> String {
+    let n = CLOCK.fetch_add(1, Ordering::Relaxed);
+    serde_json::json!({
+        "log": log,
+        "stream": stream,
+        "time": format!("2026-11-30T11:00:00.{:09}Z", n % 1_000_000_000),
+    })
+    .to_string()
+}
+
+/// The message of sequence line `n`.
+pub fn seq_msg(n: u64) -> String {
+    format!("seq={n:08} the quick brown fox jumps over the lazy dog")
+}
+
+/// Sequence numbers found in the documents' messages.
+pub fn seqs(docs: &[Value]) -> Vec<u64> {
+    docs.iter()
+        .filter_map(|d| {
+            let m = d["message"].as_str()?;
+            let i = m.find("seq=")?;
+            m[i + 4..i + 12].parse().ok()
+        })
+        .collect()
+}
+
+/// Settings that make tests fast; every wait in a test is bounded and polls.
+pub fn test_config(include: Vec<String>) -> Config {
+    let mut c = Config::default();
+    c.source.include = include;
+    c.source.rescan_interval = Duration::from_millis(100);
+    c.source.max_idle_poll = Duration::from_millis(20);
+    c.source.rotate_wait = Duration::from_millis(300);
+    c.source.multiline.flush_timeout = Duration::from_millis(200);
+    c.checkpoint.interval = Duration::from_millis(50);
+    c.host_name = "test-node".into();
+    c
+}
+
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The pipeline running on its own thread, printing into a buffer.
+pub struct Agent {
+    out: SharedBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<Summary, pipeline::PipelineError>>>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+impl Agent {
+    pub fn start(cfg: Config, state_dir: Option<&Path>) -> Agent {
+        Self::start_with(cfg, state_dir, false)
+    }
+
+    pub fn start_with(cfg: Config, state_dir: Option<&Path>, once: bool) -> Agent {
+        let out = SharedBuf::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = RunOptions {
+            once,
+            state_dir: state_dir.map(Path::to_path_buf),
+            output: Box::new(out.clone()),
+            host_name: cfg.host_name.clone(),
+        };
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(pipeline::run(&cfg, opts, async {
+                let _ = rx.await;
+            }))
+        });
+        Agent {
+            out,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Every document printed so far.
+    pub fn docs(&self) -> Vec<Value> {
+        let data = self.out.0.lock().unwrap().clone();
+        parse_docs(&data)
+    }
+
+    /// Waits until `pred` holds for the documents, or fails the test after `WAIT`.
+    pub fn wait_until(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let docs = self.docs();
+            if pred(&docs) {
+                return docs;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; have {} documents",
+                    docs.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn wait_for(&self, n: usize) -> Vec<Value> {
+        self.wait_until(&format!("{n} documents"), |d| d.len() >= n)
+    }
+
+    /// Stops like SIGTERM does and returns the run's summary.
+    pub fn stop(mut self) -> Summary {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("pipeline failed")
+    }
+
+    /// Waits for a `once` run to end by itself.
+    pub fn finish(mut self) -> (Summary, Vec<Value>) {
+        let summary = self
+            .thread
+            .take()
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("pipeline failed");
+        let docs = self.docs();
+        (summary, docs)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// NDJSON documents; `{"create":…}` action lines of the bulk format are skipped.
+pub fn parse_docs(data: &[u8]) -> Vec<Value> {
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Value>(l)
+                .unwrap_or_else(|e| panic!("bad document {e}: {}", String::from_utf8_lossy(l)))
+        })
+        .filter(|v| v.get("create").is_none())
+        .collect()
+}
+
+/// Asserts that `got` holds each of `0..n` exactly once.
+pub fn assert_exactly_once(got: &[u64], n: u64) {
+    let mut counts = vec![0u32; n as usize];
+    for &s in got {
+        assert!(s < n, "unexpected seq {s}");
+        counts[s as usize] += 1;
+    }
+    let missing: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let repeated: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 1)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        missing.is_empty() && repeated.is_empty(),
+        "{} missing (first {:?}), {} repeated (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        repeated.len(),
+        &repeated[..repeated.len().min(10)]
+    );
+}
