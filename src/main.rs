@@ -165,6 +165,7 @@ fn run_pipeline(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> anyhow::
         state_dir,
         output: Box::new(std::io::stdout()),
         host_name,
+        stats: Default::default(),
     };
     let summary = rt.block_on(async {
         let stop = async {

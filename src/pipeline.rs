@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub state_dir: Option<PathBuf>,
     pub output: Box<dyn Write + Send>,
     pub host_name: String,
+    /// Counters the pipeline adds to; shared so the caller can watch them.
+    pub stats: Arc<Stats>,
 }
 
 #[derive(Debug)]
@@ -81,7 +83,7 @@ pub async fn run(
     });
     let discovery =
         Discovery::new(src).map_err(|e| PipelineError::Config(format!("source.exclude: {e}")))?;
-    let stats = Arc::new(Stats::default());
+    let stats = opts.stats.clone();
     let wake = Arc::new(Wake::default());
 
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);

@@ -397,6 +397,17 @@ impl Tailer {
                     0
                 }
             };
+            // Truncated and rewritten past our offset since the last read: what was just
+            // read is the middle of new content. Checked after the read, so data read before
+            // a truncation is never thrown away.
+            if n > 0
+                && !matches!(fingerprint(&f.file), Ok(Some(fp)) if fp == r.asm.context().identity.fingerprint)
+            {
+                self.raw.clear();
+                self.restart_generation(i, now);
+                total += n;
+                continue;
+            }
             total += n;
             Stats::add(&self.stats.bytes_read, n as u64);
             Stats::add(&self.stats.lines_read, self.raw.len() as u64);

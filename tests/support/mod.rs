@@ -174,6 +174,7 @@ impl Write for SharedBuf {
 /// The pipeline running on its own thread, printing into a buffer.
 pub struct Agent {
     out: SharedBuf,
+    pub stats: Arc<logferry::stats::Stats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<Summary, pipeline::PipelineError>>>,
 }
@@ -187,12 +188,14 @@ impl Agent {
 
     pub fn start_with(cfg: Config, state_dir: Option<&Path>, once: bool) -> Agent {
         let out = SharedBuf::default();
+        let stats = Arc::new(logferry::stats::Stats::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let opts = RunOptions {
             once,
             state_dir: state_dir.map(Path::to_path_buf),
             output: Box::new(out.clone()),
             host_name: cfg.host_name.clone(),
+            stats: stats.clone(),
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -206,6 +209,7 @@ impl Agent {
         });
         Agent {
             out,
+            stats,
             stop: Some(tx),
             thread: Some(thread),
         }
@@ -229,6 +233,20 @@ impl Agent {
                 panic!(
                     "timed out waiting for {what}; have {} documents",
                     docs.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until a counter reaches `n`, or fails the test after `WAIT`.
+    pub fn wait_stat(&self, what: &str, counter: impl Fn(&logferry::stats::Stats) -> u64, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while counter(&self.stats) < n {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: {} < {n}",
+                    counter(&self.stats)
                 );
             }
             std::thread::sleep(Duration::from_millis(10));

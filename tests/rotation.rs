@@ -1,0 +1,200 @@
+//! Following files through what kubelet, logrotate and the filesystem do to them, while
+//! lines are being written. Sequence numbers in the lines count loss and repeats exactly.
+
+mod support;
+
+use logferry::stats::Stats;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+use support::*;
+
+fn batch(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
+        .collect()
+}
+
+#[test]
+fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "rot", "app");
+    let agent = Agent::start(test_config(vec![tree.glob()]), None);
+    const TOTAL: u64 = 20_000;
+    const PER_FILE: u64 = 2_000;
+    let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
+    let mut next = 0;
+    let mut rotations = 0;
+    while next < TOTAL {
+        f.write_all(batch(next, 100).as_bytes()).unwrap();
+        next += 100;
+        if next % PER_FILE == 0 && next < TOTAL {
+            rotations += 1;
+            c.rotate(rotations);
+            // The runtime writes a few more lines to the old file before it reopens.
+            f.write_all(batch(next, 10).as_bytes()).unwrap();
+            next += 10;
+            f = OpenOptions::new().append(true).open(c.path()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    let docs = agent.wait_until("every line", |d| seqs(d).len() as u64 >= next);
+    std::thread::sleep(Duration::from_millis(300));
+    let docs = if agent.docs().len() > docs.len() {
+        agent.docs()
+    } else {
+        docs
+    };
+    assert_exactly_once(&seqs(&docs), next);
+    // Lines of one file come in order.
+    let s = seqs(&docs);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "in order");
+    let summary = agent.stop();
+    assert!(Stats::get(&summary.stats.rotations) >= rotations as u64);
+}
+
+#[test]
+fn copytruncate_while_writing_repeats_nothing_and_loses_at_most_the_unread_tail() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "ct", "app");
+    let agent = Agent::start(test_config(vec![tree.glob()]), None);
+    let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
+    let mut generations = vec![];
+    let mut next = 0;
+    for g in 0..6 {
+        let start = next;
+        for _ in 0..10 {
+            f.write_all(batch(next, 50).as_bytes()).unwrap();
+            next += 50;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        generations.push(start..next);
+        if g < 5 {
+            fs::copy(c.path(), c.dir.join(format!("0.log.{g}"))).unwrap();
+            f.set_len(0).unwrap();
+        }
+    }
+    let last = generations.last().unwrap().clone();
+    let docs = agent.wait_until("the last generation", |d| seqs(d).contains(&(last.end - 1)));
+    let got = seqs(&docs);
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "no line repeated");
+    for g in &generations {
+        let mine: Vec<u64> = got.iter().copied().filter(|s| g.contains(s)).collect();
+        // Only the tail written after the last read and before the truncation may be lost.
+        let expected: Vec<u64> = (g.start..g.start + mine.len() as u64).collect();
+        assert_eq!(
+            mine, expected,
+            "generation {g:?} must arrive as a prefix, in order"
+        );
+    }
+    let tail: Vec<u64> = got.iter().copied().filter(|s| last.contains(s)).collect();
+    assert_eq!(
+        tail.len() as u64,
+        last.end - last.start,
+        "the current generation is complete"
+    );
+    let summary = agent.stop();
+    assert!(Stats::get(&summary.stats.truncations) >= 5);
+}
+
+#[test]
+fn a_file_deleted_while_open_is_read_to_its_end() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "del", "app");
+    let agent = Agent::start(test_config(vec![tree.glob()]), None);
+    let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
+    f.write_all(batch(0, 100).as_bytes()).unwrap();
+    agent.wait_until("the first lines", |d| seqs(d).len() == 100);
+    fs::remove_file(c.path()).unwrap();
+    fs::remove_file(&c.link).unwrap();
+    // The container still writes through its descriptor.
+    f.write_all(batch(100, 100).as_bytes()).unwrap();
+    drop(f);
+    let docs = agent.wait_until("lines written after the delete", |d| seqs(d).len() >= 200);
+    assert_exactly_once(&seqs(&docs), 200);
+    agent.wait_stat("the file let go", |s| Stats::get(&s.files_released), 1);
+    agent.stop();
+}
+
+#[test]
+fn a_reused_inode_is_not_taken_for_the_old_file() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "reuse", "app");
+    let state = tree.state_dir();
+    c.append(batch(0, 50).as_bytes());
+    let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), Some(&state), true).finish();
+    assert_eq!(seqs(&docs).len(), 50);
+    let old_inode = fs::metadata(c.path()).unwrap().ino();
+
+    // The file goes away and a new one takes its place, usually on the same inode.
+    fs::remove_file(c.path()).unwrap();
+    c.append(batch(1000, 10).as_bytes());
+    let new_meta = fs::metadata(c.path()).unwrap();
+    let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), Some(&state), true).finish();
+    assert_eq!(
+        seqs(&docs),
+        (1000..1010).collect::<Vec<_>>(),
+        "read from its start (inode reused: {})",
+        new_meta.ino() == old_inode
+    );
+
+    // Deterministically: a checkpoint for this very dev/inode but another first line.
+    fs::remove_file(c.path()).unwrap();
+    c.append(batch(2000, 10).as_bytes());
+    let m = fs::metadata(c.path()).unwrap();
+    fs::write(
+        state.join("checkpoints.json"),
+        serde_json::json!({"version":1,"files":[{"dev":m.dev(),"inode":m.ino(),"fingerprint":"0123456789abcdef","path":c.link,"offset":300}]}).to_string(),
+    )
+    .unwrap();
+    let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), Some(&state), true).finish();
+    assert_eq!(seqs(&docs), (2000..2010).collect::<Vec<_>>());
+}
+
+#[test]
+fn new_files_are_read_from_their_first_line() {
+    let tree = Tree::new();
+    let mut cfg = test_config(vec![tree.glob()]);
+    cfg.source.start_at = logferry::config::StartAt::End;
+    let old = tree.container("ns", "old", "app");
+    old.append(batch(0, 10).as_bytes());
+    let agent = Agent::start(cfg, None);
+    // Present at the first start with start_at = end: only new lines.
+    std::thread::sleep(Duration::from_millis(300));
+    old.append(batch(10, 5).as_bytes());
+    // A container that starts while the agent runs: from its first line, even with start_at = end.
+    let fresh = tree.container("ns", "fresh", "app");
+    fresh.append(batch(100, 7).as_bytes());
+    let docs = agent.wait_until("both files", |d| seqs(d).len() >= 12);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut got = seqs(&agent.docs());
+    got.sort();
+    let mut want: Vec<u64> = (10..15).chain(100..107).collect();
+    want.sort();
+    assert_eq!(got, want, "{} docs", docs.len());
+    agent.stop();
+}
+
+#[test]
+fn one_noisy_container_does_not_starve_the_others() {
+    let tree = Tree::new();
+    let noisy = tree.container("ns", "noisy", "app");
+    let quiet = tree.container("ns", "quiet", "app");
+    let lines = 60_000u64;
+    noisy.append(batch(0, lines).as_bytes());
+    quiet.append(batch(1_000_000, 5).as_bytes());
+    let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), None, true).finish();
+    let s = seqs(&docs);
+    assert_eq!(s.len() as u64, lines + 5);
+    let last_quiet = s.iter().rposition(|&x| x >= 1_000_000).unwrap();
+    // One read quantum of the noisy file is ~2,000 lines: the quiet file is done within it.
+    assert!(
+        last_quiet < 5_000,
+        "quiet file's last line at position {last_quiet} of {}",
+        s.len()
+    );
+}
