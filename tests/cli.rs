@@ -1,0 +1,149 @@
+//! The command line as a user meets it: the README's first command, config errors, exit codes.
+
+mod support;
+
+use std::fs;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_logferry");
+
+fn logferry(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_readme_debug_command_prints_the_sample_documents() {
+    let out = logferry(&[
+        "debug",
+        "--once",
+        "--from-beginning",
+        "examples/var/log/containers/*.log",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = support::parse_docs(&out.stdout);
+    // 4 + 14 + 8 + 12 sample lines, less what partial and multiline merging joined.
+    assert_eq!(docs.len(), 18);
+    let msg = |needle: &str| {
+        docs.iter()
+            .find(|d| d["message"].as_str().unwrap().contains(needle))
+            .unwrap()
+    };
+    let java = msg("IllegalStateException");
+    assert!(java["message"].as_str().unwrap().ends_with("\t... 12 more"));
+    assert_eq!(
+        java["kubernetes"]["pod"]["name"],
+        "checkout-6c9f7b8d4-k7wzp"
+    );
+    assert!(msg("Traceback")["message"]
+        .as_str()
+        .unwrap()
+        .ends_with("KeyError: 'revenue'"));
+    assert!(msg("goroutine 1")["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("panic: runtime error"));
+    assert_eq!(msg("cart contents")["json"]["total_cents"], 12999);
+    assert_eq!(
+        msg("part one")["message"],
+        "a very long line split by docker at 16 KiB: part one, part two, and the end"
+    );
+    assert_eq!(msg("slow request")["log"]["level"], "warn");
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[source]\nmax_line_bytes = \"lots\"\n",
+            "source.max_line_bytes",
+        ),
+        ("[source]\nstart_at = \"middle\"\n", "source.start_at"),
+        ("[sourec]\n", "sourec"),
+        (
+            "state_dir = \"${LOGFERRY_TEST_UNSET_VAR}\"\n",
+            "LOGFERRY_TEST_UNSET_VAR",
+        ),
+        (
+            "[source.multiline]\npresets = [\"cobol\"]\n",
+            "source.multiline.presets[0]",
+        ),
+        ("[output]\ntype = \"kafka\"\n", "output.type"),
+    ];
+    for (text, key) in cases {
+        let p = dir.path().join("bad.toml");
+        fs::write(&p, text).unwrap();
+        for cmd in [
+            vec!["check-config", p.to_str().unwrap()],
+            vec!["run", "--config", p.to_str().unwrap()],
+        ] {
+            let out = logferry(&cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?} {text:?}: {err}");
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+    let out = logferry(&["check-config", "/nonexistent/logferry.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/logferry.toml"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_variables_resolved() {
+    let out = Command::new(BIN)
+        .args(["check-config", "config/logferry.toml"])
+        .env("NODE_NAME", "node-42")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("host_name = \"node-42\""), "{text}");
+    let c = logferry::config::Config::parse(&text, "printed", &|_| None).unwrap();
+    assert_eq!(c.source.include, vec!["/var/log/containers/*.log"]);
+    assert!(logferry(&["check-config", "config/debug.toml"])
+        .status
+        .success());
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_exits_0() {
+    assert_eq!(logferry(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        logferry(&["debug"]).status.code(),
+        Some(2),
+        "debug needs paths"
+    );
+    let v = logferry(&["--version"]);
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).contains(env!("CARGO_PKG_VERSION")));
+    assert!(logferry(&["--help"]).status.success());
+}
+
+#[test]
+fn an_unwritable_state_dir_is_a_runtime_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    let out = logferry(&[
+        "debug",
+        "--once",
+        "--state-dir",
+        file.join("sub").to_str().unwrap(),
+        "examples/var/log/containers/*.log",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state directory"));
+}
