@@ -52,18 +52,21 @@ impl LineReader {
         !self.buf.is_empty() || self.skipping.is_some()
     }
 
-    /// Reads up to about `budget` bytes, appending every completed line to `out`.
-    /// Returns the number of bytes read (0 at end of file).
+    /// Reads up to `budget` bytes of the `available` ones (from `fstat`), appending every
+    /// completed line to `out`. Returns the number of bytes read (0 at end of file).
     pub fn read(
         &mut self,
         file: &mut impl Read,
         budget: usize,
+        available: u64,
         out: &mut Vec<RawLine>,
     ) -> io::Result<usize> {
+        let limit = budget.min(usize::try_from(available).unwrap_or(usize::MAX));
         let mut total = 0;
-        while total < budget {
+        while total < limit {
+            let want = self.read_size.min(limit - total);
             let len = self.buf.len();
-            self.buf.resize(len + self.read_size, 0);
+            self.buf.resize(len + want, 0);
             let n = loop {
                 match file.read(&mut self.buf[len..]) {
                     Ok(n) => break n,
@@ -80,9 +83,13 @@ impl LineReader {
             }
             total += n;
             self.split_lines(len, out);
-            if n < self.read_size {
-                break; // most likely at the end: spare a syscall
+            if n < want {
+                break;
             }
+        }
+        if self.buf.is_empty() {
+            // An idle file holds no buffer; the lines handed out keep theirs alive.
+            self.buf = BytesMut::new();
         }
         Ok(total)
     }
@@ -185,7 +192,7 @@ mod tests {
         let mut r = LineReader::new(0, read_size, max_raw);
         let mut src = Trickle { data, step };
         let mut out = Vec::new();
-        while r.read(&mut src, 1 << 20, &mut out).unwrap() > 0 {}
+        while r.read(&mut src, 1 << 20, u64::MAX, &mut out).unwrap() > 0 {}
         (out, r)
     }
 

@@ -389,7 +389,25 @@ impl Tailer {
                 f.at_eof = true;
                 continue;
             };
-            let n = match r.reader.read(&mut f.file, quantum, &mut self.raw) {
+            // The size says what there is to read: idle files cost one fstat, no buffer.
+            let size = match f.file.metadata() {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    tracing::warn!(path = %f.path.display(), error = %e, "cannot stat log file; will retry");
+                    Stats::add(&self.stats.read_errors, 1);
+                    f.at_eof = true;
+                    continue;
+                }
+            };
+            let position = r.reader.read_position();
+            if size < position {
+                self.restart_generation(i, now);
+                continue;
+            }
+            let n = match r
+                .reader
+                .read(&mut f.file, quantum, size - position, &mut self.raw)
+            {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(path = %f.path.display(), error = %e, "read failed; will retry");
@@ -427,17 +445,9 @@ impl Tailer {
         Ok(total)
     }
 
-    /// At the end of a file: was it truncated, or has its path moved on to a new file?
+    /// At the end of a file: has its path moved on to a new file (rotation)?
     fn at_eof(&mut self, i: usize, now: Instant) {
         let f = &mut self.files[i];
-        let Some(r) = &f.reading else { return };
-        if f.file
-            .metadata()
-            .is_ok_and(|m| m.len() < r.reader.read_position())
-        {
-            self.restart_generation(i, now);
-            return;
-        }
         if f.gone_since.is_none()
             && now.duration_since(f.last_path_check) >= self.settings.max_idle_poll
         {
