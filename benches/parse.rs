@@ -1,1 +1,163 @@
-fn main() {}
+//! Micro-benchmarks of the per-line hot path: parsing, partial merging, JSON lifting and
+//! document encoding. Criterion reports time per line (`Throughput::Elements(1)`).
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use logferry::config::{JsonConfig, LineOverflow, LogFormat, MultilineConfig};
+use logferry::encode::json_message::lift;
+use logferry::encode::{DocumentEncoder, FileMetadata};
+use logferry::enrich::path::PathMetadata;
+use logferry::event::{FileContext, FileIdentity, Flags, LogEvent, Stream};
+use logferry::source::assembler::{Assembler, AssemblyRules};
+use logferry::source::multiline::MultilineRules;
+use logferry::source::reader::RawLine;
+use logferry::source::{cri, docker};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const TEXT: &str = "10.0.3.7 - - [30/Nov/2026:10:00:00 +0000] \"GET /api/v1/products?page=2 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" 0.012";
+const JSON: &str = r#"{"level":"info","ts":"2026-11-30T10:00:00.123Z","msg":"request done","path":"/api/orders","status":200,"latency_ms":42,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#;
+
+fn ctx() -> Arc<FileContext> {
+    let path = Path::new("/var/log/containers/checkout-6c9f7b8d4-k7wzp_shop_app-9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b.log");
+    let meta = PathMetadata::from_paths(path, Path::new("/var/log/pods/shop_checkout-6c9f7b8d4-k7wzp_7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/app/0.log"));
+    Arc::new(FileContext {
+        key: 1,
+        identity: FileIdentity {
+            dev: 1,
+            inode: 2,
+            fingerprint: 3,
+        },
+        path: path.to_path_buf(),
+        id_seed: 42,
+        path_fragment: FileMetadata::path_fragment(path),
+        metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
+    })
+}
+
+fn event(message: &str) -> LogEvent {
+    LogEvent {
+        file: ctx(),
+        seq: 0,
+        offset: 123_456,
+        safe_point: 123_600,
+        timestamp: Bytes::from_static(b"2026-11-30T10:00:00.123456789Z"),
+        stream: Stream::Stdout,
+        message: Bytes::copy_from_slice(message.as_bytes()),
+        flags: Flags::empty(),
+    }
+}
+
+fn parsing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(1));
+    let line = Bytes::from(format!("2026-11-30T10:00:00.123456789Z stdout F {TEXT}"));
+    g.bench_function("cri", |b| {
+        b.iter(|| black_box(cri::parse(black_box(&line))))
+    });
+    let dline = Bytes::from(serde_json::json!({"log": format!("{TEXT}\n"), "stream": "stdout", "time": "2026-11-30T10:00:00.123456789Z"}).to_string());
+    g.bench_function("docker", |b| {
+        b.iter(|| black_box(docker::parse(black_box(&dline))))
+    });
+    g.bench_function("json_lift", |b| {
+        b.iter(|| black_box(lift(black_box(JSON.as_bytes()))))
+    });
+    g.finish();
+}
+
+fn assembling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("assemble");
+    g.throughput(Throughput::Elements(1));
+    let rules = |presets: Vec<String>| {
+        Arc::new(AssemblyRules {
+            format: LogFormat::Auto,
+            max_line_bytes: 1 << 20,
+            overflow: LineOverflow::Split,
+            multiline: MultilineRules::from_config(&MultilineConfig {
+                presets,
+                ..Default::default()
+            })
+            .unwrap(),
+        })
+    };
+    let full = Bytes::from(format!("2026-11-30T10:00:00.123456789Z stdout F {TEXT}"));
+    let chunk = Bytes::from(format!("2026-11-30T10:00:00.123456789Z stdout P {TEXT}"));
+    for (name, presets) in [
+        ("cri_line", vec![]),
+        (
+            "cri_line_with_multiline",
+            vec!["java".into(), "python".into(), "go".into()],
+        ),
+    ] {
+        let mut asm = Assembler::new(ctx(), rules(presets));
+        let mut out = Vec::with_capacity(1024);
+        let mut off = 0u64;
+        let now = Instant::now();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let raw = RawLine {
+                    start: off,
+                    end: off + full.len() as u64 + 1,
+                    bytes: full.clone(),
+                    flags: Flags::empty(),
+                };
+                off = raw.end;
+                asm.push(raw, now, &mut out);
+                if out.len() >= 1024 {
+                    out.clear();
+                }
+            })
+        });
+    }
+    // Four chunks merged into one line: time per chunk.
+    let mut asm = Assembler::new(ctx(), rules(vec![]));
+    let mut out = Vec::with_capacity(1024);
+    let mut off = 0u64;
+    let mut i = 0u32;
+    let now = Instant::now();
+    g.bench_function("partial_chunk", |b| {
+        b.iter(|| {
+            i += 1;
+            let bytes = if i % 4 == 0 {
+                full.clone()
+            } else {
+                chunk.clone()
+            };
+            let raw = RawLine {
+                start: off,
+                end: off + bytes.len() as u64 + 1,
+                bytes,
+                flags: Flags::empty(),
+            };
+            off = raw.end;
+            asm.push(raw, now, &mut out);
+            if out.len() >= 1024 {
+                out.clear();
+            }
+        })
+    });
+    g.finish();
+}
+
+fn encoding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(1));
+    let enc = DocumentEncoder::new(&JsonConfig::default());
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (name, msg) in [("text_document", TEXT), ("json_document", JSON)] {
+        let e = event(msg);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                enc.encode(black_box(&e), &mut buf);
+                black_box(buf.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parsing, assembling, encoding);
+criterion_main!(benches);

@@ -203,3 +203,28 @@ fn unsafe_sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn shutdown_is_bounded_even_when_the_output_is_stuck() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "stuck", "app");
+    let data: String = (0..50_000)
+        .map(|s| cri("stdout", "F", &seq_msg(s)) + "\n")
+        .collect();
+    c.append(data.as_bytes());
+    let config = tree.root.path().join("slow.toml");
+    fs::write(&config, "[shutdown]\ntimeout = \"1s\"\n").unwrap();
+    // Nobody reads stdout: the pipe fills and the sink blocks.
+    let mut child = Command::new(BIN)
+        .args(["debug", "--from-beginning", "--config"])
+        .arg(&config)
+        .arg(tree.glob())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe_sigterm(child.id());
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}

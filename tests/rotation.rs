@@ -198,3 +198,32 @@ fn one_noisy_container_does_not_starve_the_others() {
         s.len()
     );
 }
+
+#[test]
+fn inotify_finds_new_containers_without_waiting_for_a_rescan() {
+    let tree = Tree::new();
+    let mut cfg = test_config(vec![tree.glob()]);
+    // A rescan would come only after an hour: only inotify can find the new file in time.
+    cfg.source.rescan_interval = Duration::from_secs(3600);
+    let agent = Agent::start(cfg, None);
+    std::thread::sleep(Duration::from_millis(200));
+    let c = tree.container("ns", "late", "app");
+    c.append(batch(0, 3).as_bytes());
+    let docs = agent.wait_until("the new container's lines", |d| seqs(d).len() >= 3);
+    assert_eq!(seqs(&docs), vec![0, 1, 2]);
+    agent.stop();
+}
+
+#[test]
+fn excluded_files_are_not_read() {
+    let tree = Tree::new();
+    let keep = tree.container("ns", "keep", "app");
+    let skip = tree.container("kube-system", "noise", "app");
+    keep.append(batch(0, 2).as_bytes());
+    skip.append(batch(100, 2).as_bytes());
+    let mut cfg = test_config(vec![tree.glob()]);
+    cfg.source.exclude = vec!["**/*_kube-system_*.log".into()];
+    let (summary, docs) = Agent::start_with(cfg, None, true).finish();
+    assert_eq!(seqs(&docs), vec![0, 1]);
+    assert_eq!(Stats::get(&summary.stats.files_opened), 1);
+}

@@ -424,4 +424,27 @@ rules = [
         assert_eq!(&l.content[..], b"java.lang.Error: x");
         assert!(!l.flags.contains(Flags::MULTILINE));
     }
+
+    proptest::proptest! {
+        /// Whatever the lines, grouping only joins them: every line comes out once, in order.
+        #[test]
+        fn groups_preserve_every_line(lines in proptest::collection::vec(proptest::prop_oneof![
+            proptest::prelude::Just("java.lang.Error: x".to_string()),
+            proptest::prelude::Just("\tat a.b(C.java:1)".to_string()),
+            proptest::prelude::Just("Traceback (most recent call last):".to_string()),
+            proptest::prelude::Just("  File \"x\", line 1".to_string()),
+            proptest::prelude::Just("panic: boom".to_string()),
+            proptest::prelude::Just("goroutine 1 [running]:".to_string()),
+            proptest::prelude::Just(String::new()),
+            "[ -~]{0,20}",
+        ], 0..60)) {
+            let r = rules(&["java", "python", "go"]);
+            let out = run(&r, &lines.join("\n"));
+            let joined: Vec<String> = out.iter().flat_map(|e| e.split('\n').map(str::to_string).collect::<Vec<_>>()).collect();
+            // Trailing blank lines of a group are trimmed; compare the rest.
+            let want: Vec<&String> = lines.iter().filter(|l| !l.is_empty()).collect();
+            let got: Vec<&String> = joined.iter().filter(|l| !l.is_empty()).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
