@@ -318,3 +318,28 @@ fn bulk_format_prints_deterministic_ids() {
     );
     assert_eq!(run(), first, "a second reading gives the same ids");
 }
+
+#[test]
+fn an_unterminated_last_line_is_shipped_when_the_file_ends() {
+    let tree = Tree::new();
+    let only = tree.container("ns", "only", "app");
+    only.append(cri("stdout", "F", "no newline yet").as_bytes());
+    let tail = tree.container("ns", "tail", "app");
+    tail.append(
+        format!(
+            "{}\n{}",
+            cri("stdout", "F", "whole"),
+            cri("stderr", "F", "cut short")
+        )
+        .as_bytes(),
+    );
+    let mut docs = run_once(&tree, test_config(vec![tree.glob()]));
+    docs.sort_by_key(|d| d["message"].as_str().unwrap().to_string());
+    assert_eq!(
+        messages(&docs),
+        vec!["cut short", "no newline yet", "whole"]
+    );
+    assert_eq!(flags(&docs[0]), vec!["incomplete"]);
+    assert_eq!(flags(&docs[1]), vec!["incomplete"]);
+    assert!(flags(&docs[2]).is_empty());
+}

@@ -11,6 +11,25 @@ pub const FINGERPRINT_BYTES: usize = 1024;
 /// `None` while the file has neither a complete first line nor 1 KiB.
 pub fn fingerprint(file: &File) -> io::Result<Option<u64>> {
     let mut buf = [0u8; FINGERPRINT_BYTES];
+    let n = read_head(file, &mut buf)?;
+    let data = &buf[..n];
+    let end = match memchr(b'\n', data) {
+        Some(i) => i + 1,
+        None if n == FINGERPRINT_BYTES => n,
+        None => return Ok(None),
+    };
+    Ok(Some(xxhash_rust::xxh3::xxh3_64(&data[..end])))
+}
+
+/// For a file that will not grow any more but never got a whole first line: the hash of
+/// what it holds. `None` when it is empty.
+pub fn fingerprint_unterminated(file: &File) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; FINGERPRINT_BYTES];
+    let n = read_head(file, &mut buf)?;
+    Ok((n > 0).then(|| xxhash_rust::xxh3::xxh3_64(&buf[..n])))
+}
+
+fn read_head(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match file.read_at(&mut buf[n..], n as u64) {
@@ -20,13 +39,7 @@ pub fn fingerprint(file: &File) -> io::Result<Option<u64>> {
             Err(e) => return Err(e),
         }
     }
-    let data = &buf[..n];
-    let end = match memchr(b'\n', data) {
-        Some(i) => i + 1,
-        None if n == FINGERPRINT_BYTES => n,
-        None => return Ok(None),
-    };
-    Ok(Some(xxhash_rust::xxh3::xxh3_64(&data[..end])))
+    Ok(n)
 }
 
 #[cfg(test)]

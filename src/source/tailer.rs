@@ -4,7 +4,7 @@
 
 use super::assembler::{Assembler, AssemblyRules};
 use super::discover::{Discovery, Found};
-use super::fingerprint::fingerprint;
+use super::fingerprint::{fingerprint, fingerprint_unterminated};
 use super::reader::{LineReader, RawLine};
 use super::wake::Wake;
 use crate::checkpoint::{CheckpointLookup, CheckpointMsg};
@@ -314,6 +314,10 @@ impl Tailer {
 
     /// Starts reading once the file has a first line to fingerprint.
     fn identify(&mut self, i: usize) {
+        self.identify_with(i, fingerprint);
+    }
+
+    fn identify_with(&mut self, i: usize, fingerprint: fn(&File) -> std::io::Result<Option<u64>>) {
         let f = &mut self.files[i];
         let fp = match fingerprint(&f.file) {
             Ok(Some(fp)) => fp,
@@ -508,15 +512,34 @@ impl Tailer {
                 && f.gone_since.is_some_and(|g| now.duration_since(g) >= wait)
                 && now.duration_since(f.last_data) >= wait;
             if done {
-                let f = self.files.swap_remove(i);
-                self.release(f, now);
+                self.release(i, now);
             } else {
                 i += 1;
             }
         }
     }
 
-    fn release(&mut self, f: Followed, now: Instant) {
+    /// Ships everything left of file `i`, even an unterminated last line, and drops it.
+    fn release(&mut self, i: usize, now: Instant) {
+        if self.files[i].reading.is_none() {
+            // It never got a whole first line: what it holds is all it will ever hold.
+            self.identify_with(i, fingerprint_unterminated);
+            let f = &mut self.files[i];
+            if let Some(r) = f.reading.as_mut() {
+                let size = f.file.metadata().map_or(0, |m| m.len());
+                let available = size.saturating_sub(r.reader.read_position());
+                if let Err(e) = r
+                    .reader
+                    .read(&mut f.file, usize::MAX, available, &mut self.raw)
+                {
+                    tracing::warn!(path = %f.path.display(), error = %e, "read failed");
+                }
+                for raw in self.raw.drain(..) {
+                    r.asm.push(raw, now, &mut self.out);
+                }
+            }
+        }
+        let f = self.files.swap_remove(i);
         tracing::debug!(path = %f.path.display(), "file read to its end; letting it go");
         Stats::add(&self.stats.files_released, 1);
         if let Some(mut r) = f.reading {
@@ -536,8 +559,8 @@ impl Tailer {
     }
 
     fn finish_all(&mut self, now: Instant) {
-        for f in std::mem::take(&mut self.files) {
-            self.release(f, now);
+        while !self.files.is_empty() {
+            self.release(self.files.len() - 1, now);
         }
     }
 
