@@ -72,6 +72,10 @@ pub struct Entry {
     #[serde(flatten)]
     pub identity: FileIdentity,
     pub path: PathBuf,
+    /// Where the path led (`/var/log/pods/…/0.log`): after a restart, a file rotated away
+    /// meanwhile is looked for beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_path: Option<PathBuf>,
     pub offset: u64,
     /// Unix seconds when the file was read to its end and let go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +246,7 @@ pub enum CheckpointMsg {
         key: FileKey,
         identity: FileIdentity,
         path: PathBuf,
+        real_path: PathBuf,
         offset: u64,
     },
     /// Events a sink delivered.
@@ -287,6 +292,7 @@ impl Checkpointer {
                 key,
                 identity,
                 path,
+                real_path,
                 offset,
             } => {
                 self.files.insert(
@@ -302,6 +308,7 @@ impl Checkpointer {
                     Entry {
                         identity,
                         path,
+                        real_path: Some(real_path),
                         offset,
                         released_at: None,
                     },
@@ -481,6 +488,7 @@ mod tests {
                 fingerprint: 0xdead_beef,
             },
             path: "/x.log".into(),
+            real_path: Some("/pods/x/0.log".into()),
             offset: 42,
             released_at: None,
         };
@@ -519,6 +527,7 @@ mod tests {
             key: 7,
             identity,
             path: dir.path().join("gone.log"),
+            real_path: dir.path().join("gone.log"),
             offset: 0,
         });
         c.handle(CheckpointMsg::Acked(vec![AckRange {

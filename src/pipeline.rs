@@ -104,6 +104,12 @@ pub async fn run(
         rules,
         discovery,
         loaded.lookup(),
+        loaded
+            .entries
+            .iter()
+            .filter(|e| e.released_at.is_none())
+            .cloned()
+            .collect(),
         loaded.first_start,
         ev_tx,
         ck_tx,

@@ -227,3 +227,27 @@ fn excluded_files_are_not_read() {
     assert_eq!(seqs(&docs), vec![0, 1]);
     assert_eq!(Stats::get(&summary.stats.files_opened), 1);
 }
+
+#[test]
+fn a_file_rotated_while_the_agent_was_down_is_finished_after_restart() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "down", "app");
+    let state = tree.state_dir();
+    c.append(batch(0, 100).as_bytes());
+    let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
+    agent.wait_until("the first lines", |d| seqs(d).len() == 100);
+    let first = seqs(&agent.docs());
+    agent.stop();
+    // While logferry is down the container writes on, and kubelet rotates the file.
+    c.append(batch(100, 50).as_bytes());
+    c.rotate(1);
+    c.append(batch(150, 20).as_bytes());
+    let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
+    let docs = agent.wait_until("the rest", |d| seqs(d).len() >= 70);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut all = first;
+    all.extend(seqs(&agent.docs()));
+    assert_exactly_once(&all, 170);
+    assert!(docs.len() >= 70);
+    agent.stop();
+}

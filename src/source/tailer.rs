@@ -7,7 +7,7 @@ use super::discover::{Discovery, Found};
 use super::fingerprint::{fingerprint, fingerprint_unterminated};
 use super::reader::{LineReader, RawLine};
 use super::wake::Wake;
-use crate::checkpoint::{CheckpointLookup, CheckpointMsg};
+use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
 use crate::config::{Config, StartAt};
 use crate::encode::doc_id::id_seed;
 use crate::encode::FileMetadata;
@@ -77,6 +77,7 @@ struct Reading {
 struct Followed {
     file: File,
     path: PathBuf,
+    real_path: PathBuf,
     dev: u64,
     inode: u64,
     kube: PathMetadata,
@@ -98,6 +99,9 @@ pub struct Tailer {
     files: Vec<Followed>,
     seen: HashMap<FileIdentity, (u64, Instant)>,
     checkpoints: CheckpointLookup,
+    /// Files the last run was reading: looked for at the first scan even when no glob
+    /// finds them any more (rotated or removed while we were down).
+    recover: Vec<Entry>,
     first_start: bool,
     first_scan_done: bool,
     next_key: FileKey,
@@ -118,6 +122,7 @@ impl Tailer {
         rules: Arc<AssemblyRules>,
         discovery: Discovery,
         checkpoints: CheckpointLookup,
+        recover: Vec<Entry>,
         first_start: bool,
         events_tx: mpsc::Sender<Vec<LogEvent>>,
         ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
@@ -131,6 +136,7 @@ impl Tailer {
             files: Vec::new(),
             seen: HashMap::new(),
             checkpoints,
+            recover,
             first_start,
             first_scan_done: false,
             next_key: 1,
@@ -261,7 +267,63 @@ impl Tailer {
         }
         self.seen
             .retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
+        if !self.first_scan_done {
+            self.recover_unfinished(now);
+        }
         self.first_scan_done = true;
+    }
+
+    /// Finds the files of the last run that no glob matches now, typically rotated to
+    /// `0.log.<time>` while we were down, and drains them from their checkpoint.
+    fn recover_unfinished(&mut self, now: Instant) {
+        for entry in std::mem::take(&mut self.recover) {
+            let id = entry.identity;
+            if self
+                .files
+                .iter()
+                .any(|f| (f.dev, f.inode) == (id.dev, id.inode))
+            {
+                continue;
+            }
+            let Some(dir) = entry.real_path.as_deref().and_then(|p| p.parent()) else {
+                continue;
+            };
+            let Ok(listing) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let found = listing.flatten().find_map(|d| {
+                let m = d.metadata().ok()?;
+                (m.is_file() && (m.dev(), m.ino()) == (id.dev, id.inode)).then(|| d.path())
+            });
+            let Some(real_path) = found else { continue };
+            tracing::info!(path = %real_path.display(), "resuming a file rotated away while logferry was down");
+            self.open(
+                Found {
+                    path: entry.path.clone(),
+                    real_path,
+                    dev: id.dev,
+                    inode: id.inode,
+                },
+                now,
+            );
+            let Some(f) = self
+                .files
+                .last_mut()
+                .filter(|f| (f.dev, f.inode) == (id.dev, id.inode))
+            else {
+                continue;
+            };
+            if f.reading
+                .as_ref()
+                .is_some_and(|r| r.asm.context().identity == id)
+            {
+                f.gone_since = Some(now);
+                Stats::add(&self.stats.rotations, 1);
+            } else {
+                // The inode now holds another file: not what the checkpoint is about.
+                self.files.pop();
+            }
+        }
     }
 
     /// Whether a live file was truncated or its content replaced behind our back.
@@ -297,6 +359,7 @@ impl Tailer {
         self.files.push(Followed {
             file,
             path: fd.path,
+            real_path: fd.real_path,
             dev: fd.dev,
             inode: fd.inode,
             kube,
@@ -371,6 +434,7 @@ impl Tailer {
             key,
             identity,
             path: f.path.clone(),
+            real_path: f.real_path.clone(),
             offset,
         });
         f.reading = Some(Reading {
