@@ -130,6 +130,8 @@ pub struct FileContext {
     pub identity: FileIdentity,
     /// The path it was discovered under (the `/var/log/containers` symlink, usually).
     pub path: PathBuf,
+    /// The Kubernetes namespace, for routing to a data stream per namespace.
+    pub kube_namespace: Option<String>,
     /// Seed of the deterministic document ids of this file's events.
     pub id_seed: u128,
     /// `"file":{"path":…}`, pre-encoded for the `log` object of every document.

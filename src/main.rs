@@ -62,6 +62,17 @@ enum Command {
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig { file: PathBuf },
+    /// Install the Elasticsearch ILM policy and index templates.
+    Setup {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the requests instead of sending them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace a policy or template that differs from logferry's.
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +84,14 @@ fn main() -> ExitCode {
                 print!("{}", c.to_toml());
                 ExitCode::SUCCESS
             }
+            Err(e) => config_error(e),
+        },
+        Command::Setup {
+            config,
+            dry_run,
+            overwrite,
+        } => match Config::load(&config) {
+            Ok(c) => setup(&c, dry_run, overwrite),
             Err(e) => config_error(e),
         },
         Command::Run { config } => {
@@ -144,6 +163,61 @@ fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logferry: {e:#}");
+            let config = matches!(e.downcast_ref(), Some(pipeline::PipelineError::Config(_)));
+            ExitCode::from(if config { 2 } else { 1 })
+        }
+    }
+}
+
+fn setup(cfg: &Config, dry_run: bool, overwrite: bool) -> ExitCode {
+    use logferry::sink::elasticsearch::{client::BulkClient, setup};
+    let es = &cfg.output.elasticsearch;
+    if let Err((key, msg)) = es.validate() {
+        eprintln!("logferry: {key}: {msg}");
+        return ExitCode::from(2);
+    }
+    let json_key = if cfg.source.json.enabled {
+        cfg.source.json.target.as_str()
+    } else {
+        ""
+    };
+    let resources = setup::resources(es, json_key);
+    if dry_run {
+        print!("{}", setup::describe(&resources));
+        return ExitCode::SUCCESS;
+    }
+    let client = match BulkClient::new(es) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("logferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logferry: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(setup::apply(client.transport(), &resources, overwrite)) {
+        Ok(changes) => {
+            let mut differs = false;
+            for (r, c) in changes {
+                differs |= c == setup::Change::Differs;
+                println!("{} {}: {c}", r.kind, r.name);
+            }
+            if differs {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("logferry: setup failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -2,8 +2,9 @@
 //! and takes them down in order at shutdown (stop reading, drain, flush, persist).
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
-use crate::config::Config;
+use crate::config::{Config, OutputKind};
 use crate::encode::DocumentEncoder;
+use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::stdout::{SinkError, StdoutSink};
 use crate::source::assembler::AssemblyRules;
 use crate::source::discover::Discovery;
@@ -90,14 +91,36 @@ pub async fn run(
     let (ck_tx, ck_rx) = mpsc::unbounded_channel();
     let checkpointer =
         tokio::spawn(Checkpointer::new(store, &loaded).run(ck_rx, config.checkpoint.interval));
-    let sink = StdoutSink {
-        encoder: DocumentEncoder::new(&src.json),
-        format: config.output.stdout.format,
-        writer: opts.output,
-        acks: ck_tx.clone(),
-        stats: stats.clone(),
+    let sink = match config.output.kind {
+        OutputKind::Stdout => {
+            let sink = StdoutSink {
+                encoder: DocumentEncoder::new(&src.json),
+                format: config.output.stdout.format,
+                writer: opts.output,
+                acks: ck_tx.clone(),
+                stats: stats.clone(),
+            };
+            tokio::task::spawn_blocking(move || sink.run(ev_rx))
+        }
+        OutputKind::Elasticsearch => {
+            let dead_letter = match &opts.state_dir {
+                Some(d) => d.join("dead-letter"),
+                None => std::env::temp_dir().join("logferry-dead-letter"),
+            };
+            let sink = ElasticsearchSink::new(
+                &config.output.elasticsearch,
+                &src.json,
+                &dead_letter,
+                ck_tx.clone(),
+                stats.clone(),
+            )
+            .map_err(|e| PipelineError::Config(e.to_string()))?;
+            tokio::spawn(async move {
+                sink.run(ev_rx).await;
+                Ok(())
+            })
+        }
     };
-    let sink = tokio::task::spawn_blocking(move || sink.run(ev_rx));
     let settings = TailerSettings::new(config, opts.host_name, opts.once);
     let tailer = Tailer::new(
         settings,

@@ -18,6 +18,15 @@ pub struct Stats {
     pub events_truncated: AtomicU64,
     pub events_malformed: AtomicU64,
     pub read_errors: AtomicU64,
+    pub es_requests: AtomicU64,
+    pub es_request_failures: AtomicU64,
+    pub es_items_retried: AtomicU64,
+    pub es_duplicates: AtomicU64,
+    pub es_rescued: AtomicU64,
+    pub es_dead_lettered: AtomicU64,
+    /// Bulk bodies before and after compression.
+    pub es_bytes_raw: AtomicU64,
+    pub es_bytes_sent: AtomicU64,
 }
 
 impl Stats {

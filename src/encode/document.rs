@@ -64,8 +64,6 @@ pub struct DocumentEncoder {
     /// `"<target>":` when JSON messages are lifted and kept.
     json_key: Option<Vec<u8>>,
     lift_json: bool,
-    /// Members a sink adds to every document (e.g. `data_stream`), no leading comma.
-    extra: Bytes,
 }
 
 impl DocumentEncoder {
@@ -79,17 +77,16 @@ impl DocumentEncoder {
         DocumentEncoder {
             json_key,
             lift_json: cfg.enabled,
-            extra: Bytes::new(),
         }
-    }
-
-    pub fn with_extra(mut self, extra: Bytes) -> Self {
-        self.extra = extra;
-        self
     }
 
     /// Appends the event's document (no trailing newline) to `out`.
     pub fn encode(&self, e: &LogEvent, out: &mut Vec<u8>) {
+        self.encode_with(e, &[], out)
+    }
+
+    /// Like `encode`, adding `extra` members (e.g. `data_stream`, no leading comma).
+    pub fn encode_with(&self, e: &LogEvent, extra: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"@timestamp\":\"");
         if e.timestamp.is_empty() {
             crate::time::format_rfc3339_nanos(SystemTime::now(), out);
@@ -143,9 +140,9 @@ impl DocumentEncoder {
             out.extend_from_slice(key);
             out.extend_from_slice(&l.object);
         }
-        if !self.extra.is_empty() {
+        if !extra.is_empty() {
             out.push(b',');
-            out.extend_from_slice(&self.extra);
+            out.extend_from_slice(extra);
         }
         out.push(b'}');
     }
@@ -169,6 +166,7 @@ mod tests {
         LogEvent {
             file: Arc::new(FileContext {
                 key: 1,
+                kube_namespace: None,
                 identity: FileIdentity {
                     dev: 1,
                     inode: 2,

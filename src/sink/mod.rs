@@ -1,3 +1,4 @@
 //! Sinks: where documents go. Each acknowledges what it delivered back to the checkpointer.
 
+pub mod elasticsearch;
 pub mod stdout;

@@ -424,6 +424,7 @@ impl Tailer {
         self.next_key += 1;
         let ctx = Arc::new(FileContext {
             key,
+            kube_namespace: f.kube.namespace.clone(),
             identity,
             path: f.path.clone(),
             id_seed: id_seed(&identity),

@@ -1,6 +1,10 @@
 //! The typed configuration: TOML with `${VAR}` / `${VAR:-default}` interpolation, unknown
 //! keys rejected, and every error naming the key that is wrong.
 
+mod elasticsearch;
+
+pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -195,10 +199,11 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// `stdout` (the Elasticsearch output is the next issue).
+    /// `elasticsearch` or `stdout`.
     #[serde(rename = "type")]
     pub kind: OutputKind,
     pub stdout: StdoutConfig,
+    pub elasticsearch: ElasticsearchConfig,
 }
 
 impl Default for OutputConfig {
@@ -206,6 +211,7 @@ impl Default for OutputConfig {
         OutputConfig {
             kind: OutputKind::Stdout,
             stdout: StdoutConfig::default(),
+            elasticsearch: ElasticsearchConfig::default(),
         }
     }
 }
@@ -214,6 +220,7 @@ impl Default for OutputConfig {
 #[serde(rename_all = "lowercase")]
 pub enum OutputKind {
     Stdout,
+    Elasticsearch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +373,9 @@ impl Config {
             ));
         }
         crate::source::multiline::MultilineRules::from_config(&s.multiline)?;
+        if self.output.kind == OutputKind::Elasticsearch {
+            self.output.elasticsearch.validate()?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,257 @@
+//! `[output.elasticsearch]`: where and how documents are bulk-indexed, and the index
+//! setup (ILM policy, templates) that keeps them 90 days.
+
+use super::{byte_size, duration_str};
+use serde::{Deserialize, Serialize, Serializer};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A credential: never printed, never logged.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexMode {
+    /// `logs-<dataset>-<namespace>` data streams (the default).
+    DataStream,
+    /// Plain daily indices named by `index`, for clusters without data streams.
+    Index,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchConfig {
+    /// One or more base URLs, used round-robin; a failed one is skipped on retry.
+    pub endpoints: Vec<String>,
+    pub username: String,
+    pub password: Secret,
+    pub password_file: Option<PathBuf>,
+    /// `id:key`, or the base64 "encoded" form Kibana shows.
+    pub api_key: Secret,
+    pub api_key_file: Option<PathBuf>,
+    pub bearer_token: Secret,
+    pub bearer_token_file: Option<PathBuf>,
+    /// PEM file with the CA(s) that signed the cluster's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Development only: accept any certificate.
+    pub insecure_skip_verify: bool,
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+
+    pub mode: IndexMode,
+    pub dataset: String,
+    pub namespace: String,
+    /// Data stream per Kubernetes namespace: `logs-<dataset>-<k8s namespace>`.
+    pub route_by_namespace: bool,
+    /// Index name pattern of the index mode: `%Y`, `%m`, `%d` from the event's date.
+    pub index: String,
+
+    #[serde(with = "byte_size")]
+    pub batch_max_bytes: u64,
+    pub batch_max_events: usize,
+    #[serde(with = "duration_str")]
+    pub flush_interval: Duration,
+    /// gzip level 0–9; 0 sends bodies uncompressed.
+    pub compression_level: u32,
+    pub max_in_flight: usize,
+    /// Attempts per batch before its undelivered documents go to the dead-letter file;
+    /// 0 retries without limit.
+    pub max_retries: u32,
+    #[serde(with = "duration_str")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "duration_str")]
+    pub retry_max_backoff: Duration,
+    /// Caps toward the cluster; 0 is no cap.
+    pub max_requests_per_second: u32,
+    #[serde(with = "byte_size")]
+    pub max_bytes_per_second: u64,
+
+    /// Install the ILM policy and templates at start (idempotent).
+    pub setup: bool,
+    pub ilm_policy: String,
+    pub retention_days: u32,
+    /// Name of the index template and prefix of the component templates.
+    pub template_name: String,
+    /// Priority of the index template: above the built-in `logs-*-*` (100).
+    pub template_priority: u32,
+
+    /// Documents Elasticsearch refused twice are kept here, in the state directory.
+    #[serde(with = "byte_size")]
+    pub dead_letter_max_bytes: u64,
+}
+
+impl Default for ElasticsearchConfig {
+    fn default() -> Self {
+        ElasticsearchConfig {
+            endpoints: vec!["http://localhost:9200".into()],
+            username: String::new(),
+            password: Secret::default(),
+            password_file: None,
+            api_key: Secret::default(),
+            api_key_file: None,
+            bearer_token: Secret::default(),
+            bearer_token_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            request_timeout: Duration::from_secs(60),
+            mode: IndexMode::DataStream,
+            dataset: "kubernetes".into(),
+            namespace: "default".into(),
+            route_by_namespace: false,
+            index: "logferry-%Y.%m.%d".into(),
+            batch_max_bytes: 5 * 1024 * 1024,
+            batch_max_events: 20_000,
+            flush_interval: Duration::from_secs(1),
+            compression_level: 1,
+            max_in_flight: 2,
+            max_retries: 0,
+            retry_initial_backoff: Duration::from_millis(250),
+            retry_max_backoff: Duration::from_secs(30),
+            max_requests_per_second: 0,
+            max_bytes_per_second: 0,
+            setup: true,
+            ilm_policy: "logferry".into(),
+            retention_days: 90,
+            template_name: "logferry".into(),
+            template_priority: 200,
+            dead_letter_max_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+type KeyError = (String, String);
+
+fn err(key: &str, msg: impl Into<String>) -> KeyError {
+    (format!("output.elasticsearch.{key}"), msg.into())
+}
+
+impl ElasticsearchConfig {
+    pub fn validate(&self) -> Result<(), KeyError> {
+        if self.endpoints.is_empty() {
+            return Err(err("endpoints", "needs at least one URL"));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            match elasticsearch::http::Url::parse(e) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => {
+                    return Err(err(
+                        &format!("endpoints[{i}]"),
+                        format!("{e:?} is not an http(s) URL"),
+                    ))
+                }
+                Err(x) => return Err(err(&format!("endpoints[{i}]"), format!("{e:?}: {x}"))),
+            }
+        }
+        let auth = [
+            !self.password.is_empty() || self.password_file.is_some(),
+            !self.api_key.is_empty() || self.api_key_file.is_some(),
+            !self.bearer_token.is_empty() || self.bearer_token_file.is_some(),
+        ];
+        if auth.iter().filter(|x| **x).count() > 1 {
+            return Err(err(
+                "api_key",
+                "give one of password, api_key or bearer_token",
+            ));
+        }
+        if !self.password.is_empty() && self.password_file.is_some() {
+            return Err(err(
+                "password_file",
+                "give password or password_file, not both",
+            ));
+        }
+        if auth[0] && self.username.is_empty() {
+            return Err(err("username", "is needed with a password"));
+        }
+        for (key, value, max) in [
+            ("dataset", &self.dataset, 100),
+            ("namespace", &self.namespace, 100),
+        ] {
+            let ok = !value.is_empty()
+                && value.len() <= max
+                && value.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                });
+            if !ok {
+                return Err(err(key, format!("{value:?}: use lowercase letters, digits, `_` and `.` (no `-`), at most {max}")));
+            }
+        }
+        if self.mode == IndexMode::Index {
+            let probe = self
+                .index
+                .replace("%Y", "2024")
+                .replace("%m", "01")
+                .replace("%d", "01");
+            if crate::sink::elasticsearch::target::sanitize_index(&probe) != probe {
+                return Err(err(
+                    "index",
+                    format!("{:?} is not a valid index name", self.index),
+                ));
+            }
+        }
+        if self.batch_max_bytes < 1024 {
+            return Err(err("batch_max_bytes", "must be at least 1 KiB"));
+        }
+        if self.batch_max_events == 0 {
+            return Err(err("batch_max_events", "must be at least 1"));
+        }
+        if self.flush_interval.is_zero() {
+            return Err(err("flush_interval", "must be greater than zero"));
+        }
+        if self.compression_level > 9 {
+            return Err(err("compression_level", "must be 0 (off) to 9"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(err("max_in_flight", "must be at least 1"));
+        }
+        if self.retry_initial_backoff.is_zero()
+            || self.retry_max_backoff < self.retry_initial_backoff
+        {
+            return Err(err(
+                "retry_max_backoff",
+                "needs 0 < retry_initial_backoff <= retry_max_backoff",
+            ));
+        }
+        if self.retention_days == 0 {
+            return Err(err("retention_days", "must be at least 1"));
+        }
+        if self.ilm_policy.is_empty() || self.template_name.is_empty() {
+            return Err(err(
+                "template_name",
+                "ilm_policy and template_name must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}

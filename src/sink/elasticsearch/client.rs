@@ -1,0 +1,199 @@
+//! The connection to the cluster, through the official client's transport: endpoints
+//! round-robin, credentials, TLS, gzip bodies, and the optional request and byte rate caps.
+
+use super::response::{self, ItemResult, FILTER_PATH};
+use crate::config::ElasticsearchConfig;
+use bytes::Bytes;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("output.elasticsearch.{key}: cannot read {path}: {source}")]
+    SecretFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("output.elasticsearch.ca_file: {0}")]
+    Ca(String),
+    #[error("output.elasticsearch.endpoints: {0}")]
+    Endpoint(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// What one bulk request came to.
+#[derive(Debug)]
+pub enum Reply {
+    /// HTTP 200 with per-item results, in request order.
+    Items(Vec<ItemResult>),
+    /// Any other status, with the start of the body.
+    Status(u16, String),
+    /// No answer: connection refused or reset, timeout.
+    Unreachable(String),
+}
+
+pub struct BulkClient {
+    transport: Transport,
+    compression: Option<Compression>,
+    timeout: Duration,
+    requests: Option<DefaultDirectRateLimiter>,
+    /// Counts KiB.
+    kibibytes: Option<(DefaultDirectRateLimiter, u32)>,
+}
+
+impl BulkClient {
+    pub fn new(cfg: &ElasticsearchConfig) -> Result<Self, ClientError> {
+        let urls = cfg
+            .endpoints
+            .iter()
+            .map(|e| Url::parse(e).map_err(|x| ClientError::Endpoint(format!("{e:?}: {x}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut b = TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+            .timeout(cfg.request_timeout)
+            .disable_proxy();
+        if let Some(c) = credentials(cfg)? {
+            b = b.auth(c);
+        }
+        if cfg.insecure_skip_verify {
+            tracing::warn!("output.elasticsearch.insecure_skip_verify is on: the cluster's certificate is not checked (development only)");
+            b = b.cert_validation(CertificateValidation::None);
+        } else if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
+            b = b.cert_validation(CertificateValidation::Full(cert));
+        }
+        let transport = b.build().map_err(|e| ClientError::Build(e.to_string()))?;
+        let requests = NonZeroU32::new(cfg.max_requests_per_second)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let kibibytes =
+            NonZeroU32::new(u32::try_from(cfg.max_bytes_per_second / 1024).unwrap_or(u32::MAX))
+                .map(|n| (RateLimiter::direct(Quota::per_second(n)), n.get()));
+        Ok(BulkClient {
+            transport,
+            compression: (cfg.compression_level > 0)
+                .then(|| Compression::new(cfg.compression_level)),
+            timeout: cfg.request_timeout,
+            requests,
+            kibibytes,
+        })
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Sends one bulk body (NDJSON, uncompressed); returns what came back and the bytes sent.
+    pub async fn bulk(&self, body: &[u8]) -> (Reply, usize) {
+        if let Some(l) = &self.requests {
+            l.until_ready().await;
+        }
+        if let Some((l, burst)) = &self.kibibytes {
+            let kib = u32::try_from(body.len().div_ceil(1024))
+                .unwrap_or(u32::MAX)
+                .clamp(1, *burst);
+            let _ = l
+                .until_n_ready(NonZeroU32::new(kib).expect("clamped to at least 1"))
+                .await;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        let payload = match self.compression {
+            Some(level) => {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), level);
+                let _ = enc.write_all(body);
+                Bytes::from(enc.finish().unwrap_or_default())
+            }
+            None => Bytes::copy_from_slice(body),
+        };
+        let sent = payload.len();
+        let query = [("filter_path", FILTER_PATH)];
+        let resp = self
+            .transport
+            .send(
+                Method::Post,
+                "/_bulk",
+                headers,
+                Some(&query),
+                Some(payload),
+                Some(self.timeout),
+            )
+            .await;
+        let reply = match resp {
+            Err(e) => Reply::Unreachable(e.to_string()),
+            Ok(r) => {
+                let status = r.status_code().as_u16();
+                match r.bytes().await {
+                    Err(e) => Reply::Unreachable(format!("reading the reply: {e}")),
+                    Ok(b) if status == 200 => match response::parse(&b) {
+                        Some(items) => Reply::Items(items),
+                        None => Reply::Status(599, excerpt(&b)),
+                    },
+                    Ok(b) => Reply::Status(status, excerpt(&b)),
+                }
+            }
+        };
+        (reply, sent)
+    }
+}
+
+fn excerpt(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned()
+}
+
+fn read_secret(key: &'static str, path: &std::path::Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| ClientError::SecretFile {
+            key,
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn credentials(cfg: &ElasticsearchConfig) -> Result<Option<Credentials>, ClientError> {
+    let pick = |value: &crate::config::Secret,
+                file: &Option<std::path::PathBuf>,
+                key|
+     -> Result<Option<String>, ClientError> {
+        match file {
+            Some(p) => read_secret(key, p).map(Some),
+            None if !value.is_empty() => Ok(Some(value.expose().to_string())),
+            None => Ok(None),
+        }
+    };
+    if let Some(p) = pick(&cfg.password, &cfg.password_file, "password_file")? {
+        return Ok(Some(Credentials::Basic(cfg.username.clone(), p)));
+    }
+    if let Some(k) = pick(&cfg.api_key, &cfg.api_key_file, "api_key_file")? {
+        return Ok(Some(match k.split_once(':') {
+            Some((id, key)) => Credentials::ApiKey(id.to_string(), key.to_string()),
+            None => Credentials::EncodedApiKey(k),
+        }));
+    }
+    if let Some(t) = pick(
+        &cfg.bearer_token,
+        &cfg.bearer_token_file,
+        "bearer_token_file",
+    )? {
+        return Ok(Some(Credentials::Bearer(t)));
+    }
+    Ok(None)
+}

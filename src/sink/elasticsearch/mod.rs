@@ -1,0 +1,458 @@
+//! The Elasticsearch sink: events are encoded straight into bulk bodies, sent gzip-compressed
+//! with `create` and deterministic ids, and each item's result decides its fate: delivered,
+//! duplicate (409, also delivered), retried (429/5xx), rescued once, or dead-lettered. A
+//! batch is acknowledged when every item in it is settled, so checkpoints never pass a line
+//! that is not in Elasticsearch (or in the dead-letter file).
+
+pub mod batch;
+pub mod client;
+pub mod dead_letter;
+pub mod rescue;
+pub mod response;
+pub mod setup;
+pub mod target;
+
+use self::batch::Batch;
+use self::client::{BulkClient, Reply};
+use self::dead_letter::DeadLetter;
+use self::response::{classify, Outcome};
+use self::target::{Router, Target};
+use crate::checkpoint::CheckpointMsg;
+use crate::config::ElasticsearchConfig;
+use crate::encode::DocumentEncoder;
+use crate::event::{FileKey, LogEvent};
+use crate::stats::Stats;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// What a settled batch did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Settled {
+    delivered: u64,
+    duplicates: u64,
+    rescued: u64,
+    dead_lettered: u64,
+}
+
+struct Shared {
+    client: BulkClient,
+    cfg: ElasticsearchConfig,
+    json_key: String,
+    stats: Arc<Stats>,
+    dead_letter: Mutex<DeadLetter>,
+}
+
+pub struct ElasticsearchSink {
+    shared: Arc<Shared>,
+    router: Router,
+    encoder: DocumentEncoder,
+    acks: mpsc::UnboundedSender<CheckpointMsg>,
+}
+
+impl ElasticsearchSink {
+    pub fn new(
+        cfg: &ElasticsearchConfig,
+        json: &crate::config::JsonConfig,
+        dead_letter_dir: &std::path::Path,
+        acks: mpsc::UnboundedSender<CheckpointMsg>,
+        stats: Arc<Stats>,
+    ) -> Result<Self, client::ClientError> {
+        let json_key = if json.enabled {
+            json.target.clone()
+        } else {
+            String::new()
+        };
+        Ok(ElasticsearchSink {
+            shared: Arc::new(Shared {
+                client: BulkClient::new(cfg)?,
+                cfg: cfg.clone(),
+                json_key,
+                stats,
+                dead_letter: Mutex::new(DeadLetter::new(
+                    dead_letter_dir,
+                    cfg.dead_letter_max_bytes,
+                )),
+            }),
+            router: Router::new(cfg),
+            encoder: DocumentEncoder::new(json),
+            acks,
+        })
+    }
+
+    /// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
+    /// it, so the data stream is never created without our template.
+    async fn ensure_setup(&self) {
+        let rs = setup::resources(&self.shared.cfg, &self.shared.json_key);
+        let mut backoff = Backoff::new(&self.shared.cfg);
+        loop {
+            match setup::apply(self.shared.client.transport(), &rs, false).await {
+                Ok(changes) => {
+                    for (r, c) in changes {
+                        match c {
+                            setup::Change::Differs => {
+                                tracing::warn!(kind = r.kind, name = %r.name, "{c}")
+                            }
+                            _ => tracing::info!(kind = r.kind, name = %r.name, "{c}"),
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next();
+                    tracing::error!(error = %e, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Ships until the channel closes and everything in flight is settled.
+    pub async fn run(self, mut rx: mpsc::Receiver<Vec<LogEvent>>) {
+        if self.shared.cfg.setup {
+            self.ensure_setup().await;
+        }
+        let cfg = &self.shared.cfg;
+        let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
+        let mut targets: HashMap<FileKey, Target> = HashMap::new();
+        let mut batch = Batch::default();
+        let mut in_flight: JoinSet<(Vec<crate::event::AckRange>, Settled)> = JoinSet::new();
+        let mut open = true;
+        while open || !batch.is_empty() || !in_flight.is_empty() {
+            let deadline = batch
+                .started
+                .map(|s| Instant::from_std(s) + cfg.flush_interval);
+            let room = in_flight.len() < cfg.max_in_flight;
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((acks, settled)) = done {
+                        self.settle(acks, settled);
+                    }
+                }
+                msg = rx.recv(), if open && room => match msg {
+                    Some(events) => {
+                        for e in &events {
+                            let t = self.target(&mut targets, e);
+                            batch.push(e, &t, &self.encoder);
+                            if batch.is_full(max_bytes, max_events) {
+                                while in_flight.len() >= cfg.max_in_flight {
+                                    if let Some(Ok((acks, settled))) = in_flight.join_next().await {
+                                        self.settle(acks, settled);
+                                    }
+                                }
+                                self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                            }
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = sleep_until(deadline), if room && !batch.is_empty() => {
+                    self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                }
+                _ = std::future::ready(()), if !open && room && !batch.is_empty() => {
+                    self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                }
+            }
+        }
+    }
+
+    fn target(&self, cache: &mut HashMap<FileKey, Target>, e: &LogEvent) -> Target {
+        if self.router.dated() {
+            let date = std::str::from_utf8(&e.timestamp[..e.timestamp.len().min(10)]).unwrap_or("");
+            let mut today = Vec::new();
+            let date = if date.len() == 10 {
+                date
+            } else {
+                crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
+                std::str::from_utf8(&today[..10]).unwrap_or("1970-01-01")
+            };
+            return self.router.target(e.file.kube_namespace.as_deref(), date);
+        }
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache
+            .entry(e.file.key)
+            .or_insert_with(|| self.router.target(e.file.kube_namespace.as_deref(), ""))
+            .clone()
+    }
+
+    fn dispatch(
+        &self,
+        set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>,
+        mut batch: Batch,
+    ) {
+        let acks = batch.take_acks();
+        let shared = self.shared.clone();
+        set.spawn(async move {
+            let settled = ship(&shared, batch).await;
+            (acks, settled)
+        });
+    }
+
+    fn settle(&self, acks: Vec<crate::event::AckRange>, s: Settled) {
+        let st = &self.shared.stats;
+        Stats::add(
+            &st.events_delivered,
+            s.delivered + s.duplicates + s.dead_lettered,
+        );
+        Stats::add(&st.es_duplicates, s.duplicates);
+        Stats::add(&st.es_rescued, s.rescued);
+        Stats::add(&st.es_dead_lettered, s.dead_lettered);
+        let _ = self.acks.send(CheckpointMsg::Acked(acks));
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential backoff with jitter.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(cfg: &ElasticsearchConfig) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Backoff {
+            initial: cfg.retry_initial_backoff,
+            max: cfg.retry_max_backoff,
+            attempt: 0,
+            seed,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt += 1;
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        // Between half and all of the base, so agents do not retry in step.
+        base.mul_f64(0.5 + (self.seed % 1000) as f64 / 2000.0)
+    }
+}
+
+/// Sends a batch until every item is settled. Returns what happened to its items.
+async fn ship(shared: &Shared, batch: Batch) -> Settled {
+    let cfg = &shared.cfg;
+    let st = &shared.stats;
+    let mut settled = Settled::default();
+    let mut rescued: HashMap<usize, Vec<u8>> = HashMap::new();
+    // Groups of items still to send; a 413 splits a group in two.
+    let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.len()).collect::<Vec<_>>()]);
+    let mut backoff = Backoff::new(cfg);
+    let mut attempts = 0u32;
+    let mut body = Vec::new();
+    while let Some(group) = groups.pop_front() {
+        let whole = group.len() == batch.len() && rescued.is_empty();
+        let payload: &[u8] = if whole {
+            &batch.body
+        } else {
+            body.clear();
+            for &i in &group {
+                match rescued.get(&i) {
+                    Some(doc) => {
+                        body.extend_from_slice(batch.action(i));
+                        body.push(b'\n');
+                        body.extend_from_slice(doc);
+                        body.push(b'\n');
+                    }
+                    None => body.extend_from_slice(batch.lines(i)),
+                }
+            }
+            &body
+        };
+        attempts += 1;
+        Stats::add(&st.es_requests, 1);
+        Stats::add(&st.es_bytes_raw, payload.len() as u64);
+        let (reply, sent) = shared.client.bulk(payload).await;
+        Stats::add(&st.es_bytes_sent, sent as u64);
+        let mut retry = Vec::new();
+        let mut fail_whole: Option<String> = None;
+        match reply {
+            Reply::Items(items) if items.len() == group.len() => {
+                let mut unauthorized = None;
+                for (&i, item) in group.iter().zip(&items) {
+                    match classify(item.status, item.error_type.as_deref()) {
+                        Outcome::Delivered => settled.delivered += 1,
+                        Outcome::Duplicate => settled.duplicates += 1,
+                        Outcome::Retry => retry.push(i),
+                        Outcome::Unauthorized => {
+                            unauthorized = Some(item.reason.clone().unwrap_or_default());
+                            retry.push(i);
+                        }
+                        Outcome::Rejected => {
+                            let kind = item.error_type.as_deref().unwrap_or("unknown");
+                            let reason = item.reason.as_deref().unwrap_or("");
+                            let again = !rescued.contains_key(&i)
+                                && rescue::rescue(batch.doc(i), &shared.json_key, kind, reason)
+                                    .map(|doc| rescued.insert(i, doc))
+                                    .is_some();
+                            if again {
+                                settled.rescued += 1;
+                                retry.push(i);
+                            } else if dead_letter(
+                                shared,
+                                &batch,
+                                i,
+                                rescued.get(&i),
+                                item.status,
+                                kind,
+                                reason,
+                            ) {
+                                settled.dead_lettered += 1;
+                            } else {
+                                retry.push(i);
+                            }
+                        }
+                    }
+                }
+                if let Some(reason) = unauthorized {
+                    tracing::error!(reason = %reason, "Elasticsearch refuses the documents' index for these credentials (401/403); retrying");
+                }
+                let only_rescues =
+                    retry.iter().all(|i| rescued.contains_key(i)) && !retry.is_empty();
+                if only_rescues && attempts < 1000 {
+                    // A rescued document goes again at once; nothing to wait for.
+                    groups.push_front(retry);
+                    continue;
+                }
+                Stats::add(&st.es_items_retried, retry.len() as u64);
+            }
+            Reply::Items(items) => {
+                fail_whole = Some(format!(
+                    "{} results for {} documents",
+                    items.len(),
+                    group.len()
+                ));
+                retry = group;
+            }
+            Reply::Status(413, _) if group.len() > 1 => {
+                let (a, b) = group.split_at(group.len() / 2);
+                groups.push_front(b.to_vec());
+                groups.push_front(a.to_vec());
+                continue;
+            }
+            Reply::Status(413, body) => {
+                if dead_letter(
+                    shared,
+                    &batch,
+                    group[0],
+                    rescued.get(&group[0]),
+                    413,
+                    "request_entity_too_large",
+                    &body,
+                ) {
+                    settled.dead_lettered += 1;
+                } else {
+                    retry = group;
+                }
+            }
+            Reply::Status(status @ (401 | 403), body) => {
+                tracing::error!(status, body = %body, "Elasticsearch refuses logferry's credentials; retrying");
+                retry = group;
+            }
+            Reply::Status(status @ (429 | 500..=599), body) => {
+                fail_whole = Some(format!("HTTP {status}: {body}"));
+                retry = group;
+            }
+            Reply::Status(status, body) => {
+                // The request itself was refused (a 4xx a retry cannot change).
+                tracing::error!(status, body = %body, "Elasticsearch refused a bulk request; its documents go to the dead-letter file");
+                for &i in &group {
+                    if dead_letter(
+                        shared,
+                        &batch,
+                        i,
+                        rescued.get(&i),
+                        status,
+                        "request_refused",
+                        &body,
+                    ) {
+                        settled.dead_lettered += 1;
+                    } else {
+                        retry.push(i);
+                    }
+                }
+            }
+            Reply::Unreachable(e) => {
+                fail_whole = Some(e);
+                retry = group;
+            }
+        }
+        if retry.is_empty() {
+            continue;
+        }
+        if cfg.max_retries > 0 && attempts >= cfg.max_retries {
+            tracing::error!(
+                documents = retry.len(),
+                attempts,
+                "giving up on documents after max_retries; they go to the dead-letter file"
+            );
+            for &i in &retry {
+                if dead_letter(
+                    shared,
+                    &batch,
+                    i,
+                    rescued.get(&i),
+                    0,
+                    "max_retries_exceeded",
+                    fail_whole.as_deref().unwrap_or(""),
+                ) {
+                    settled.dead_lettered += 1;
+                }
+            }
+            continue;
+        }
+        let wait = backoff.next();
+        if let Some(why) = &fail_whole {
+            Stats::add(&st.es_request_failures, 1);
+            if backoff.attempt.is_power_of_two() {
+                tracing::warn!(error = %why, attempt = backoff.attempt, retry_in = ?wait, "bulk request failed; retrying");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        groups.push_front(retry);
+    }
+    settled
+}
+
+fn dead_letter(
+    shared: &Shared,
+    batch: &Batch,
+    i: usize,
+    rescued: Option<&Vec<u8>>,
+    status: u16,
+    kind: &str,
+    reason: &str,
+) -> bool {
+    let doc = rescued.map_or(batch.doc(i), |d| &d[..]);
+    let mut dl = shared.dead_letter.lock().unwrap_or_else(|e| e.into_inner());
+    match dl.write(batch.action(i), doc, status, kind, reason) {
+        Ok(()) => {
+            tracing::warn!(status, error = kind, reason, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the dead-letter file; the document will be sent again");
+            false
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Reading a bulk response item by item, and what each outcome means for the document.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// Asked of Elasticsearch so that replies stay small when all goes well.
+pub const FILTER_PATH: &str = "errors,items.*.status,items.*.error.type,items.*.error.reason";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemResult {
+    pub status: u16,
+    pub error_type: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    items: Vec<HashMap<String, RawItem>>,
+}
+
+#[derive(Deserialize)]
+struct RawItem {
+    status: u16,
+    #[serde(default)]
+    error: Option<RawError>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The per-item results, in request order; `None` if the body is not a bulk response.
+pub fn parse(body: &[u8]) -> Option<Vec<ItemResult>> {
+    let raw: Raw = serde_json::from_slice(body).ok()?;
+    raw.items
+        .into_iter()
+        .map(|m| {
+            let (_, item) = m.into_iter().next()?;
+            let (error_type, reason) = match item.error {
+                Some(e) => (e.kind, e.reason),
+                None => (None, None),
+            };
+            Some(ItemResult {
+                status: item.status,
+                error_type,
+                reason,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// 409 on `create`: the same id is already indexed.
+    Duplicate,
+    /// Overload or a node failing: send this item again later.
+    Retry,
+    /// 401/403: credentials or privileges; retried, loudly.
+    Unauthorized,
+    /// The document itself was refused (mapping, parsing, missing index…).
+    Rejected,
+}
+
+pub fn classify(status: u16, error_type: Option<&str>) -> Outcome {
+    if matches!(
+        error_type,
+        Some("es_rejected_execution_exception" | "circuit_breaking_exception")
+    ) {
+        return Outcome::Retry;
+    }
+    match status {
+        200..=299 => Outcome::Delivered,
+        409 => Outcome::Duplicate,
+        429 | 500 | 502 | 503 | 504 => Outcome::Retry,
+        401 | 403 => Outcome::Unauthorized,
+        _ => Outcome::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let body = br#"{"took":30,"errors":true,"items":[
+            {"create":{"_index":".ds-x","_id":"a1","status":201,"result":"created"}},
+            {"create":{"_index":".ds-x","_id":"a2","status":409,"error":{"type":"version_conflict_engine_exception","reason":"[a2]: version conflict, document already exists (current version [1])"}}},
+            {"create":{"_id":"a3","status":400,"error":{"type":"document_parsing_exception","reason":"object mapping for [kubernetes.labels.app] tried to parse field [app] as object, but found a concrete value"}}},
+            {"create":{"_id":"a4","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution"}}}
+        ]}"#;
+        let items = parse(body).unwrap();
+        let outcomes: Vec<Outcome> = items
+            .iter()
+            .map(|i| classify(i.status, i.error_type.as_deref()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Delivered,
+                Outcome::Duplicate,
+                Outcome::Rejected,
+                Outcome::Retry
+            ]
+        );
+        assert!(items[2]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("kubernetes.labels.app"));
+    }
+
+    #[test]
+    fn filtered_and_odd_replies() {
+        assert_eq!(
+            parse(br#"{"errors":false,"items":[{"create":{"status":201}}]}"#)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(parse(b"<html>").is_none());
+        assert!(parse(br#"{"items":[{}]}"#).is_none());
+        assert_eq!(classify(503, None), Outcome::Retry);
+        assert_eq!(
+            classify(500, Some("circuit_breaking_exception")),
+            Outcome::Retry
+        );
+        assert_eq!(
+            classify(403, Some("security_exception")),
+            Outcome::Unauthorized
+        );
+        assert_eq!(
+            classify(404, Some("index_not_found_exception")),
+            Outcome::Rejected
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&data);
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Index setup for 90-day retention: the ILM policy, component templates with the
+//! mappings Kibana needs, and the index template that makes the data stream. Idempotent:
+//! each object carries a content hash in `_meta.version`; one that differs is reported and
+//! replaced only when asked (`setup --overwrite`).
+
+use super::target::Router;
+use crate::config::{ElasticsearchConfig, IndexMode};
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::transport::Transport;
+use elasticsearch::http::Method;
+use serde_json::{json, Value};
+use std::fmt;
+use thiserror::Error;
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub kind: &'static str,
+    pub name: String,
+    /// The API path, e.g. `_ilm/policy/logferry`.
+    pub path: String,
+    pub body: Value,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Unchanged,
+    Replaced,
+    /// Exists with other content and was left alone.
+    Differs,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Change::Created => "created",
+            Change::Unchanged => "unchanged",
+            Change::Replaced => "replaced",
+            Change::Differs => "differs (left as it is; `logferry setup --overwrite` replaces it)",
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error("{kind} {name}: no answer from Elasticsearch: {message}")]
+    Unreachable {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("{kind} {name}: Elasticsearch answered {status}: {body}")]
+    Refused {
+        kind: &'static str,
+        name: String,
+        status: u16,
+        body: String,
+    },
+}
+
+fn with_meta(mut body: Value, meta_at: &[&str]) -> (Value, String) {
+    let version = format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(body.to_string().as_bytes())
+    );
+    let meta = json!({ "managed_by": "logferry", "version": version });
+    let mut target = &mut body;
+    for k in meta_at {
+        target = &mut target[*k];
+    }
+    target["_meta"] = meta;
+    (body, version)
+}
+
+/// What `setup` installs for this config.
+pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
+    let name = &cfg.template_name;
+    let retention = format!("{}d", cfg.retention_days);
+    let phases = match cfg.mode {
+        IndexMode::DataStream => json!({
+            "hot": { "min_age": "0ms", "actions": {
+                "rollover": { "max_age": "1d", "max_primary_shard_size": "50gb" } } },
+            "delete": { "min_age": retention, "actions": { "delete": {} } }
+        }),
+        // Daily indices do not roll over: each is deleted `retention` after it was made.
+        IndexMode::Index => json!({
+            "delete": { "min_age": retention, "actions": { "delete": {} } }
+        }),
+    };
+    let (policy, pv) = with_meta(json!({ "policy": { "phases": phases } }), &["policy"]);
+
+    let keyword = json!({ "type": "keyword" });
+    let names = |keys: &[&str]| -> Value {
+        Value::Object(
+            keys.iter()
+                .map(|k| (k.to_string(), json!({ "properties": { "name": keyword } })))
+                .collect(),
+        )
+    };
+    let mut kube = json!({
+        "namespace": keyword,
+        "pod": { "properties": { "name": keyword, "uid": keyword, "ip": { "type": "ip" } } },
+        "labels": { "type": "flattened" },
+        "annotations": { "type": "flattened" },
+        "namespace_labels": { "type": "flattened" }
+    });
+    for (k, v) in names(&[
+        "node",
+        "container",
+        "deployment",
+        "statefulset",
+        "daemonset",
+        "job",
+        "cronjob",
+        "replicaset",
+    ])
+    .as_object()
+    .expect("object")
+    {
+        kube[k] = v.clone();
+    }
+    let mut properties = json!({
+        "@timestamp": { "type": "date_nanos" },
+        "message": { "type": "text" },
+        "stream": keyword,
+        "log": { "properties": {
+            "level": keyword, "offset": { "type": "long" }, "flags": keyword,
+            "file": { "properties": { "path": keyword } } } },
+        "data_stream": { "properties": {
+            "type": { "type": "constant_keyword" },
+            "dataset": { "type": "constant_keyword" },
+            "namespace": { "type": "constant_keyword" } } },
+        "host": { "properties": { "name": keyword } },
+        "agent": { "properties": { "name": keyword, "type": keyword, "version": keyword } },
+        "container": { "properties": {
+            "id": keyword, "runtime": keyword,
+            "image": { "properties": { "name": keyword } } } },
+        "kubernetes": { "properties": kube },
+        "event": { "properties": { "original": { "type": "keyword", "index": false, "doc_values": false } } },
+        "error": { "properties": { "type": keyword, "message": { "type": "text" } } }
+    });
+    if !json_key.is_empty() {
+        properties[json_key] = json!({ "type": "flattened", "ignore_above": 1024 });
+    }
+    let (mappings, mv) = with_meta(
+        json!({ "template": { "mappings": {
+            "dynamic_templates": [ { "strings_as_keyword": {
+                "match_mapping_type": "string",
+                "mapping": { "type": "keyword", "ignore_above": 1024 } } } ],
+            "properties": properties } } }),
+        &[],
+    );
+    let (settings, sv) = with_meta(
+        json!({ "template": { "settings": {
+            "index.lifecycle.name": cfg.ilm_policy,
+            "index.codec": "best_compression" } } }),
+        &[],
+    );
+    let mut index_template = json!({
+        "index_patterns": [Router::new(cfg).index_pattern()],
+        "composed_of": [format!("{name}@settings"), format!("{name}@mappings")],
+        "priority": cfg.template_priority
+    });
+    if cfg.mode == IndexMode::DataStream {
+        index_template["data_stream"] = json!({});
+    }
+    let (index_template, iv) = with_meta(index_template, &[]);
+    vec![
+        Resource {
+            kind: "ILM policy",
+            name: cfg.ilm_policy.clone(),
+            path: format!("_ilm/policy/{}", cfg.ilm_policy),
+            body: policy,
+            version: pv,
+        },
+        Resource {
+            kind: "component template",
+            name: format!("{name}@settings"),
+            path: format!("_component_template/{name}@settings"),
+            body: settings,
+            version: sv,
+        },
+        Resource {
+            kind: "component template",
+            name: format!("{name}@mappings"),
+            path: format!("_component_template/{name}@mappings"),
+            body: mappings,
+            version: mv,
+        },
+        Resource {
+            kind: "index template",
+            name: name.clone(),
+            path: format!("_index_template/{name}"),
+            body: index_template,
+            version: iv,
+        },
+    ]
+}
+
+/// The `_meta.version` of what Elasticsearch holds, from each API's GET shape.
+fn installed_version(r: &Resource, got: &Value) -> Option<String> {
+    let meta = match r.kind {
+        "ILM policy" => &got[&r.name]["policy"]["_meta"],
+        "component template" => &got["component_templates"][0]["component_template"]["_meta"],
+        _ => &got["index_templates"][0]["index_template"]["_meta"],
+    };
+    meta["version"].as_str().map(str::to_string)
+}
+
+async fn call(
+    t: &Transport,
+    r: &Resource,
+    method: Method,
+    body: Option<&Value>,
+) -> Result<(u16, Value), SetupError> {
+    let resp = match body {
+        Some(b) => {
+            t.send(
+                method,
+                &r.path,
+                HeaderMap::new(),
+                None::<&()>,
+                Some(b.to_string()),
+                None,
+            )
+            .await
+        }
+        None => {
+            t.send(
+                method,
+                &r.path,
+                HeaderMap::new(),
+                None::<&()>,
+                None::<()>,
+                None,
+            )
+            .await
+        }
+    }
+    .map_err(|e| SetupError::Unreachable {
+        kind: r.kind,
+        name: r.name.clone(),
+        message: e.to_string(),
+    })?;
+    let status = resp.status_code().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+/// Installs what is missing; with `overwrite`, replaces what differs.
+pub async fn apply(
+    t: &Transport,
+    resources: &[Resource],
+    overwrite: bool,
+) -> Result<Vec<(Resource, Change)>, SetupError> {
+    let mut out = vec![];
+    for r in resources {
+        let (status, got) = call(t, r, Method::Get, None).await?;
+        let change = match status {
+            404 => Change::Created,
+            200 if installed_version(r, &got).as_deref() == Some(&r.version) => Change::Unchanged,
+            200 if overwrite => Change::Replaced,
+            200 => Change::Differs,
+            s => {
+                return Err(SetupError::Refused {
+                    kind: r.kind,
+                    name: r.name.clone(),
+                    status: s,
+                    body: got.to_string(),
+                });
+            }
+        };
+        if matches!(change, Change::Created | Change::Replaced) {
+            let (status, got) = call(t, r, Method::Put, Some(&r.body)).await?;
+            if !(200..300).contains(&status) {
+                return Err(SetupError::Refused {
+                    kind: r.kind,
+                    name: r.name.clone(),
+                    status,
+                    body: got.to_string(),
+                });
+            }
+        }
+        out.push((r.clone(), change));
+    }
+    Ok(out)
+}
+
+/// What `setup --dry-run` prints: each request as `PUT <path>` and its body.
+pub fn describe(resources: &[Resource]) -> String {
+    let mut s = String::new();
+    for r in resources {
+        s.push_str(&format!(
+            "# {} {}\nPUT /{}\n{}\n\n",
+            r.kind,
+            r.name,
+            r.path,
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ninety_day_policy_and_a_template_for_the_stream() {
+        let cfg = ElasticsearchConfig::default();
+        let rs = resources(&cfg, "json");
+        let policy = &rs[0].body["policy"];
+        assert_eq!(policy["phases"]["delete"]["min_age"], "90d");
+        assert_eq!(
+            policy["phases"]["hot"]["actions"]["rollover"]["max_age"],
+            "1d"
+        );
+        assert_eq!(policy["_meta"]["version"], rs[0].version);
+        let t = &rs[3].body;
+        assert_eq!(t["index_patterns"], json!(["logs-kubernetes-*"]));
+        assert_eq!(t["data_stream"], json!({}));
+        assert!(t["priority"].as_u64().unwrap() > 100);
+        let props = &rs[2].body["template"]["mappings"]["properties"];
+        assert_eq!(
+            props["kubernetes"]["properties"]["labels"]["type"],
+            "flattened"
+        );
+        assert_eq!(props["json"]["type"], "flattened");
+        assert_eq!(props["@timestamp"]["type"], "date_nanos");
+        assert_eq!(
+            rs[1].body["template"]["settings"]["index.lifecycle.name"],
+            "logferry"
+        );
+        // The same config gives the same versions; another retention another.
+        assert_eq!(resources(&cfg, "json")[0].version, rs[0].version);
+        let other = ElasticsearchConfig {
+            retention_days: 30,
+            ..Default::default()
+        };
+        assert_ne!(resources(&other, "json")[0].version, rs[0].version);
+    }
+
+    #[test]
+    fn versions_are_read_from_each_get_shape() {
+        let rs = resources(&ElasticsearchConfig::default(), "json");
+        let v = |i: usize| rs[i].version.clone();
+        let ilm =
+            json!({ "logferry": { "version": 1, "policy": { "_meta": { "version": v(0) } } } });
+        assert_eq!(installed_version(&rs[0], &ilm), Some(v(0)));
+        let ct = json!({ "component_templates": [ { "name": "logferry@settings", "component_template": { "_meta": { "version": v(1) } } } ] });
+        assert_eq!(installed_version(&rs[1], &ct), Some(v(1)));
+        let it = json!({ "index_templates": [ { "name": "logferry", "index_template": { "_meta": { "version": v(3) } } } ] });
+        assert_eq!(installed_version(&rs[3], &it), Some(v(3)));
+    }
+}

@@ -1,0 +1,162 @@
+//! Where a document goes: its data stream (or daily index) and the `data_stream.*`
+//! members written into it. Computed once per file and per day, not per line.
+
+use crate::config::{ElasticsearchConfig, IndexMode};
+use bytes::Bytes;
+
+/// One destination: the pre-encoded `_index` of action lines and the document members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub index: String,
+    /// `"data_stream":{…}` (empty in index mode), added to every document.
+    pub extra: Bytes,
+}
+
+/// Makes any string a legal index name part: lowercase, none of `\/*?"<>|,# :`, no
+/// leading `-_+`, at most 255 bytes.
+pub fn sanitize_index(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| match c {
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ':' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    while out.starts_with(['-', '_', '+']) {
+        out.remove(0);
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        out = "logferry".into();
+    }
+    let mut end = out.len().min(255);
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out
+}
+
+/// A data stream dataset or namespace part: `-` is the separator, so it becomes `_`.
+pub fn sanitize_part(s: &str) -> String {
+    let mut v = sanitize_index(&s.replace('-', "_"));
+    v.truncate(100);
+    v
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    mode: IndexMode,
+    dataset: String,
+    namespace: String,
+    by_namespace: bool,
+    pattern: String,
+}
+
+impl Router {
+    pub fn new(cfg: &ElasticsearchConfig) -> Self {
+        Router {
+            mode: cfg.mode,
+            dataset: sanitize_part(&cfg.dataset),
+            namespace: sanitize_part(&cfg.namespace),
+            by_namespace: cfg.route_by_namespace,
+            pattern: cfg.index.clone(),
+        }
+    }
+
+    /// The data stream name pattern the index template must match.
+    pub fn index_pattern(&self) -> String {
+        match self.mode {
+            IndexMode::DataStream => format!("logs-{}-*", self.dataset),
+            IndexMode::Index => {
+                let fixed = self.pattern.split('%').next().unwrap_or_default();
+                format!("{fixed}*")
+            }
+        }
+    }
+
+    /// The destination of a file's events; `date` is the event's `YYYY-MM-DD` (index mode).
+    pub fn target(&self, k8s_namespace: Option<&str>, date: &str) -> Target {
+        match self.mode {
+            IndexMode::DataStream => {
+                let ns = match (self.by_namespace, k8s_namespace) {
+                    (true, Some(ns)) => sanitize_part(ns),
+                    _ => self.namespace.clone(),
+                };
+                let extra = serde_json::json!({
+                    "data_stream": { "type": "logs", "dataset": self.dataset, "namespace": ns }
+                })
+                .to_string();
+                Target {
+                    index: format!("logs-{}-{}", self.dataset, ns),
+                    extra: Bytes::copy_from_slice(&extra.as_bytes()[1..extra.len() - 1]),
+                }
+            }
+            IndexMode::Index => {
+                let (y, rest) = date.split_at(4.min(date.len()));
+                let m = rest.get(1..3).unwrap_or("01");
+                let d = rest.get(4..6).unwrap_or("01");
+                let name = self
+                    .pattern
+                    .replace("%Y", y)
+                    .replace("%m", m)
+                    .replace("%d", d);
+                Target {
+                    index: sanitize_index(&name),
+                    extra: Bytes::new(),
+                }
+            }
+        }
+    }
+
+    /// Whether the target depends on the event's date (so cannot be cached per file alone).
+    pub fn dated(&self) -> bool {
+        self.mode == IndexMode::Index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_stream_names() {
+        let mut cfg = ElasticsearchConfig::default();
+        let r = Router::new(&cfg);
+        let t = r.target(Some("kube-system"), "");
+        assert_eq!(t.index, "logs-kubernetes-default");
+        assert_eq!(
+            &t.extra[..],
+            br#""data_stream":{"dataset":"kubernetes","namespace":"default","type":"logs"}"#
+        );
+        cfg.route_by_namespace = true;
+        let r = Router::new(&cfg);
+        assert_eq!(
+            r.target(Some("Kube-System"), "").index,
+            "logs-kubernetes-kube_system"
+        );
+        assert_eq!(r.target(None, "").index, "logs-kubernetes-default");
+        assert_eq!(r.index_pattern(), "logs-kubernetes-*");
+    }
+
+    #[test]
+    fn daily_index_names() {
+        let cfg = ElasticsearchConfig {
+            mode: IndexMode::Index,
+            index: "k8s-%Y.%m.%d".into(),
+            ..Default::default()
+        };
+        let r = Router::new(&cfg);
+        let t = r.target(None, "2026-11-30");
+        assert_eq!(t.index, "k8s-2026.11.30");
+        assert!(t.extra.is_empty());
+        assert_eq!(r.index_pattern(), "k8s-*");
+    }
+
+    #[test]
+    fn sanitizes() {
+        assert_eq!(sanitize_index("_A/b c*"), "a_b_c_");
+        assert_eq!(sanitize_index(""), "logferry");
+        assert_eq!(sanitize_part("my-ns"), "my_ns");
+        assert!(sanitize_index(&"x".repeat(300)).len() <= 255);
+    }
+}
