@@ -330,3 +330,142 @@ pub fn assert_exactly_once(got: &[u64], n: u64) {
         &repeated[..repeated.len().min(10)]
     );
 }
+
+pub mod es_server;
+
+/// The Elasticsearch the tests talk to: the in-tree server, or a real cluster when
+/// `LOGFERRY_TEST_ES_URL` is set (tests that need injected faults skip themselves then).
+pub enum Es {
+    InTree(es_server::EsServer),
+    Real(String),
+}
+
+impl Es {
+    pub fn new() -> Es {
+        match std::env::var("LOGFERRY_TEST_ES_URL") {
+            Ok(url) if !url.is_empty() => Es::Real(url),
+            _ => Es::InTree(es_server::EsServer::start()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Es::InTree(s) => s.url.clone(),
+            Es::Real(u) => u.clone(),
+        }
+    }
+
+    pub fn in_tree(&self) -> Option<&es_server::EsServer> {
+        match self {
+            Es::InTree(s) => Some(s),
+            Es::Real(_) => None,
+        }
+    }
+
+    /// One HTTP call; returns the status and the JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        use elasticsearch::http::headers::HeaderMap;
+        use elasticsearch::http::transport::Transport;
+        use elasticsearch::http::Method;
+        let t = Transport::single_node(&self.url()).unwrap();
+        let m = match method {
+            "GET" => Method::Get,
+            "PUT" => Method::Put,
+            "POST" => Method::Post,
+            "DELETE" => Method::Delete,
+            _ => panic!("method {method}"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = match body {
+                Some(b) => {
+                    t.send(
+                        m,
+                        path,
+                        HeaderMap::new(),
+                        None::<&()>,
+                        Some(b.to_string()),
+                        None,
+                    )
+                    .await
+                }
+                None => {
+                    t.send(m, path, HeaderMap::new(), None::<&()>, None::<()>, None)
+                        .await
+                }
+            }
+            .expect("Elasticsearch answers");
+            let status = resp.status_code().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    pub fn count(&self, index: &str) -> u64 {
+        self.call("POST", &format!("/{index}/_refresh"), None);
+        let (status, v) = self.call("GET", &format!("/{index}/_count"), None);
+        if status == 404 {
+            return 0;
+        }
+        v["count"].as_u64().unwrap_or(0)
+    }
+
+    /// Every document of an index or data stream (at most 10,000).
+    pub fn docs(&self, index: &str) -> Vec<Value> {
+        self.call("POST", &format!("/{index}/_refresh"), None);
+        let (_, v) = self.call(
+            "POST",
+            &format!("/{index}/_search"),
+            Some(serde_json::json!({"size": 10000, "query": {"match_all": {}}})),
+        );
+        v["hits"]["hits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h["_source"].clone())
+            .collect()
+    }
+
+    /// Waits until the index holds `n` documents, or fails the test after `WAIT`.
+    pub fn wait_count(&self, index: &str, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let c = self.count(index);
+            if c >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {c} of {n} documents in {index}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A name no other test run uses, for data streams on a shared cluster.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}", n % 10_000_000_000)
+}
+
+/// A config shipping `tree` to `es` into the data stream `logs-kubernetes-<namespace>`.
+pub fn es_config(include: Vec<String>, es: &Es, namespace: &str) -> Config {
+    let mut c = test_config(include);
+    c.output.kind = logferry::config::OutputKind::Elasticsearch;
+    let e = &mut c.output.elasticsearch;
+    e.endpoints = vec![es.url()];
+    e.namespace = namespace.into();
+    e.flush_interval = Duration::from_millis(100);
+    e.retry_initial_backoff = Duration::from_millis(50);
+    e.retry_max_backoff = Duration::from_millis(500);
+    e.request_timeout = Duration::from_secs(10);
+    c
+}

@@ -1,0 +1,303 @@
+//! The agent against Elasticsearch: the in-tree server by default, a real cluster when
+//! `LOGFERRY_TEST_ES_URL` is set. Lines carry sequence numbers, so loss and duplication are
+//! counted exactly.
+
+mod support;
+
+use logferry::stats::Stats;
+use serde_json::Value;
+use std::time::Duration;
+use support::*;
+
+fn batch(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
+        .collect()
+}
+
+fn stream(ns: &str) -> String {
+    format!("logs-kubernetes-{ns}")
+}
+
+#[test]
+fn lines_of_many_files_land_exactly_once_in_a_data_stream() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("many");
+    let per = 1500u64;
+    for f in 0..6u64 {
+        let c = tree.container("shop", &format!("pod-{f}"), "app");
+        c.append(batch(f * per, per).as_bytes());
+    }
+    let agent = Agent::start(
+        es_config(vec![tree.glob()], &es, &ns),
+        Some(&tree.state_dir()),
+    );
+    es.wait_count(&stream(&ns), 6 * per);
+    let docs = es.docs(&stream(&ns));
+    assert_exactly_once(&seqs(&docs), 6 * per);
+    let d = &docs[0];
+    assert_eq!(d["data_stream"]["type"], "logs");
+    assert_eq!(d["data_stream"]["namespace"], ns);
+    assert_eq!(d["kubernetes"]["namespace"], "shop");
+    agent.wait_stat(
+        "all acknowledged",
+        |s| Stats::get(&s.events_delivered),
+        6 * per,
+    );
+    let summary = agent.stop();
+    // Every file's checkpoint is at its end: all acknowledged.
+    for e in &summary.committed {
+        assert_eq!(
+            e.offset,
+            std::fs::metadata(&e.path).unwrap().len(),
+            "{}",
+            e.path.display()
+        );
+    }
+    if let Some(s) = es.in_tree() {
+        s.with(|st| {
+            assert_eq!(st.is_data_stream(&stream(&ns)), Some(true));
+            assert_eq!(
+                st.gzip_requests, st.bulk_requests,
+                "bodies are gzip-compressed"
+            );
+            assert_eq!(st.items_409, 0);
+        });
+        assert!(
+            Stats::get(&summary.stats.es_bytes_sent) < Stats::get(&summary.stats.es_bytes_raw) / 3
+        );
+    }
+}
+
+#[test]
+fn an_outage_mid_run_loses_and_duplicates_nothing() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    let tree = Tree::new();
+    let ns = unique("outage");
+    let c = tree.container("ns", "busy", "app");
+    let agent = Agent::start(
+        es_config(vec![tree.glob()], &es, &ns),
+        Some(&tree.state_dir()),
+    );
+    let mut next = 0;
+    for round in 0..30 {
+        if round == 10 {
+            server.set_down(true);
+        }
+        if round == 20 {
+            server.set_down(false);
+        }
+        c.append(batch(next, 200).as_bytes());
+        next += 200;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    es.wait_count(&stream(&ns), next);
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), next);
+    let summary = agent.stop();
+    assert!(
+        Stats::get(&summary.stats.es_request_failures) > 0,
+        "the outage was seen"
+    );
+}
+
+#[test]
+fn rejected_items_and_requests_are_retried_until_they_land() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    server.faults(|f| {
+        f.item_429_ratio = 0.3;
+        f.request_fail_ratio = 0.2;
+    });
+    let tree = Tree::new();
+    let ns = unique("retry");
+    for f in 0..3u64 {
+        tree.container("ns", &format!("p{f}"), "app")
+            .append(batch(f * 1000, 1000).as_bytes());
+    }
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    cfg.output.elasticsearch.batch_max_events = 200;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    es.wait_count(&stream(&ns), 3000);
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 3000);
+    let summary = agent.stop();
+    server.with(|s| {
+        assert!(s.items_429 > 100, "{} item 429s", s.items_429);
+        assert!(s.requests_failed > 0);
+    });
+    assert!(Stats::get(&summary.stats.es_items_retried) > 0);
+    assert_eq!(Stats::get(&summary.stats.es_dead_lettered), 0);
+}
+
+#[test]
+fn a_mapping_conflict_is_rescued_not_lost() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("conflict");
+    let c = tree.container("ns", "app", "app");
+    c.append_lines(&[
+        cri("stdout", "F", r#"{"msg":"first","status":200}"#),
+        cri("stdout", "F", r#"{"msg":"second","status":"not a number"}"#),
+    ]);
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    // Without logferry's template `json` is mapped dynamically: `json.status` becomes a long.
+    cfg.output.elasticsearch.setup = false;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    es.wait_count(&stream(&ns), 2);
+    let docs = es.docs(&stream(&ns));
+    let second = docs
+        .iter()
+        .find(|d| d["message"] == "second")
+        .expect("the conflicting document is indexed");
+    assert!(
+        second["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("json.status"),
+        "{second}"
+    );
+    let original: Value =
+        serde_json::from_str(second["event"]["original"].as_str().unwrap()).unwrap();
+    assert_eq!(original["json"]["status"], "not a number");
+    assert!(second["log"]["flags"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("rescued")));
+    let summary = agent.stop();
+    assert_eq!(Stats::get(&summary.stats.es_rescued), 1);
+}
+
+#[test]
+fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    server.faults(|f| f.max_content_length = 32 * 1024);
+    let tree = Tree::new();
+    let ns = unique("split");
+    let c = tree.container("ns", "big", "app");
+    c.append(batch(0, 500).as_bytes());
+    c.append_lines(&[cri(
+        "stdout",
+        "F",
+        &format!("seq=00000500 {}", "x".repeat(40 * 1024)),
+    )]);
+    let agent = Agent::start(
+        es_config(vec![tree.glob()], &es, &ns),
+        Some(&tree.state_dir()),
+    );
+    es.wait_count(&stream(&ns), 500);
+    agent.wait_stat(
+        "the big document dead-lettered",
+        |s| Stats::get(&s.es_dead_lettered),
+        1,
+    );
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 500);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 501);
+    let summary = agent.stop();
+    assert!(server.with(|s| s.requests_413) > 0);
+    // The checkpoint passes the dead-lettered line: it is kept on disk, not lost.
+    assert_eq!(
+        summary.committed[0].offset,
+        std::fs::metadata(c.path()).unwrap().len()
+    );
+    let dl = tree.state_dir().join("dead-letter");
+    let text: String = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let rec: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["status"], 413);
+    assert!(rec["document"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("seq=00000500"));
+}
+
+#[test]
+fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
+    use logferry::sink::elasticsearch::{client::BulkClient, setup};
+    let es = Es::new();
+    let mut cfg = logferry::config::ElasticsearchConfig {
+        endpoints: vec![es.url()],
+        ..Default::default()
+    };
+    let name = unique("lftest");
+    cfg.dataset = name.clone();
+    cfg.template_name = name.clone();
+    cfg.ilm_policy = name.clone();
+    let client = BulkClient::new(&cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let resources = setup::resources(&cfg, "json");
+    let changes: Vec<setup::Change> = rt
+        .block_on(setup::apply(client.transport(), &resources, false))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(changes, vec![setup::Change::Created; 4]);
+    let again: Vec<setup::Change> = rt
+        .block_on(setup::apply(client.transport(), &resources, false))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(again, vec![setup::Change::Unchanged; 4], "idempotent");
+
+    let (status, policy) = es.call("GET", &format!("/_ilm/policy/{name}"), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        policy[&name]["policy"]["phases"]["delete"]["min_age"],
+        "90d"
+    );
+    let (_, t) = es.call("GET", &format!("/_index_template/{name}"), None);
+    let t = &t["index_templates"][0]["index_template"];
+    assert_eq!(t["index_patterns"][0], format!("logs-{name}-*"));
+    assert!(t.get("data_stream").is_some());
+
+    // A template changed by someone else is reported, and replaced only when asked.
+    let mut changed = resources[3].body.clone();
+    changed["priority"] = Value::from(300);
+    changed["_meta"]["version"] = Value::from("someone-else");
+    assert_eq!(
+        es.call("PUT", &format!("/_index_template/{name}"), Some(changed))
+            .0,
+        200
+    );
+    let after: Vec<setup::Change> = rt
+        .block_on(setup::apply(client.transport(), &resources, false))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(after[3], setup::Change::Differs);
+    let forced: Vec<setup::Change> = rt
+        .block_on(setup::apply(client.transport(), &resources, true))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(forced[3], setup::Change::Replaced);
+
+    // The first write creates the data stream from that template.
+    let tree = Tree::new();
+    tree.container("ns", "p", "app")
+        .append(batch(0, 5).as_bytes());
+    let mut agent_cfg = es_config(vec![tree.glob()], &es, "default");
+    agent_cfg.output.elasticsearch.dataset = name.clone();
+    agent_cfg.output.elasticsearch.template_name = name.clone();
+    agent_cfg.output.elasticsearch.ilm_policy = name.clone();
+    let agent = Agent::start(agent_cfg, Some(&tree.state_dir()));
+    let ds = format!("logs-{name}-default");
+    es.wait_count(&ds, 5);
+    agent.stop();
+    let (status, v) = es.call("GET", &format!("/_data_stream/{ds}"), None);
+    assert_eq!(status, 200);
+    assert_eq!(v["data_streams"][0]["template"], name);
+}

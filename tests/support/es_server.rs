@@ -1,0 +1,780 @@
+//! An in-tree Elasticsearch 8 for tests, built from its documentation: strict NDJSON bulk
+//! with per-item results, gzip bodies, 409 on a duplicate `create`, data streams that take
+//! only `create` and need `@timestamp`, dynamic mappings whose conflicts fail the item,
+//! 413 above `http.max_content_length`, the ILM and template APIs with their GET shapes,
+//! and `_count`/`_search`/`_refresh` for assertions. Faults are injected through `Faults`.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server will do wrong, on purpose.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// The next N bulk requests are answered with `request_status`.
+    pub fail_requests: u32,
+    pub request_status: u16,
+    /// Share of bulk items answered 429 `es_rejected_execution_exception` (0.0–1.0).
+    pub item_429_ratio: f64,
+    /// Share of bulk requests answered 429 or 503 as a whole (0.0–1.0).
+    pub request_fail_ratio: f64,
+    /// Added before each bulk answer.
+    pub latency: Duration,
+    /// Requests above this many (decompressed) bytes are answered 413. 0 = 100 MB.
+    pub max_content_length: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    Flattened,
+    Long,
+    Double,
+    Keyword,
+    Boolean,
+    Date,
+    Other,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    data_stream: bool,
+    docs: BTreeMap<String, Value>,
+    fields: HashMap<String, Kind>,
+    dynamic_strings_keyword: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub faults: Faults,
+    ilm: BTreeMap<String, Value>,
+    component: BTreeMap<String, Value>,
+    templates: BTreeMap<String, Value>,
+    indices: BTreeMap<String, Index>,
+    /// Counters for assertions.
+    pub bulk_requests: u64,
+    pub bulk_items: u64,
+    pub gzip_requests: u64,
+    pub items_409: u64,
+    pub items_429: u64,
+    pub items_400: u64,
+    pub requests_failed: u64,
+    pub requests_413: u64,
+    rng: u64,
+}
+
+impl State {
+    fn random(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1_000_000) as f64 / 1_000_000.0
+    }
+
+    /// Documents of an index or data stream (or a `*` pattern).
+    pub fn docs(&self, pattern: &str) -> Vec<(String, Value)> {
+        self.indices
+            .iter()
+            .filter(|(n, _)| glob_match(pattern, n))
+            .flat_map(|(_, i)| i.docs.iter().map(|(id, d)| (id.clone(), d.clone())))
+            .collect()
+    }
+
+    pub fn is_data_stream(&self, name: &str) -> Option<bool> {
+        self.indices.get(name).map(|i| i.data_stream)
+    }
+}
+
+pub struct EsServer {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+    down: Arc<AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl EsServer {
+    pub fn start() -> EsServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(Mutex::new(State {
+            rng: 0x9e3779b97f4a7c15,
+            ..Default::default()
+        }));
+        let down = Arc::new(AtomicBool::new(false));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (st, dn) = (state.clone(), down.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if dn.load(Ordering::SeqCst) {
+                    drop(stream); // an outage: the connection is closed at once
+                    continue;
+                }
+                let (st, dn) = (st.clone(), dn.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (st, dn) = (st.clone(), dn.clone());
+                        async move { handle(req, st, dn).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        EsServer {
+            url: format!("http://{addr}"),
+            state,
+            down,
+            _rt: rt,
+        }
+    }
+
+    /// An outage: every connection is refused or cut until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.state.lock().unwrap().faults);
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.lock().unwrap())
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: u16, body: Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-elastic-product", "Elasticsearch")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn error(status: u16, kind: &str, reason: &str) -> Resp {
+    reply(
+        status,
+        json!({ "error": { "root_cause": [{ "type": kind, "reason": reason }], "type": kind, "reason": reason }, "status": status }),
+    )
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    down: Arc<AtomicBool>,
+) -> Result<Resp, std::io::Error> {
+    if down.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("outage"));
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip");
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let raw = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let body = if gzip {
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return Ok(error(
+                400,
+                "parse_exception",
+                "request body is not valid gzip",
+            ));
+        }
+        out
+    } else {
+        raw.to_vec()
+    };
+    let segs: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let is_bulk = segs.last() == Some(&"_bulk");
+    if is_bulk {
+        let (latency, limit) = {
+            let s = state.lock().unwrap();
+            (s.faults.latency, s.faults.max_content_length)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let limit = if limit == 0 { 100 * 1024 * 1024 } else { limit };
+        let mut s = state.lock().unwrap();
+        s.bulk_requests += 1;
+        s.gzip_requests += u64::from(gzip);
+        if body.len() > limit {
+            s.requests_413 += 1;
+            return Ok(Response::builder()
+                .status(413)
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
+        if s.faults.fail_requests > 0 {
+            s.faults.fail_requests -= 1;
+            s.requests_failed += 1;
+            let status = s.faults.request_status;
+            return Ok(error(
+                status,
+                "es_rejected_execution_exception",
+                "injected whole-request failure",
+            ));
+        }
+        if s.faults.request_fail_ratio > 0.0 && s.random() < s.faults.request_fail_ratio {
+            s.requests_failed += 1;
+            let status = if s.random() < 0.5 { 429 } else { 503 };
+            return Ok(error(
+                status,
+                "es_rejected_execution_exception",
+                "injected whole-request failure",
+            ));
+        }
+        match content_type.as_deref() {
+            Some(ct)
+                if ct.starts_with("application/x-ndjson") || ct.starts_with("application/json") => {
+            }
+            other => {
+                return Ok(error(
+                    406,
+                    "illegal_argument_exception",
+                    &format!(
+                        "Content-Type header [{}] is not supported",
+                        other.unwrap_or("")
+                    ),
+                ))
+            }
+        }
+        let default_index = (segs.len() == 2).then(|| segs[0].to_string());
+        return Ok(bulk(&mut s, &body, default_index));
+    }
+    let body_json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    let mut s = state.lock().unwrap();
+    let m = method.as_str();
+    Ok(match (m, segs.as_slice()) {
+        ("GET", []) => reply(
+            200,
+            json!({ "name": "in-tree", "cluster_name": "test", "version": { "number": "8.15.0" }, "tagline": "You Know, for Search" }),
+        ),
+        ("PUT", ["_ilm", "policy", name]) => {
+            let Some(policy) = body_json.get("policy") else {
+                return Ok(error(
+                    400,
+                    "x_content_parse_exception",
+                    "[put_lifecycle_request] policy is required",
+                ));
+            };
+            s.ilm.insert(name.to_string(), policy.clone());
+            reply(200, json!({ "acknowledged": true }))
+        }
+        ("GET", ["_ilm", "policy", name]) => match s.ilm.get(*name) {
+            Some(p) => reply(
+                200,
+                json!({ *name: { "version": 1, "modified_date": "2026-01-01T00:00:00.000Z", "policy": p, "in_use_by": { "indices": [], "data_streams": [], "composable_templates": [] } } }),
+            ),
+            None => error(
+                404,
+                "resource_not_found_exception",
+                &format!("Lifecycle policy not found: {name}"),
+            ),
+        },
+        ("PUT", ["_component_template", name]) => {
+            s.component.insert(name.to_string(), body_json);
+            reply(200, json!({ "acknowledged": true }))
+        }
+        ("GET", ["_component_template", name]) => match s.component.get(*name) {
+            Some(t) => reply(
+                200,
+                json!({ "component_templates": [ { "name": name, "component_template": t } ] }),
+            ),
+            None => error(
+                404,
+                "resource_not_found_exception",
+                &format!("component template matching [{name}] not found"),
+            ),
+        },
+        ("PUT", ["_index_template", name]) => {
+            let composed: Vec<String> = body_json["composed_of"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(missing) = composed.iter().find(|c| !s.component.contains_key(*c)) {
+                return Ok(error(400, "invalid_index_template_exception", &format!("index template [{name}] invalid, cause [index template [{name}] specifies component templates [{missing}] that do not exist]")));
+            }
+            s.templates.insert(name.to_string(), body_json);
+            reply(200, json!({ "acknowledged": true }))
+        }
+        ("GET", ["_index_template", name]) => match s.templates.get(*name) {
+            Some(t) => reply(
+                200,
+                json!({ "index_templates": [ { "name": name, "index_template": t } ] }),
+            ),
+            None => error(
+                404,
+                "resource_not_found_exception",
+                &format!("index template matching [{name}] not found"),
+            ),
+        },
+        ("POST" | "GET", [_, "_refresh"]) => reply(
+            200,
+            json!({ "_shards": { "total": 1, "successful": 1, "failed": 0 } }),
+        ),
+        ("GET" | "POST", [index, "_count"]) => reply(200, json!({ "count": s.docs(index).len() })),
+        ("GET" | "POST", [index, "_search"]) => {
+            let size = body_json["size"].as_u64().unwrap_or(10) as usize;
+            let ids: Option<Vec<&str>> = body_json["query"]["ids"]["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect());
+            let docs: Vec<(String, Value)> = s
+                .docs(index)
+                .into_iter()
+                .filter(|(id, _)| ids.as_ref().is_none_or(|ids| ids.contains(&id.as_str())))
+                .collect();
+            let total = docs.len();
+            let hits: Vec<Value> = docs
+                .into_iter()
+                .take(size)
+                .map(|(id, d)| json!({ "_index": index, "_id": id, "_source": d }))
+                .collect();
+            reply(
+                200,
+                json!({ "hits": { "total": { "value": total, "relation": "eq" }, "hits": hits } }),
+            )
+        }
+        ("GET", ["_data_stream", name]) => match s.indices.get(*name).filter(|i| i.data_stream) {
+            Some(_) => reply(
+                200,
+                json!({ "data_streams": [ { "name": name, "template": template_for(&s, name).map(|(n, _)| n) } ] }),
+            ),
+            None => error(
+                404,
+                "index_not_found_exception",
+                &format!("no such index [{name}]"),
+            ),
+        },
+        _ => error(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "request [{m} /{}] is not supported by the test server",
+                segs.join("/")
+            ),
+        ),
+    })
+}
+
+/// Simple `*` globbing of index patterns.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, p) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(p) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        } else {
+            let Some(at) = rest.find(p) else { return false };
+            rest = &rest[at + p.len()..];
+        }
+    }
+    true
+}
+
+/// The highest-priority template matching an index; ES 8's built-in `logs` template
+/// (`logs-*-*`, priority 100, data stream) when no other does.
+fn template_for(s: &State, index: &str) -> Option<(String, Value)> {
+    let mut best: Option<(u64, String, Value)> = None;
+    for (name, t) in &s.templates {
+        let matches = t["index_patterns"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.as_str().is_some_and(|p| glob_match(p, index)))
+        });
+        let prio = t["priority"].as_u64().unwrap_or(0);
+        if matches && best.as_ref().is_none_or(|(p, _, _)| prio > *p) {
+            best = Some((prio, name.clone(), t.clone()));
+        }
+    }
+    if best.is_none() && glob_match("logs-*-*", index) {
+        return Some((
+            "logs".into(),
+            json!({ "index_patterns": ["logs-*-*"], "data_stream": {}, "priority": 100 }),
+        ));
+    }
+    best.map(|(_, n, t)| (n, t))
+}
+
+fn create_index(s: &State, name: &str) -> Index {
+    let mut idx = Index::default();
+    if let Some((_, t)) = template_for(s, name) {
+        idx.data_stream = t.get("data_stream").is_some();
+        let mut sources = vec![];
+        for c in t["composed_of"].as_array().into_iter().flatten() {
+            if let Some(ct) = c.as_str().and_then(|c| s.component.get(c)) {
+                sources.push(ct["template"]["mappings"].clone());
+            }
+        }
+        sources.push(t["template"]["mappings"].clone());
+        for m in sources {
+            if let Some(props) = m["properties"].as_object() {
+                load_properties(&mut idx.fields, "", props);
+            }
+            if m["dynamic_templates"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                idx.dynamic_strings_keyword = true;
+            }
+        }
+    }
+    if idx.data_stream {
+        idx.fields.insert("@timestamp".into(), Kind::Date);
+    }
+    idx
+}
+
+fn load_properties(fields: &mut HashMap<String, Kind>, prefix: &str, props: &Map<String, Value>) {
+    for (k, v) in props {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if let Some(sub) = v["properties"].as_object() {
+            fields.insert(path.clone(), Kind::Object);
+            load_properties(fields, &path, sub);
+            continue;
+        }
+        let kind = match v["type"].as_str() {
+            Some("flattened") => Kind::Flattened,
+            Some("long" | "integer" | "short") => Kind::Long,
+            Some("double" | "float" | "scaled_float") => Kind::Double,
+            Some("keyword" | "text" | "match_only_text" | "constant_keyword" | "wildcard") => {
+                Kind::Keyword
+            }
+            Some("boolean") => Kind::Boolean,
+            Some("date" | "date_nanos") => Kind::Date,
+            Some("object") | None => Kind::Object,
+            Some(_) => Kind::Other,
+        };
+        fields.insert(path, kind);
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    logferry::time::is_rfc3339(s.as_bytes()) || (s.len() == 10 && s.as_bytes()[4] == b'-')
+}
+
+/// Checks a document against the index's mappings, adding dynamic fields; an error is
+/// the item's `(type, reason)`.
+fn map_document(
+    idx: &mut Index,
+    doc: &Map<String, Value>,
+    id: &str,
+) -> Result<(), (String, String)> {
+    let mut added = vec![];
+    let r = map_object(idx, "", doc, id, &mut added);
+    if r.is_err() {
+        for p in added {
+            idx.fields.remove(&p);
+        }
+    }
+    r
+}
+
+fn map_object(
+    idx: &mut Index,
+    prefix: &str,
+    obj: &Map<String, Value>,
+    id: &str,
+    added: &mut Vec<String>,
+) -> Result<(), (String, String)> {
+    for (k, v) in obj {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let known = idx.fields.get(&path).copied();
+        let parse_err = |kind: &str| {
+            (
+                "document_parsing_exception".to_string(),
+                format!("[1:1] failed to parse field [{path}] of type [{kind}] in document with id '{id}'. Preview of field's value: '{v}'"),
+            )
+        };
+        match (known, v) {
+            (Some(Kind::Flattened), _) => {}
+            (Some(Kind::Object), Value::Object(o)) => map_object(idx, &path, o, id, added)?,
+            (Some(Kind::Object), Value::Null) => {}
+            (Some(Kind::Object), _) => {
+                let leaf = path.rsplit('.').next().unwrap_or(&path).to_string();
+                return Err((
+                    "document_parsing_exception".into(),
+                    format!("[1:1] object mapping for [{path}] tried to parse field [{leaf}] as object, but found a concrete value"),
+                ));
+            }
+            (Some(_), Value::Null) => {}
+            (Some(Kind::Long), Value::Number(n)) if n.is_i64() || n.is_u64() => {}
+            (Some(Kind::Long), Value::String(s)) if s.parse::<i64>().is_ok() => {}
+            (Some(Kind::Long), _) => return Err(parse_err("long")),
+            (Some(Kind::Double), Value::Number(_)) => {}
+            (Some(Kind::Double), Value::String(s)) if s.parse::<f64>().is_ok() => {}
+            (Some(Kind::Double), _) => return Err(parse_err("float")),
+            (Some(Kind::Boolean), Value::Bool(_)) => {}
+            (Some(Kind::Boolean), _) => return Err(parse_err("boolean")),
+            (Some(Kind::Date), Value::String(s)) if is_date(s) => {}
+            (Some(Kind::Date), _) => return Err(parse_err("date_nanos")),
+            (Some(Kind::Keyword | Kind::Other), Value::Object(_)) => {
+                return Err(parse_err("keyword"))
+            }
+            (Some(Kind::Keyword | Kind::Other), _) => {}
+            (None, Value::Object(o)) => {
+                idx.fields.insert(path.clone(), Kind::Object);
+                added.push(path.clone());
+                map_object(idx, &path, o, id, added)?;
+            }
+            (None, Value::Array(items)) => {
+                let first = items.iter().find(|x| !x.is_null());
+                let kind = match first {
+                    Some(Value::Number(n)) if n.is_f64() => Kind::Double,
+                    Some(Value::Number(_)) => Kind::Long,
+                    Some(Value::Bool(_)) => Kind::Boolean,
+                    Some(Value::Object(_)) => Kind::Object,
+                    Some(_) => Kind::Keyword,
+                    None => continue,
+                };
+                idx.fields.insert(path.clone(), kind);
+                added.push(path.clone());
+            }
+            (None, v) => {
+                let kind = match v {
+                    Value::Number(n) if n.is_f64() => Kind::Double,
+                    Value::Number(_) => Kind::Long,
+                    Value::Bool(_) => Kind::Boolean,
+                    Value::String(s) if !idx.dynamic_strings_keyword && is_date(s) => Kind::Date,
+                    Value::Null => continue,
+                    _ => Kind::Keyword,
+                };
+                idx.fields.insert(path.clone(), kind);
+                added.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bulk(s: &mut State, body: &[u8], default_index: Option<String>) -> Resp {
+    if body.last() != Some(&b'\n') {
+        return error(
+            400,
+            "illegal_argument_exception",
+            "The bulk request must be terminated by a newline [\\n]",
+        );
+    }
+    let lines: Vec<&[u8]> = body[..body.len() - 1].split(|&b| b == b'\n').collect();
+    let mut items = vec![];
+    let mut errors = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let line_no = i + 1;
+        let action: Value = match serde_json::from_slice(lines[i]) {
+            Ok(Value::Object(o)) => Value::Object(o),
+            _ => {
+                return error(
+                    400,
+                    "illegal_argument_exception",
+                    &format!("Malformed action/metadata line [{line_no}], expected START_OBJECT"),
+                )
+            }
+        };
+        let obj = action.as_object().unwrap();
+        if obj.len() != 1 {
+            return error(
+                400,
+                "illegal_argument_exception",
+                &format!("Malformed action/metadata line [{line_no}], expected a single action"),
+            );
+        }
+        let (op, meta) = obj.iter().next().unwrap();
+        if !matches!(op.as_str(), "index" | "create" | "update" | "delete") {
+            return error(
+                400,
+                "illegal_argument_exception",
+                &format!("Action/metadata line [{line_no}] contains an unknown parameter [{op}]"),
+            );
+        }
+        let has_source = op != "delete";
+        if has_source && i + 1 >= lines.len() {
+            return error(
+                400,
+                "illegal_argument_exception",
+                "The bulk request must be terminated by a newline [\\n]",
+            );
+        }
+        let source = if has_source { Some(lines[i + 1]) } else { None };
+        i += if has_source { 2 } else { 1 };
+        let Some(index) = meta["_index"]
+            .as_str()
+            .map(String::from)
+            .or_else(|| default_index.clone())
+        else {
+            return error(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: index is missing;",
+            );
+        };
+        let id = meta["_id"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("auto-{}", s.bulk_items));
+        s.bulk_items += 1;
+        let result = index_one(s, op, &index, &id, source);
+        let (status, err) = result;
+        errors |= err.is_some();
+        let mut item = json!({ "_index": index, "_id": id, "status": status });
+        match err {
+            Some((kind, reason)) => item["error"] = json!({ "type": kind, "reason": reason }),
+            None => {
+                item["result"] = json!("created");
+                item["_version"] = json!(1);
+            }
+        }
+        items.push(json!({ op.as_str(): item }));
+    }
+    reply(200, json!({ "took": 1, "errors": errors, "items": items }))
+}
+
+fn index_one(
+    s: &mut State,
+    op: &str,
+    index: &str,
+    id: &str,
+    source: Option<&[u8]>,
+) -> (u16, Option<(String, String)>) {
+    if s.faults.item_429_ratio > 0.0 && s.random() < s.faults.item_429_ratio {
+        s.items_429 += 1;
+        return (
+            429,
+            Some((
+                "es_rejected_execution_exception".into(),
+                "rejected execution of coordinating operation [injected]".into(),
+            )),
+        );
+    }
+    if !s.indices.contains_key(index) {
+        let idx = create_index(s, index);
+        s.indices.insert(index.to_string(), idx);
+    }
+    let bad = |s: &mut State, status: u16, kind: &str, reason: String| {
+        if status == 400 {
+            s.items_400 += 1;
+        }
+        (status, Some((kind.to_string(), reason)))
+    };
+    let ds = s.indices[index].data_stream;
+    if ds && op != "create" {
+        return bad(
+            s,
+            400,
+            "illegal_argument_exception",
+            format!(
+                "only write ops with an op_type of create are allowed in data streams [{index}]"
+            ),
+        );
+    }
+    let Some(source) = source else {
+        return bad(
+            s,
+            400,
+            "illegal_argument_exception",
+            "only create and index are supported by the test server".into(),
+        );
+    };
+    let doc: Map<String, Value> = match serde_json::from_slice(source) {
+        Ok(Value::Object(o)) => o,
+        _ => {
+            return bad(
+                s,
+                400,
+                "document_parsing_exception",
+                "[1:1] failed to parse: source is not a JSON object".into(),
+            )
+        }
+    };
+    if ds && !doc.get("@timestamp").is_some_and(|t| t.is_string()) {
+        return bad(
+            s,
+            400,
+            "document_parsing_exception",
+            "[1:1] failed to parse: data stream timestamp field [@timestamp] is missing".into(),
+        );
+    }
+    if op == "create" && s.indices[index].docs.contains_key(id) {
+        s.items_409 += 1;
+        return (
+            409,
+            Some((
+                "version_conflict_engine_exception".into(),
+                format!("[{id}]: version conflict, document already exists (current version [1])"),
+            )),
+        );
+    }
+    let idx = s.indices.get_mut(index).unwrap();
+    if let Err((kind, reason)) = map_document(idx, &doc, id) {
+        return bad(s, 400, &kind, reason);
+    }
+    s.indices
+        .get_mut(index)
+        .unwrap()
+        .docs
+        .insert(id.to_string(), Value::Object(doc));
+    (201, None)
+}
