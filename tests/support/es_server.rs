@@ -89,6 +89,15 @@ impl State {
             .collect()
     }
 
+    /// How many documents an index or data stream (or a `*` pattern) holds.
+    pub fn count(&self, pattern: &str) -> usize {
+        self.indices
+            .iter()
+            .filter(|(n, _)| glob_match(pattern, n))
+            .map(|(_, i)| i.docs.len())
+            .sum()
+    }
+
     pub fn is_data_stream(&self, name: &str) -> Option<bool> {
         self.indices.get(name).map(|i| i.data_stream)
     }
@@ -361,7 +370,7 @@ async fn handle(
             200,
             json!({ "_shards": { "total": 1, "successful": 1, "failed": 0 } }),
         ),
-        ("GET" | "POST", [index, "_count"]) => reply(200, json!({ "count": s.docs(index).len() })),
+        ("GET" | "POST", [index, "_count"]) => reply(200, json!({ "count": s.count(index) })),
         ("GET" | "POST", [index, "_search"]) => {
             let size = body_json["size"].as_u64().unwrap_or(10) as usize;
             let ids: Option<Vec<&str>> = body_json["query"]["ids"]["values"]

@@ -1,0 +1,162 @@
+//! The real binary shipping to Elasticsearch: `kill -9` mid-batch and restarts, and memory
+//! that stays bounded while the cluster is down.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_logferry");
+
+fn write_config(tree: &Tree, es: &Es, ns: &str) -> std::path::PathBuf {
+    let p = tree.root.path().join("agent.toml");
+    fs::write(
+        &p,
+        format!(
+            r#"state_dir = "{state}"
+[source]
+include = ["{glob}"]
+rescan_interval = "100ms"
+max_idle_poll = "20ms"
+[checkpoint]
+interval = "50ms"
+[output]
+type = "elasticsearch"
+[output.elasticsearch]
+endpoints = ["{url}"]
+namespace = "{ns}"
+flush_interval = "100ms"
+batch_max_events = 2000
+retry_initial_backoff = "50ms"
+retry_max_backoff = "500ms"
+[shutdown]
+timeout = "2s"
+"#,
+            state = tree.state_dir().display(),
+            glob = tree.glob(),
+            url = es.url()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn spawn(config: &Path) -> Child {
+    let log = fs::File::create(config.with_extension("log")).unwrap();
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn batch(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
+        .collect()
+}
+
+#[test]
+fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("kill");
+    // At most 10,000: what one search can return, here and on a real cluster.
+    let total = 9_000u64;
+    for f in 0..3u64 {
+        tree.container("ns", &format!("p{f}"), "app")
+            .append(batch(f * 3_000, 3_000).as_bytes());
+    }
+    let config = write_config(&tree, &es, &ns);
+    let ds = format!("logs-kubernetes-{ns}");
+    for kill_at in [1_000u64, 4_000, 7_000] {
+        let mut child = spawn(&config);
+        es.wait_count(&ds, kill_at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut child = spawn(&config);
+    es.wait_count(&ds, total);
+    std::thread::sleep(Duration::from_millis(500));
+    let docs = es.docs(&ds);
+    assert_eq!(docs.len() as u64, total, "no line indexed twice");
+    assert_exactly_once(&seqs(&docs), total);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    if let Some(s) = es.in_tree() {
+        println!(
+            "replayed after kill -9 and answered 409: {}",
+            s.with(|s| s.items_409)
+        );
+    }
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn memory_stays_bounded_while_elasticsearch_is_down() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    let tree = Tree::new();
+    let ns = unique("down");
+    // 40 MiB of logs waiting while the cluster is away.
+    let lines_per_file = 50_000u64;
+    for f in 0..4u64 {
+        tree.container("ns", &format!("p{f}"), "app")
+            .append(batch(f * lines_per_file, lines_per_file).as_bytes());
+    }
+    server.set_down(true);
+    let config = write_config(&tree, &es, &ns);
+    let mut child = spawn(&config);
+    // Let it read as far as backpressure allows.
+    std::thread::sleep(Duration::from_secs(3));
+    let peak = peak_rss_kib(child.id());
+    assert!(peak > 0, "cannot read the agent's memory");
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB while holding 40 MiB of logs back"
+    );
+    server.set_down(false);
+    let ds = format!("logs-kubernetes-{ns}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while es.count(&ds) < 4 * lines_per_file {
+        if Instant::now() > deadline {
+            let log = fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+            panic!(
+                "{} of {} lines arrived after the outage; agent log:\n{}",
+                es.count(&ds),
+                4 * lines_per_file,
+                &log[log.len().saturating_sub(3000)..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("peak RSS during the outage: {} MiB", peak / 1024);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(es.count(&ds), 4 * lines_per_file);
+}
