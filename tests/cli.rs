@@ -147,3 +147,36 @@ fn an_unwritable_state_dir_is_a_runtime_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("state directory"));
 }
+
+#[test]
+fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("es.toml");
+    fs::write(
+        &p,
+        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"https://es.example:9200\"]\nusername = \"elastic\"\npassword = \"hunter2\"\nretention_days = 30\n",
+    )
+    .unwrap();
+    let out = logferry(&["setup", "--config", p.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("PUT /_ilm/policy/logferry"));
+    assert!(text.contains("\"min_age\": \"30d\""));
+    assert!(text.contains("PUT /_index_template/logferry"));
+    let printed = logferry(&["check-config", p.to_str().unwrap()]);
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert!(printed.contains("password = \"<redacted>\""), "{printed}");
+    assert!(!printed.contains("hunter2"));
+    fs::write(
+        &p,
+        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"ftp://x\"]\n",
+    )
+    .unwrap();
+    let out = logferry(&["check-config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output.elasticsearch.endpoints[0]"));
+}

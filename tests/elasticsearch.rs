@@ -301,3 +301,78 @@ fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
     assert_eq!(status, 200);
     assert_eq!(v["data_streams"][0]["template"], name);
 }
+
+#[test]
+fn credentials_come_from_files_or_values_and_reach_the_cluster() {
+    use logferry::config::{ElasticsearchConfig, Secret};
+    use logferry::sink::elasticsearch::client::BulkClient;
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: inspects request headers");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen = |cfg: ElasticsearchConfig| {
+        let client = BulkClient::new(&cfg).unwrap();
+        rt.block_on(client.bulk(b"{\"create\":{\"_index\":\"logs-a-b\",\"_id\":\"x\"}}\n{\"@timestamp\":\"2024-01-01T00:00:00Z\"}\n"));
+        server.with(|s| s.last_authorization.clone())
+    };
+    let base = ElasticsearchConfig {
+        endpoints: vec![es.url()],
+        ..Default::default()
+    };
+    let basic = seen(ElasticsearchConfig {
+        username: "elastic".into(),
+        password_file: Some(pw.clone()),
+        ..base.clone()
+    });
+    assert_eq!(
+        basic.as_deref(),
+        Some("Basic ZWxhc3RpYzpzM2NyZXQ="),
+        "elastic:s3cret, file trimmed"
+    );
+    let key = seen(ElasticsearchConfig {
+        api_key: Secret::new("id1:key1"),
+        ..base.clone()
+    });
+    assert_eq!(key.as_deref(), Some("ApiKey aWQxOmtleTE="));
+    let bearer = seen(ElasticsearchConfig {
+        bearer_token: Secret::new("tok"),
+        ..base.clone()
+    });
+    assert_eq!(bearer.as_deref(), Some("Bearer tok"));
+    let missing = BulkClient::new(&ElasticsearchConfig {
+        username: "u".into(),
+        password_file: Some(dir.path().join("nope")),
+        ..base
+    });
+    let err = missing.err().unwrap().to_string();
+    assert!(err.contains("output.elasticsearch.password_file"), "{err}");
+}
+
+#[test]
+fn the_request_rate_cap_holds() {
+    use logferry::config::ElasticsearchConfig;
+    use logferry::sink::elasticsearch::client::BulkClient;
+    let es = Es::new();
+    let cfg = ElasticsearchConfig {
+        endpoints: vec![es.url()],
+        max_requests_per_second: 2,
+        ..Default::default()
+    };
+    let client = BulkClient::new(&cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..7 {
+        let body = format!("{{\"create\":{{\"_index\":\"logs-rate-{}\",\"_id\":\"{i}\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\"}}\n", unique("t"));
+        rt.block_on(client.bulk(body.as_bytes()));
+    }
+    // 2 a second with a burst of 2: the 7th request cannot start before 2.5 s (a lower bound only).
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -69,6 +69,8 @@ pub struct State {
     pub items_400: u64,
     pub requests_failed: u64,
     pub requests_413: u64,
+    /// The `Authorization` header of the last request.
+    pub last_authorization: Option<String>,
     rng: u64,
 }
 
@@ -207,6 +209,11 @@ async fn handle(
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap_or("").to_string());
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    state.lock().unwrap().last_authorization = authorization;
     let raw = req
         .into_body()
         .collect()
