@@ -376,3 +376,47 @@ fn the_request_rate_cap_holds() {
         started.elapsed()
     );
 }
+
+#[test]
+fn tls_with_a_custom_ca_and_the_development_escape_hatch() {
+    use logferry::config::ElasticsearchConfig;
+    use logferry::sink::elasticsearch::client::{BulkClient, Reply};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let server = support::es_server::EsServer::start_tls(&ca);
+    assert!(server.url.starts_with("https://"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body = b"{\"create\":{\"_index\":\"logs-tls-a\",\"_id\":\"1\"}}\n{\"@timestamp\":\"2024-01-01T00:00:00Z\"}\n";
+    let send = |cfg: ElasticsearchConfig| rt.block_on(BulkClient::new(&cfg).unwrap().bulk(body)).0;
+    let base = ElasticsearchConfig {
+        endpoints: vec![server.url.clone()],
+        ..Default::default()
+    };
+    // An unknown CA is refused…
+    assert!(matches!(send(base.clone()), Reply::Unreachable(_)));
+    // …the configured one is trusted…
+    match send(ElasticsearchConfig {
+        ca_file: Some(ca.clone()),
+        ..base.clone()
+    }) {
+        Reply::Items(items) => assert_eq!(items[0].status, 201),
+        other => panic!("{other:?}"),
+    }
+    // …and verification can be switched off for development.
+    match send(ElasticsearchConfig {
+        insecure_skip_verify: true,
+        ..base.clone()
+    }) {
+        Reply::Items(items) => assert_eq!(items[0].status, 409, "the same id again"),
+        other => panic!("{other:?}"),
+    }
+    let bad = BulkClient::new(&ElasticsearchConfig {
+        ca_file: Some(dir.path().join("missing.pem")),
+        ..base
+    });
+    assert!(bad
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("output.elasticsearch.ca_file"));
+}

@@ -114,6 +114,37 @@ pub struct EsServer {
 
 impl EsServer {
     pub fn start() -> EsServer {
+        Self::start_with(None)
+    }
+
+    /// The server behind TLS with a certificate for `localhost`/`127.0.0.1` from a fresh
+    /// CA, whose PEM is written to `ca_pem`.
+    pub fn start_tls(ca_pem: &std::path::Path) -> EsServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(ca_pem, ca.pem()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EsServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -129,6 +160,7 @@ impl EsServer {
             .unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, dn) = (state.clone(), down.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -138,21 +170,32 @@ impl EsServer {
                     drop(stream); // an outage: the connection is closed at once
                     continue;
                 }
-                let (st, dn) = (st.clone(), dn.clone());
+                let (st, dn, tls) = (st.clone(), dn.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (st, dn) = (st.clone(), dn.clone());
                         async move { handle(req, st, dn).await }
                     });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = http
+                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         EsServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             state,
             down,
             _rt: rt,
