@@ -141,11 +141,16 @@ fn a_mapping_conflict_is_rescued_not_lost() {
     let ns = unique("conflict");
     let c = tree.container("ns", "app", "app");
     c.append_lines(&[
-        cri("stdout", "F", r#"{"msg":"first","status":200}"#),
-        cri("stdout", "F", r#"{"msg":"second","status":"not a number"}"#),
+        cri("stdout", "F", r#"{"msg":"first","status":{"code":200}}"#),
+        cri(
+            "stdout",
+            "F",
+            r#"{"msg":"second","status":"not an object"}"#,
+        ),
     ]);
     let mut cfg = es_config(vec![tree.glob()], &es, &ns);
-    // Without logferry's template `json` is mapped dynamically: `json.status` becomes a long.
+    // Without logferry's template `json` is mapped dynamically: `json.status` becomes an
+    // object, and a later string there is a conflict (one `ignore_malformed` does not cover).
     cfg.output.elasticsearch.setup = false;
     let agent = Agent::start(cfg, Some(&tree.state_dir()));
     es.wait_count(&stream(&ns), 2);
@@ -163,7 +168,7 @@ fn a_mapping_conflict_is_rescued_not_lost() {
     );
     let original: Value =
         serde_json::from_str(second["event"]["original"].as_str().unwrap()).unwrap();
-    assert_eq!(original["json"]["status"], "not a number");
+    assert_eq!(original["json"]["status"], "not an object");
     assert!(second["log"]["flags"]
         .as_array()
         .unwrap()
@@ -419,4 +424,100 @@ fn tls_with_a_custom_ca_and_the_development_escape_hatch() {
         .unwrap()
         .to_string()
         .contains("output.elasticsearch.ca_file"));
+}
+
+#[test]
+fn routing_by_namespace_and_the_plain_index_mode() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let (a, b) = (unique("nsa"), unique("nsb"));
+    tree.container(&a, "p1", "app")
+        .append(batch(0, 10).as_bytes());
+    tree.container(&b, "p2", "app")
+        .append(batch(10, 5).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, "default");
+    cfg.output.elasticsearch.route_by_namespace = true;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    es.wait_count(&stream(&a), 10);
+    es.wait_count(&stream(&b), 5);
+    agent.stop();
+    assert_eq!(
+        es.docs(&stream(&b))[0]["data_stream"]["namespace"],
+        b.as_str()
+    );
+
+    // Daily indices named from each line's date, for clusters without data streams.
+    let tree = Tree::new();
+    tree.container("ns", "p", "app")
+        .append(batch(0, 3).as_bytes());
+    let prefix = unique("plain");
+    let mut cfg = es_config(vec![tree.glob()], &es, "default");
+    let e = &mut cfg.output.elasticsearch;
+    e.mode = logferry::config::IndexMode::Index;
+    e.index = format!("{prefix}-%Y.%m.%d");
+    e.template_name = prefix.clone();
+    e.ilm_policy = prefix.clone();
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    // `cri()` writes 2026-11-30 timestamps.
+    es.wait_count(&format!("{prefix}-2026.11.30"), 3);
+    agent.stop();
+    let (_, t) = es.call("GET", &format!("/_index_template/{prefix}"), None);
+    let t = &t["index_templates"][0]["index_template"];
+    assert_eq!(t["index_patterns"][0], format!("{prefix}-*"));
+    assert!(t.get("data_stream").is_none());
+    let (_, p) = es.call("GET", &format!("/_ilm/policy/{prefix}"), None);
+    assert!(
+        p[&prefix]["policy"]["phases"].get("hot").is_none(),
+        "no rollover for daily indices"
+    );
+    if let Some(s) = es.in_tree() {
+        assert_eq!(
+            s.with(|s| s.is_data_stream(&format!("{prefix}-2026.11.30"))),
+            Some(false)
+        );
+    }
+}
+
+#[test]
+fn refused_credentials_are_retried_and_max_retries_dead_letters() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    // 401s, then the cluster accepts: nothing lost.
+    server.faults(|f| {
+        f.fail_requests = 4;
+        f.request_status = 401;
+    });
+    let tree = Tree::new();
+    let ns = unique("auth");
+    tree.container("ns", "p", "app")
+        .append(batch(0, 20).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    cfg.output.elasticsearch.setup = false;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    es.wait_count(&stream(&ns), 20);
+    agent.stop();
+    assert_eq!(server.with(|s| s.requests_failed), 4);
+
+    // With max_retries, a cluster that keeps failing sends documents to the dead-letter file.
+    server.faults(|f| {
+        f.fail_requests = 1000;
+        f.request_status = 503;
+    });
+    let tree = Tree::new();
+    let c = tree.container("ns", "p", "app");
+    c.append(batch(0, 7).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, &unique("giveup"));
+    cfg.output.elasticsearch.setup = false;
+    cfg.output.elasticsearch.max_retries = 3;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    agent.wait_stat("dead-lettered", |s| Stats::get(&s.es_dead_lettered), 7);
+    agent.wait_stat("acknowledged", |s| Stats::get(&s.events_delivered), 7);
+    let summary = agent.stop();
+    assert_eq!(
+        summary.committed[0].offset,
+        std::fs::metadata(c.path()).unwrap().len()
+    );
+    server.faults(|f| f.fail_requests = 0);
 }

@@ -160,3 +160,51 @@ fn memory_stays_bounded_while_elasticsearch_is_down() {
     assert!(child.wait().unwrap().success());
     assert_eq!(es.count(&ds), 4 * lines_per_file);
 }
+
+#[test]
+fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    let tree = Tree::new();
+    let ns = unique("stop");
+    tree.container("ns", "p", "app")
+        .append(batch(0, 1000).as_bytes());
+    server.set_down(true);
+    let config = write_config(&tree, &es, &ns);
+    let mut child = spawn(&config);
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?} after {:?}", started.elapsed());
+    let ck: serde_json::Value =
+        serde_json::from_slice(&fs::read(tree.state_dir().join("checkpoints.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        ck["files"][0]["offset"], 0,
+        "nothing was delivered, nothing is committed"
+    );
+    server.set_down(false);
+    // The next run delivers it all.
+    let mut child = spawn(&config);
+    es.wait_count(&format!("logs-kubernetes-{ns}"), 1000);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -101,6 +101,12 @@ impl ElasticsearchSink {
                     }
                     return;
                 }
+                Err(e @ setup::SetupError::Refused { .. }) => {
+                    // Retrying will not change a refusal (e.g. a user allowed to write but not
+                    // to manage templates): ship, so that no line waits on it.
+                    tracing::error!(error = %e, "Elasticsearch refused the index setup; shipping without it (run `logferry setup` with a privileged user)");
+                    return;
+                }
                 Err(e) => {
                     let wait = backoff.next();
                     tracing::error!(error = %e, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
