@@ -116,6 +116,17 @@ fn check_config_prints_the_effective_config_with_variables_resolved() {
     assert!(logferry(&["check-config", "config/debug.toml"])
         .status
         .success());
+    let compose = Command::new(BIN)
+        .args(["check-config", "deploy/compose/logferry.toml"])
+        .env("ES_PASSWORD", "x")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        compose.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compose.stderr)
+    );
 }
 
 #[test]
