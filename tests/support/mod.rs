@@ -404,6 +404,41 @@ impl Es {
         })
     }
 
+    /// A raw bulk request with an NDJSON body, as given.
+    pub fn bulk_raw(&self, body: &str) -> (u16, Value) {
+        use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+        use elasticsearch::http::transport::Transport;
+        use elasticsearch::http::Method;
+        let t = Transport::single_node(&self.url()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = t
+                .send(
+                    Method::Post,
+                    "/_bulk",
+                    h,
+                    None::<&()>,
+                    Some(body.to_string()),
+                    None,
+                )
+                .await
+                .expect("Elasticsearch answers");
+            let status = resp.status_code().as_u16();
+            (
+                status,
+                serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or(Value::Null),
+            )
+        })
+    }
+
     pub fn count(&self, index: &str) -> u64 {
         self.call("POST", &format!("/{index}/_refresh"), None);
         let (status, v) = self.call("GET", &format!("/{index}/_count"), None);

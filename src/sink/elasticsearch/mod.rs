@@ -265,6 +265,8 @@ async fn ship(shared: &Shared, batch: Batch) -> Settled {
     let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.len()).collect::<Vec<_>>()]);
     let mut backoff = Backoff::new(cfg);
     let mut attempts = 0u32;
+    // Unreachable answers in a row: another endpoint is tried at once before backing off.
+    let mut unreachable = 0usize;
     let mut body = Vec::new();
     while let Some(group) = groups.pop_front() {
         let whole = group.len() == batch.len() && rescued.is_empty();
@@ -399,10 +401,17 @@ async fn ship(shared: &Shared, batch: Batch) -> Settled {
                 }
             }
             Reply::Unreachable(e) => {
+                unreachable += 1;
+                if unreachable < cfg.endpoints.len() {
+                    Stats::add(&st.es_request_failures, 1);
+                    groups.push_front(group);
+                    continue;
+                }
                 fail_whole = Some(e);
                 retry = group;
             }
         }
+        unreachable = 0;
         if retry.is_empty() {
             continue;
         }

@@ -208,41 +208,54 @@ fn installed_version(r: &Resource, got: &Value) -> Option<String> {
     meta["version"].as_str().map(str::to_string)
 }
 
+/// Endpoints are tried in turn: an unreachable one is skipped for the next.
+const TRIES: usize = 3;
+
 async fn call(
     t: &Transport,
     r: &Resource,
     method: Method,
     body: Option<&Value>,
 ) -> Result<(u16, Value), SetupError> {
-    let resp = match body {
-        Some(b) => {
-            t.send(
-                method,
-                &r.path,
-                HeaderMap::new(),
-                None::<&()>,
-                Some(b.to_string()),
-                None,
-            )
-            .await
+    let mut tries = 0;
+    let resp = loop {
+        let sent = match body {
+            Some(b) => {
+                t.send(
+                    method,
+                    &r.path,
+                    HeaderMap::new(),
+                    None::<&()>,
+                    Some(b.to_string()),
+                    None,
+                )
+                .await
+            }
+            None => {
+                t.send(
+                    method,
+                    &r.path,
+                    HeaderMap::new(),
+                    None::<&()>,
+                    None::<()>,
+                    None,
+                )
+                .await
+            }
+        };
+        tries += 1;
+        match sent {
+            Ok(resp) => break resp,
+            Err(_) if tries < TRIES => continue,
+            Err(e) => {
+                return Err(SetupError::Unreachable {
+                    kind: r.kind,
+                    name: r.name.clone(),
+                    message: e.to_string(),
+                })
+            }
         }
-        None => {
-            t.send(
-                method,
-                &r.path,
-                HeaderMap::new(),
-                None::<&()>,
-                None::<()>,
-                None,
-            )
-            .await
-        }
-    }
-    .map_err(|e| SetupError::Unreachable {
-        kind: r.kind,
-        name: r.name.clone(),
-        message: e.to_string(),
-    })?;
+    };
     let status = resp.status_code().as_u16();
     let text = resp.text().await.unwrap_or_default();
     Ok((
