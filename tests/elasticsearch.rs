@@ -521,3 +521,34 @@ fn refused_credentials_are_retried_and_max_retries_dead_letters() {
     );
     server.faults(|f| f.fail_requests = 0);
 }
+
+#[test]
+fn the_byte_rate_cap_holds() {
+    use logferry::config::ElasticsearchConfig;
+    use logferry::sink::elasticsearch::client::BulkClient;
+    let es = Es::new();
+    let cfg = ElasticsearchConfig {
+        endpoints: vec![es.url()],
+        max_bytes_per_second: 32 * 1024,
+        ..Default::default()
+    };
+    let client = BulkClient::new(&cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let index = format!("logs-rate-{}", unique("b"));
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        let doc = format!(
+            "{{\"@timestamp\":\"2024-01-01T00:00:00Z\",\"message\":\"{}\"}}",
+            "x".repeat(32 * 1024 - 100)
+        );
+        let body = format!("{{\"create\":{{\"_index\":\"{index}\",\"_id\":\"{i}\"}}}}\n{doc}\n");
+        rt.block_on(client.bulk(body.as_bytes()));
+    }
+    // 32 KiB a second: three 32 KiB bodies cannot all be sent before 2 s (a lower bound only).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(es.count(&index), 3);
+}
