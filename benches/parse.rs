@@ -121,7 +121,7 @@ fn assembling(c: &mut Criterion) {
     g.bench_function("partial_chunk", |b| {
         b.iter(|| {
             i += 1;
-            let bytes = if i % 4 == 0 {
+            let bytes = if i.is_multiple_of(4) {
                 full.clone()
             } else {
                 chunk.clone()

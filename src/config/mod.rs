@@ -2,8 +2,10 @@
 //! keys rejected, and every error naming the key that is wrong.
 
 mod elasticsearch;
+mod kubernetes;
 
 pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
+pub use kubernetes::KubernetesConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ pub struct Config {
     /// Where checkpoints are kept.
     pub state_dir: PathBuf,
     pub source: SourceConfig,
+    pub kubernetes: KubernetesConfig,
     pub checkpoint: CheckpointConfig,
     pub output: OutputConfig,
     pub shutdown: ShutdownConfig,
@@ -46,6 +49,7 @@ impl Default for Config {
             host_name: String::new(),
             state_dir: PathBuf::from("/var/lib/logferry"),
             source: SourceConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             checkpoint: CheckpointConfig::default(),
             output: OutputConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -373,6 +377,7 @@ impl Config {
             ));
         }
         crate::source::multiline::MultilineRules::from_config(&s.multiline)?;
+        self.kubernetes.validate()?;
         if self.output.kind == OutputKind::Elasticsearch {
             self.output.elasticsearch.validate()?;
         }

@@ -6,7 +6,6 @@ use super::json_message::lift;
 use crate::enrich::path::PathMetadata;
 use crate::event::{Flags, LogEvent};
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -22,39 +21,16 @@ impl FileMetadata {
         Bytes::from(out)
     }
 
-    /// The Kubernetes, container, host and agent members, without braces.
+    /// The Kubernetes, container, host and agent members from the path alone, without braces.
     pub fn metadata_fragment(k: &PathMetadata, host_name: &str) -> Bytes {
-        let mut doc = Map::new();
-        let mut kube = Map::new();
-        if let Some(ns) = &k.namespace {
-            kube.insert("namespace".into(), json!(ns));
+        let options = crate::enrich::metadata::MetadataOptions::default();
+        crate::enrich::metadata::ContainerMetadata {
+            path: k,
+            pod: None,
+            namespace_labels: None,
+            options: &options,
         }
-        let mut pod = Map::new();
-        if let Some(n) = &k.pod_name {
-            pod.insert("name".into(), json!(n));
-        }
-        if let Some(u) = &k.pod_uid {
-            pod.insert("uid".into(), json!(u));
-        }
-        if !pod.is_empty() {
-            kube.insert("pod".into(), Value::Object(pod));
-        }
-        if let Some(c) = &k.container_name {
-            kube.insert("container".into(), json!({ "name": c }));
-        }
-        if !kube.is_empty() {
-            doc.insert("kubernetes".into(), Value::Object(kube));
-        }
-        if let Some(id) = &k.container_id {
-            doc.insert("container".into(), json!({ "id": id }));
-        }
-        doc.insert("host".into(), json!({ "name": host_name }));
-        doc.insert(
-            "agent".into(),
-            json!({ "name": "logferry", "type": "logferry", "version": env!("CARGO_PKG_VERSION") }),
-        );
-        let text = Value::Object(doc).to_string();
-        Bytes::copy_from_slice(&text.as_bytes()[1..text.len() - 1])
+        .fragment(host_name)
     }
 }
 
@@ -153,6 +129,7 @@ mod tests {
     use super::*;
     use crate::config::JsonConfig;
     use crate::event::{FileContext, FileIdentity, Stream};
+    use serde_json::{json, Value};
     use std::sync::Arc;
 
     fn event(message: &[u8], flags: Flags) -> LogEvent {
