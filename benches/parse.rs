@@ -25,7 +25,7 @@ fn ctx() -> Arc<FileContext> {
     let meta = PathMetadata::from_paths(path, Path::new("/var/log/pods/shop_checkout-6c9f7b8d4-k7wzp_7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/app/0.log"));
     Arc::new(FileContext {
         key: 1,
-        kube_namespace: None,
+        kube: meta.clone(),
         identity: FileIdentity {
             dev: 1,
             inode: 2,

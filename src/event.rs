@@ -55,8 +55,10 @@ impl Flags {
     pub const NO_TIMESTAMP: Flags = Flags(1 << 6);
     /// Partial chunks whose final chunk never came (file ended or went away).
     pub const INCOMPLETE: Flags = Flags(1 << 7);
+    /// The pod was not known to the API watch within `metadata_wait`: names from the path only.
+    pub const NO_KUBE_METADATA: Flags = Flags(1 << 8);
 
-    const NAMES: [(Flags, &'static str); 8] = [
+    const NAMES: [(Flags, &'static str); 9] = [
         (Flags::PARTIAL_MERGED, "partial_merged"),
         (Flags::MULTILINE, "multiline"),
         (Flags::TRUNCATED, "truncated"),
@@ -65,6 +67,7 @@ impl Flags {
         (Flags::MALFORMED, "malformed"),
         (Flags::NO_TIMESTAMP, "no_timestamp"),
         (Flags::INCOMPLETE, "incomplete"),
+        (Flags::NO_KUBE_METADATA, "no_kube_metadata"),
     ];
 
     pub const fn empty() -> Flags {
@@ -130,8 +133,8 @@ pub struct FileContext {
     pub identity: FileIdentity,
     /// The path it was discovered under (the `/var/log/containers` symlink, usually).
     pub path: PathBuf,
-    /// The Kubernetes namespace, for routing to a data stream per namespace.
-    pub kube_namespace: Option<String>,
+    /// The Kubernetes names its path tells (the API's metadata is matched by them).
+    pub kube: crate::enrich::path::PathMetadata,
     /// Seed of the deterministic document ids of this file's events.
     pub id_seed: u128,
     /// `"file":{"path":…}`, pre-encoded for the `log` object of every document.

@@ -4,6 +4,10 @@
 use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
 use crate::config::{Config, OutputKind};
 use crate::encode::DocumentEncoder;
+use crate::enrich::exclude::Exclusion;
+use crate::enrich::kube::cache::{OpenPods, SharedCache};
+use crate::enrich::kube::watch;
+use crate::enrich::stage::Enricher;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::stdout::{SinkError, StdoutSink};
 use crate::source::assembler::AssemblyRules;
@@ -87,7 +91,36 @@ pub async fn run(
     let stats = opts.stats.clone();
     let wake = Arc::new(Wake::default());
 
-    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+    // With Kubernetes metadata: tailer → enricher → sink; without: tailer → sink.
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+    let mut kube_view = None;
+    if config.kubernetes.enabled {
+        let client = watch::client(&config.kubernetes)
+            .await
+            .map_err(|e| PipelineError::Config(e.to_string()))?;
+        let cache = SharedCache::default();
+        let open = Arc::new(OpenPods::default());
+        let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(watch::run(
+            client,
+            config.kubernetes.clone(),
+            cache.clone(),
+            open.clone(),
+            changed_tx,
+            stats.clone(),
+        ));
+        let (enriched_tx, enriched_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+        let enricher = Enricher::new(
+            cache.clone(),
+            &config.kubernetes,
+            opts.host_name.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(enricher.run(ev_rx, enriched_tx, changed_rx));
+        ev_rx = enriched_rx;
+        kube_view = Some((cache, open));
+    }
+    let exclusion = Exclusion::new(&config.kubernetes, kube_view);
     let (ck_tx, ck_rx) = mpsc::unbounded_channel();
     let checkpointer =
         tokio::spawn(Checkpointer::new(store, &loaded).run(ck_rx, config.checkpoint.interval));
@@ -138,6 +171,7 @@ pub async fn run(
         ck_tx,
         wake.clone(),
         stats.clone(),
+        exclusion,
     );
     let mut tailer = tokio::task::spawn_blocking(move || tailer.run());
 

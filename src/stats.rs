@@ -27,6 +27,11 @@ pub struct Stats {
     /// Bulk bodies before and after compression.
     pub es_bytes_raw: AtomicU64,
     pub es_bytes_sent: AtomicU64,
+    pub kube_watch_errors: AtomicU64,
+    /// Events shipped without API metadata after `metadata_wait`.
+    pub kube_metadata_missing: AtomicU64,
+    /// Files not read because their pod is excluded.
+    pub files_excluded: AtomicU64,
 }
 
 impl Stats {

@@ -143,7 +143,7 @@ mod tests {
         LogEvent {
             file: Arc::new(FileContext {
                 key: 1,
-                kube_namespace: None,
+                kube: Default::default(),
                 identity: FileIdentity {
                     dev: 1,
                     inode: 2,

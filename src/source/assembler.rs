@@ -217,7 +217,7 @@ mod tests {
     fn ctx() -> Arc<FileContext> {
         Arc::new(FileContext {
             key: 1,
-            kube_namespace: None,
+            kube: Default::default(),
             identity: FileIdentity {
                 dev: 0,
                 inode: 0,

@@ -11,6 +11,8 @@ use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
 use crate::config::{Config, StartAt};
 use crate::encode::doc_id::id_seed;
 use crate::encode::FileMetadata;
+use crate::enrich::exclude::{Decision, Exclusion};
+use crate::enrich::kube::cache::pod_key;
 use crate::enrich::path::PathMetadata;
 use crate::event::{FileContext, FileIdentity, FileKey, LogEvent};
 use crate::stats::Stats;
@@ -113,6 +115,11 @@ pub struct Tailer {
     out: Vec<LogEvent>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
+    exclusion: Exclusion,
+    /// Files whose pod is excluded, by device and inode.
+    excluded: HashSet<(u64, u64)>,
+    /// Files waiting for their pod's metadata before being read or skipped, since when.
+    waiting: Vec<(Found, Instant)>,
 }
 
 impl Tailer {
@@ -128,6 +135,7 @@ impl Tailer {
         ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
         wake: Arc<Wake>,
         stats: Arc<Stats>,
+        exclusion: Exclusion,
     ) -> Self {
         Tailer {
             settings,
@@ -148,6 +156,9 @@ impl Tailer {
             out: Vec::new(),
             watcher: None,
             watched: HashSet::new(),
+            exclusion,
+            excluded: HashSet::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -168,6 +179,9 @@ impl Tailer {
             if now >= next_rescan || self.wake.take_rescan() {
                 self.rescan(now);
                 next_rescan = now + self.settings.rescan_interval;
+            }
+            if !self.waiting.is_empty() {
+                self.retry_waiting(now);
             }
             let read = self.read_pass()?;
             let now = Instant::now();
@@ -251,9 +265,12 @@ impl Tailer {
                     f.gone_since = None;
                     f.path = fd.path;
                 }
-                None => self.open(fd, now),
+                None => self.consider(fd, now),
             }
         }
+        self.excluded.retain(|k| present.contains(k));
+        self.waiting
+            .retain(|(fd, _)| present.contains(&(fd.dev, fd.inode)));
         for i in 0..self.files.len() {
             let f = &mut self.files[i];
             if f.gone_since.is_none() && !present.contains(&(f.dev, f.inode)) {
@@ -336,6 +353,39 @@ impl Tailer {
             .is_ok_and(|m| m.len() < r.reader.read_position());
         let rewritten = matches!(fingerprint(&f.file), Ok(Some(fp)) if fp != r.asm.context().identity.fingerprint);
         shrunk || rewritten
+    }
+
+    /// A newly found file: read it, skip it (excluded), or wait for its pod's metadata.
+    fn consider(&mut self, fd: Found, now: Instant) {
+        let key = (fd.dev, fd.inode);
+        if self.excluded.contains(&key) || self.waiting.iter().any(|(w, _)| (w.dev, w.inode) == key)
+        {
+            return;
+        }
+        self.decide(fd, now, now);
+    }
+
+    fn decide(&mut self, fd: Found, since: Instant, now: Instant) {
+        let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
+        if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&kube)) {
+            open.opened(&key);
+        }
+        match self.exclusion.decide(&kube, now.duration_since(since)) {
+            Decision::Read => self.open(fd, now),
+            Decision::Skip => {
+                tracing::info!(path = %fd.path.display(), "excluded; not read");
+                Stats::add(&self.stats.files_excluded, 1);
+                self.excluded.insert((fd.dev, fd.inode));
+            }
+            Decision::Wait => self.waiting.push((fd, since)),
+        }
+    }
+
+    /// Looks again at files waiting for their pod.
+    fn retry_waiting(&mut self, now: Instant) {
+        for (fd, since) in std::mem::take(&mut self.waiting) {
+            self.decide(fd, since, now);
+        }
     }
 
     fn open(&mut self, fd: Found, now: Instant) {
@@ -424,7 +474,7 @@ impl Tailer {
         self.next_key += 1;
         let ctx = Arc::new(FileContext {
             key,
-            kube_namespace: f.kube.namespace.clone(),
+            kube: f.kube.clone(),
             identity,
             path: f.path.clone(),
             id_seed: id_seed(&identity),
@@ -607,6 +657,9 @@ impl Tailer {
         let f = self.files.swap_remove(i);
         tracing::debug!(path = %f.path.display(), "file read to its end; letting it go");
         Stats::add(&self.stats.files_released, 1);
+        if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&f.kube)) {
+            open.released(&key, now);
+        }
         if let Some(mut r) = f.reading {
             if let Some(rest) = r.reader.take_remainder() {
                 r.asm.push(rest, now, &mut self.out);

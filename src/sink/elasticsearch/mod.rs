@@ -175,14 +175,14 @@ impl ElasticsearchSink {
                 crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
                 std::str::from_utf8(&today[..10]).unwrap_or("1970-01-01")
             };
-            return self.router.target(e.file.kube_namespace.as_deref(), date);
+            return self.router.target(e.file.kube.namespace.as_deref(), date);
         }
         if cache.len() > 10_000 {
             cache.clear();
         }
         cache
             .entry(e.file.key)
-            .or_insert_with(|| self.router.target(e.file.kube_namespace.as_deref(), ""))
+            .or_insert_with(|| self.router.target(e.file.kube.namespace.as_deref(), ""))
             .clone()
     }
 

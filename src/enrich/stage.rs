@@ -1,0 +1,238 @@
+//! The enrich stage, between the tailer and the sink: gives each event its pod's metadata
+//! (a fragment encoded once per pod change), holding a new container's events up to
+//! `metadata_wait` while the watch catches up, without holding any other file.
+
+use super::kube::cache::SharedCache;
+use super::metadata::{ContainerMetadata, MetadataOptions};
+use crate::event::{FileContext, FileKey, Flags, LogEvent};
+use crate::stats::Stats;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// A file's events queue at most this many while waiting for metadata.
+const MAX_PENDING: usize = 50_000;
+/// Files not seen for this long are forgotten.
+const IDLE_FORGET: Duration = Duration::from_secs(600);
+
+struct FileState {
+    /// The pod version and namespace-label generation the context was built for.
+    built_for: Option<(String, u64)>,
+    ctx: Arc<FileContext>,
+    pending: VecDeque<LogEvent>,
+    deadline: Option<Instant>,
+    gave_up: bool,
+    last_seen: Instant,
+}
+
+pub struct Enricher {
+    cache: SharedCache,
+    options: MetadataOptions,
+    namespace_labels: bool,
+    wait: Duration,
+    host_name: String,
+    stats: Arc<Stats>,
+    files: HashMap<FileKey, FileState>,
+}
+
+impl Enricher {
+    pub fn new(
+        cache: SharedCache,
+        cfg: &crate::config::KubernetesConfig,
+        host_name: String,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Enricher {
+            cache,
+            options: MetadataOptions {
+                annotations: cfg.annotations.clone(),
+                dedot: cfg.dedot_keys,
+            },
+            namespace_labels: cfg.namespace_labels,
+            wait: cfg.metadata_wait,
+            host_name,
+            stats,
+            files: HashMap::new(),
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<LogEvent>>,
+        tx: mpsc::Sender<Vec<LogEvent>>,
+        mut changed: watch::Receiver<u64>,
+    ) {
+        let mut open = true;
+        let mut forget = tokio::time::interval(Duration::from_secs(60));
+        while open {
+            let deadline = self.files.values().filter_map(|f| f.deadline).min();
+            let mut out = Vec::new();
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        let now = Instant::now();
+                        for e in batch {
+                            self.push(e, now, &mut out);
+                        }
+                    }
+                    None => open = false,
+                },
+                Ok(()) = changed.changed() => self.release_ready(Instant::now(), &mut out),
+                _ = sleep_until(deadline) => self.release_ready(Instant::now(), &mut out),
+                _ = forget.tick() => {
+                    let now = Instant::now();
+                    self.files.retain(|_, f| !f.pending.is_empty() || now.duration_since(f.last_seen) < IDLE_FORGET);
+                }
+            }
+            if !open {
+                // The tailer stopped: what waits goes now, as it is.
+                let now = Instant::now();
+                for f in self.files.values_mut() {
+                    f.deadline = Some(now);
+                }
+                self.release_ready(now, &mut out);
+            }
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn push(&mut self, mut e: LogEvent, now: Instant, out: &mut Vec<LogEvent>) {
+        let key = e.file.key;
+        let state = self.files.entry(key).or_insert_with(|| FileState {
+            built_for: None,
+            ctx: e.file.clone(),
+            pending: VecDeque::new(),
+            deadline: None,
+            gave_up: false,
+            last_seen: now,
+        });
+        state.last_seen = now;
+        if !state.pending.is_empty() {
+            if state.pending.len() >= MAX_PENDING {
+                state.deadline = Some(now);
+            }
+            state.pending.push_back(e);
+            return;
+        }
+        match Self::resolve(
+            &self.cache,
+            &self.options,
+            self.namespace_labels,
+            &self.host_name,
+            state,
+        ) {
+            Resolved::Enriched | Resolved::NotKubernetes => {
+                e.file = state.ctx.clone();
+                out.push(e);
+            }
+            Resolved::Unknown if state.gave_up => {
+                Self::give_up(&self.stats, &mut e);
+                out.push(e);
+            }
+            Resolved::Unknown => {
+                state.deadline = Some(now + self.wait);
+                state.pending.push_back(e);
+            }
+        }
+    }
+
+    /// Ships what waits for files whose pod is now known or whose wait is over.
+    fn release_ready(&mut self, now: Instant, out: &mut Vec<LogEvent>) {
+        for state in self.files.values_mut().filter(|f| !f.pending.is_empty()) {
+            let resolved = Self::resolve(
+                &self.cache,
+                &self.options,
+                self.namespace_labels,
+                &self.host_name,
+                state,
+            );
+            let expired = state.deadline.is_some_and(|d| d <= now);
+            if matches!(resolved, Resolved::Unknown) && !expired {
+                continue;
+            }
+            let missing = matches!(resolved, Resolved::Unknown);
+            if missing {
+                state.gave_up = true;
+                tracing::debug!(path = %state.ctx.path.display(), "no pod metadata yet; shipping with the names from the path");
+            }
+            for mut e in state.pending.drain(..) {
+                e.file = state.ctx.clone();
+                if missing {
+                    Self::give_up(&self.stats, &mut e);
+                }
+                out.push(e);
+            }
+            state.deadline = None;
+        }
+    }
+
+    fn give_up(stats: &Stats, e: &mut LogEvent) {
+        e.flags.insert(Flags::NO_KUBE_METADATA);
+        Stats::add(&stats.kube_metadata_missing, 1);
+    }
+
+    /// Makes `state.ctx` carry the pod's current metadata.
+    fn resolve(
+        cache: &SharedCache,
+        options: &MetadataOptions,
+        ns_labels: bool,
+        host: &str,
+        state: &mut FileState,
+    ) -> Resolved {
+        let path = &state.ctx.kube;
+        if path.pod_uid.is_none() && (path.namespace.is_none() || path.pod_name.is_none()) {
+            return Resolved::NotKubernetes;
+        }
+        let c = cache.read().unwrap_or_else(|e| e.into_inner());
+        let Some(pod) = c.get(
+            path.pod_uid.as_deref(),
+            path.namespace.as_deref(),
+            path.pod_name.as_deref(),
+        ) else {
+            return Resolved::Unknown;
+        };
+        let labels = ns_labels
+            .then(|| c.namespace_labels(&pod.namespace))
+            .flatten();
+        let labels_gen = labels.as_ref().map_or(0, |l| Arc::as_ptr(l) as u64);
+        let version = (pod.resource_version.clone(), labels_gen);
+        if state.built_for.as_ref() != Some(&version) {
+            let fragment = ContainerMetadata {
+                path,
+                pod: Some(&pod),
+                namespace_labels: labels.as_deref(),
+                options,
+            }
+            .fragment(host);
+            let old = &state.ctx;
+            state.ctx = Arc::new(FileContext {
+                key: old.key,
+                identity: old.identity,
+                path: old.path.clone(),
+                kube: old.kube.clone(),
+                id_seed: old.id_seed,
+                path_fragment: old.path_fragment.clone(),
+                metadata: fragment,
+            });
+            state.built_for = Some(version);
+        }
+        Resolved::Enriched
+    }
+}
+
+enum Resolved {
+    Enriched,
+    NotKubernetes,
+    Unknown,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
