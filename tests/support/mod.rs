@@ -332,6 +332,7 @@ pub fn assert_exactly_once(got: &[u64], n: u64) {
 }
 
 pub mod es_server;
+pub mod kube_server;
 
 /// The Elasticsearch the tests talk to: the in-tree server, or a real cluster when
 /// `LOGFERRY_TEST_ES_URL` is set (tests that need injected faults skip themselves then).

@@ -1,0 +1,239 @@
+//! Pod metadata from the Kubernetes API (the in-tree API server), end to end through the
+//! real kube client: labels and owners on every document, the races of new and deleted
+//! pods, 410 Gone and outages, a flat request count, and exclusion.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::kube_server::{KubeServer, PodSpec};
+use support::*;
+
+const NODE: &str = "node-a";
+
+fn pod<'a>(ns: &'a str, name: &'a str, uid: &'a str) -> PodSpec<'a> {
+    PodSpec {
+        namespace: ns,
+        name,
+        uid,
+        node: NODE,
+        containers: &["app"],
+        labels: json!({ "app": "web", "app.kubernetes.io/name": "web-ui", "pod-template-hash": "7d4b9c5f8" }),
+        annotations: json!({ "team": "payments" }),
+        owner: Some(("ReplicaSet", "web-7d4b9c5f8")),
+    }
+}
+
+fn lines(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
+        .collect()
+}
+
+fn kube_config(tree: &Tree, api: &KubeServer) -> logferry::config::Config {
+    let mut cfg = test_config(vec![tree.glob()]);
+    let k = &mut cfg.kubernetes;
+    k.enabled = true;
+    k.node_name = NODE.into();
+    k.kubeconfig = Some(api.kubeconfig(tree.root.path()));
+    k.metadata_wait = Duration::from_secs(5);
+    k.annotations = vec!["team".into()];
+    cfg
+}
+
+fn by_seq(docs: &[Value], seq: u64) -> &Value {
+    docs.iter()
+        .find(|d| seqs(std::slice::from_ref(d)) == [seq])
+        .expect("document present")
+}
+
+#[test]
+fn every_document_carries_its_pods_labels_owner_and_container() {
+    let api = KubeServer::start();
+    api.add_pod(pod(
+        "shop",
+        "web-7d4b9c5f8-aaaaa",
+        "uid-web-7d4b9c5f8-aaaaa",
+    ));
+    let tree = Tree::new();
+    let c = tree.container("shop", "web-7d4b9c5f8-aaaaa", "app");
+    c.append(lines(0, 20).as_bytes());
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    let docs = agent.wait_until("20 documents", |d| d.len() >= 20);
+    for d in &docs {
+        let k = &d["kubernetes"];
+        assert_eq!(k["labels"]["app"], "web");
+        assert_eq!(k["labels"]["app.kubernetes.io/name"], "web-ui");
+        assert_eq!(k["annotations"], json!({ "team": "payments" }));
+        assert_eq!(k["deployment"]["name"], "web");
+        assert_eq!(k["node"]["name"], NODE);
+        assert_eq!(k["pod"]["ip"], "10.1.2.3");
+        assert_eq!(d["container"]["id"], "uid-web-7d4b9c5f8-aaaaa-app-id");
+        assert_eq!(d["container"]["runtime"], "containerd");
+        assert_eq!(d["container"]["image"]["name"], "registry.example/app:1.0");
+        assert!(d["log"].get("flags").is_none());
+    }
+    // A label changes: later lines carry the new value.
+    api.modify_pod("uid-web-7d4b9c5f8-aaaaa", |p| {
+        p["metadata"]["labels"]["app"] = json!("web-v2")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.append(lines(20, 1).as_bytes());
+    let docs = agent.wait_until("the next line", |d| d.len() >= 21);
+    assert_eq!(by_seq(&docs, 20)["kubernetes"]["labels"]["app"], "web-v2");
+    agent.stop();
+}
+
+#[test]
+fn a_pod_that_writes_before_the_watch_sees_it_still_gets_its_metadata() {
+    let api = KubeServer::start();
+    let tree = Tree::new();
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    std::thread::sleep(Duration::from_millis(500));
+    let c = tree.container("shop", "fresh-7d4b9c5f8-bbbbb", "app");
+    c.append(lines(0, 5).as_bytes());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(agent.docs().is_empty(), "held while the pod is unknown");
+    api.add_pod(pod(
+        "shop",
+        "fresh-7d4b9c5f8-bbbbb",
+        "uid-fresh-7d4b9c5f8-bbbbb",
+    ));
+    let docs = agent.wait_until("5 documents", |d| d.len() >= 5);
+    assert!(docs
+        .iter()
+        .all(|d| d["kubernetes"]["labels"]["app"] == "web"));
+    agent.stop();
+}
+
+#[test]
+fn a_pod_never_seen_ships_after_the_wait_flagged() {
+    let api = KubeServer::start();
+    let tree = Tree::new();
+    let mut cfg = kube_config(&tree, &api);
+    cfg.kubernetes.metadata_wait = Duration::from_millis(500);
+    tree.container("ghost", "nobody", "app")
+        .append(lines(0, 3).as_bytes());
+    let agent = Agent::start(cfg, None);
+    let docs = agent.wait_until("3 documents", |d| d.len() >= 3);
+    for d in &docs {
+        assert_eq!(
+            d["kubernetes"]["pod"]["name"], "nobody",
+            "names from the path"
+        );
+        assert!(d["log"]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no_kube_metadata")));
+    }
+    agent.stop();
+}
+
+#[test]
+fn a_pod_deleted_right_after_writing_is_still_enriched() {
+    let api = KubeServer::start();
+    api.add_pod(pod("batch", "job-28876540-ccccc", "uid-job-28876540-ccccc"));
+    let tree = Tree::new();
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    std::thread::sleep(Duration::from_millis(500));
+    let c = tree.container("batch", "job-28876540-ccccc", "app");
+    c.append(lines(0, 10).as_bytes());
+    api.delete_pod("uid-job-28876540-ccccc");
+    let docs = agent.wait_until("10 documents", |d| d.len() >= 10);
+    assert!(
+        docs.iter()
+            .all(|d| d["kubernetes"]["labels"]["app"] == "web"),
+        "{}",
+        docs[0]
+    );
+    agent.stop();
+}
+
+#[test]
+fn a_410_and_an_outage_are_survived_with_the_cache_intact() {
+    let api = KubeServer::start();
+    api.add_pod(pod(
+        "shop",
+        "old-7d4b9c5f8-ddddd",
+        "uid-old-7d4b9c5f8-ddddd",
+    ));
+    let tree = Tree::new();
+    let old = tree.container("shop", "old-7d4b9c5f8-ddddd", "app");
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    old.append(lines(0, 1).as_bytes());
+    agent.wait_until("first line", |d| d.len() == 1);
+    let lists_before = api.with(|s| s.lists);
+
+    // The history expires: the next watch gets 410 Gone and the client lists again.
+    api.expire_history();
+    api.add_pod(pod(
+        "shop",
+        "new-7d4b9c5f8-eeeee",
+        "uid-new-7d4b9c5f8-eeeee",
+    ));
+    let new = tree.container("shop", "new-7d4b9c5f8-eeeee", "app");
+    new.append(lines(100, 1).as_bytes());
+    let docs = agent.wait_until("the new pod's line", |d| d.len() == 2);
+    assert_eq!(by_seq(&docs, 100)["kubernetes"]["labels"]["app"], "web");
+    assert!(api.with(|s| s.lists) > lists_before, "relisted after 410");
+
+    // The API server goes away: known pods are still enriched, and shipping goes on.
+    api.set_down(true);
+    old.append(lines(1, 1).as_bytes());
+    let docs = agent.wait_until("a line during the outage", |d| d.len() == 3);
+    assert_eq!(by_seq(&docs, 1)["kubernetes"]["labels"]["app"], "web");
+    api.set_down(false);
+    agent.stop();
+}
+
+#[test]
+fn requests_stay_flat_while_pods_churn_and_exclusion_skips_pods() {
+    let api = KubeServer::start();
+    let mut excluded = pod("shop", "noisy-7d4b9c5f8-fffff", "uid-noisy-7d4b9c5f8-fffff");
+    excluded.annotations = json!({ "logferry.io/exclude": "true" });
+    api.add_pod(excluded);
+    let mut sidecar = pod("shop", "mixed-7d4b9c5f8-ggggg", "uid-mixed-7d4b9c5f8-ggggg");
+    sidecar.containers = &["app", "envoy"];
+    sidecar.annotations = json!({ "logferry.io/exclude-envoy": "true" });
+    api.add_pod(sidecar);
+    let tree = Tree::new();
+    tree.container("shop", "noisy-7d4b9c5f8-fffff", "app")
+        .append(lines(0, 5).as_bytes());
+    tree.container("shop", "mixed-7d4b9c5f8-ggggg", "envoy")
+        .append(lines(10, 5).as_bytes());
+    tree.container("shop", "mixed-7d4b9c5f8-ggggg", "app")
+        .append(lines(20, 5).as_bytes());
+    tree.container("kube-system", "proxy", "app")
+        .append(lines(30, 5).as_bytes());
+    let mut cfg = kube_config(&tree, &api);
+    cfg.kubernetes.exclude_namespaces = vec!["kube-system".into()];
+    let agent = Agent::start(cfg, None);
+    agent.wait_until("the included container", |d| d.len() >= 5);
+    let requests = api.with(|s| s.requests());
+    for i in 0..50 {
+        let (name, uid) = (format!("churn-{i}"), format!("uid-churn-{i}"));
+        api.add_pod(pod("shop", &name, &uid));
+        api.delete_pod(&uid);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let docs = agent.docs();
+    let mut got = seqs(&docs);
+    got.sort();
+    assert_eq!(
+        got,
+        (20..25).collect::<Vec<_>>(),
+        "only the included container is read"
+    );
+    assert!(
+        api.with(|s| s.requests()) <= requests + 2,
+        "no request per pod: {} → {}",
+        requests,
+        api.with(|s| s.requests())
+    );
+    assert_eq!(api.with(|s| s.gets), 0);
+    let summary = agent.stop();
+    assert_eq!(
+        logferry::stats::Stats::get(&summary.stats.files_excluded),
+        3
+    );
+}
