@@ -237,3 +237,49 @@ fn requests_stay_flat_while_pods_churn_and_exclusion_skips_pods() {
         3
     );
 }
+
+#[test]
+fn namespace_labels_and_label_selectors() {
+    let api = KubeServer::start();
+    api.add_namespace(
+        "shop",
+        json!({ "env": "prod", "team.example.com/owner": "payments" }),
+    );
+    api.add_pod(pod(
+        "shop",
+        "web-7d4b9c5f8-hhhhh",
+        "uid-web-7d4b9c5f8-hhhhh",
+    ));
+    let mut canary = pod(
+        "shop",
+        "canary-7d4b9c5f8-iiiii",
+        "uid-canary-7d4b9c5f8-iiiii",
+    );
+    canary.labels = json!({ "app": "web", "track": "canary" });
+    api.add_pod(canary);
+    let tree = Tree::new();
+    tree.container("shop", "web-7d4b9c5f8-hhhhh", "app")
+        .append(lines(0, 2).as_bytes());
+    tree.container("shop", "canary-7d4b9c5f8-iiiii", "app")
+        .append(lines(10, 2).as_bytes());
+    let mut cfg = kube_config(&tree, &api);
+    cfg.kubernetes.namespace_labels = true;
+    cfg.kubernetes.dedot_keys = true;
+    cfg.kubernetes.exclude_labels = vec!["track=canary".into()];
+    let agent = Agent::start(cfg, None);
+    let docs = agent.wait_until("2 documents", |d| d.len() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        seqs(&agent.docs()),
+        vec![0, 1],
+        "the canary pod is excluded by its label"
+    );
+    let k = &docs[0]["kubernetes"];
+    assert_eq!(k["namespace_labels"]["env"], "prod");
+    assert_eq!(
+        k["namespace_labels"]["team_example_com/owner"], "payments",
+        "dedotted"
+    );
+    assert_eq!(k["labels"]["app_kubernetes_io/name"], "web-ui");
+    agent.stop();
+}
