@@ -198,6 +198,10 @@ impl Enricher {
         let labels = ns_labels
             .then(|| c.namespace_labels(&pod.namespace))
             .flatten();
+        if ns_labels && labels.is_none() && !state.gave_up {
+            // The namespace watch has not delivered it yet: wait for it like for the pod.
+            return Resolved::Unknown;
+        }
         let labels_gen = labels.as_ref().map_or(0, |l| Arc::as_ptr(l) as u64);
         let version = (pod.resource_version.clone(), labels_gen);
         if state.built_for.as_ref() != Some(&version) {
