@@ -20,6 +20,8 @@ const IDLE_FORGET: Duration = Duration::from_secs(600);
 struct FileState {
     /// The pod version and namespace-label generation the context was built for.
     built_for: Option<(String, u64)>,
+    /// The cache generation last looked at: while it stands, nothing needs looking up.
+    cache_gen: u64,
     ctx: Arc<FileContext>,
     pending: VecDeque<LogEvent>,
     deadline: Option<Instant>,
@@ -104,6 +106,7 @@ impl Enricher {
         let key = e.file.key;
         let state = self.files.entry(key).or_insert_with(|| FileState {
             built_for: None,
+            cache_gen: 0,
             ctx: e.file.clone(),
             pending: VecDeque::new(),
             deadline: None,
@@ -188,6 +191,9 @@ impl Enricher {
             return Resolved::NotKubernetes;
         }
         let c = cache.read().unwrap_or_else(|e| e.into_inner());
+        if state.built_for.is_some() && state.cache_gen == c.generation {
+            return Resolved::Enriched;
+        }
         let Some(pod) = c.get(
             path.pod_uid.as_deref(),
             path.namespace.as_deref(),
@@ -202,7 +208,8 @@ impl Enricher {
             // The namespace watch has not delivered it yet: wait for it like for the pod.
             return Resolved::Unknown;
         }
-        let labels_gen = labels.as_ref().map_or(0, |l| Arc::as_ptr(l) as u64);
+        let labels_gen = labels.as_ref().map_or(0, |(g, _)| *g);
+        let labels = labels.map(|(_, l)| l);
         let version = (pod.resource_version.clone(), labels_gen);
         if state.built_for.as_ref() != Some(&version) {
             let fragment = ContainerMetadata {
@@ -224,6 +231,7 @@ impl Enricher {
             });
             state.built_for = Some(version);
         }
+        state.cache_gen = c.generation;
         Resolved::Enriched
     }
 }

@@ -17,7 +17,8 @@ struct Entry {
 pub struct PodCache {
     pods: HashMap<String, Entry>,
     by_name: HashMap<(String, String), String>,
-    namespaces: HashMap<String, Arc<BTreeMap<String, String>>>,
+    /// Labels of each namespace, with the generation they were set at.
+    namespaces: HashMap<String, (u64, Arc<BTreeMap<String, String>>)>,
     /// The first full list has arrived.
     pub synced: bool,
     /// Bumped on every change, so readers can tell when to look again.
@@ -104,11 +105,13 @@ impl PodCache {
     }
 
     pub fn set_namespace(&mut self, name: String, labels: BTreeMap<String, String>) {
-        self.namespaces.insert(name, Arc::new(labels));
         self.generation += 1;
+        self.namespaces
+            .insert(name, (self.generation, Arc::new(labels)));
     }
 
-    pub fn namespace_labels(&self, name: &str) -> Option<Arc<BTreeMap<String, String>>> {
+    /// A namespace's labels and the generation they are from.
+    pub fn namespace_labels(&self, name: &str) -> Option<(u64, Arc<BTreeMap<String, String>>)> {
         self.namespaces.get(name).cloned()
     }
 
