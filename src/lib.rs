@@ -7,6 +7,7 @@ pub mod config;
 pub mod encode;
 pub mod enrich;
 pub mod event;
+pub mod http;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

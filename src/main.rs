@@ -100,7 +100,7 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             let state_dir = Some(cfg.state_dir.clone());
-            run(cfg, false, state_dir)
+            run(cfg, false, state_dir, true)
         }
         Command::Debug {
             config,
@@ -133,7 +133,7 @@ fn main() -> ExitCode {
                 eprintln!("logferry: {key}: {msg}");
                 return ExitCode::from(2);
             }
-            run(cfg, once, state_dir)
+            run(cfg, once, state_dir, false)
         }
     }
 }
@@ -158,8 +158,8 @@ fn config_error(e: logferry::config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> ExitCode {
-    match run_pipeline(cfg, once, state_dir) {
+fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>, serve_http: bool) -> ExitCode {
+    match run_pipeline(cfg, once, state_dir, serve_http) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logferry: {e:#}");
@@ -223,12 +223,24 @@ fn setup(cfg: &Config, dry_run: bool, overwrite: bool) -> ExitCode {
     }
 }
 
-fn run_pipeline(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn run_pipeline(
+    cfg: Config,
+    once: bool,
+    state_dir: Option<PathBuf>,
+    serve_http: bool,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    let health = std::sync::Arc::new(logferry::http::Health::default());
+    if serve_http && cfg.http.enabled {
+        let addr = rt
+            .block_on(logferry::http::serve(&cfg.http.listen, health.clone()))
+            .with_context(|| format!("cannot listen on http.listen {}", cfg.http.listen))?;
+        tracing::info!(%addr, "serving /healthz and /readyz");
+    }
     let host_name = if cfg.host_name.is_empty() {
         logferry::host_name()
     } else {
@@ -240,6 +252,7 @@ fn run_pipeline(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> anyhow::
         output: Box::new(std::io::stdout()),
         host_name,
         stats: Default::default(),
+        health: health.clone(),
     };
     let summary = rt.block_on(async {
         let stop = async {
@@ -270,8 +283,11 @@ fn run_pipeline(cfg: Config, once: bool, state_dir: Option<PathBuf>) -> anyhow::
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never in files or container logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub host_name: String,
     /// Counters the pipeline adds to; shared so the caller can watch them.
     pub stats: Arc<Stats>,
+    /// What `/healthz` and `/readyz` report.
+    pub health: Arc<crate::http::Health>,
 }
 
 #[derive(Debug)]
@@ -141,6 +143,7 @@ pub async fn run(
                 None => std::env::temp_dir().join("logferry-dead-letter"),
             };
             let sink = ElasticsearchSink::new(
+                opts.health.clone(),
                 &config.output.elasticsearch,
                 &src.json,
                 &dead_letter,
@@ -155,6 +158,10 @@ pub async fn run(
         }
     };
     let settings = TailerSettings::new(config, opts.host_name, opts.once);
+    opts.health.set_alive(true);
+    if config.output.kind != OutputKind::Elasticsearch {
+        opts.health.set_ready(true);
+    }
     let tailer = Tailer::new(
         settings,
         rules,

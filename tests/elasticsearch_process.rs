@@ -34,6 +34,8 @@ retry_initial_backoff = "50ms"
 retry_max_backoff = "500ms"
 [shutdown]
 timeout = "2s"
+[http]
+listen = "127.0.0.1:0"
 "#,
             state = tree.state_dir().display(),
             glob = tree.glob(),
@@ -201,6 +203,67 @@ fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
     // The next run delivers it all.
     let mut child = spawn(&config);
     es.wait_count(&format!("logs-kubernetes-{ns}"), 1000);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The status code of `GET path` on the agent's HTTP endpoint, read from its log.
+fn probe(log: &Path, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+    let addr = line
+        .split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != ':');
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn healthz_and_readyz_follow_the_agent_and_the_cluster() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    let tree = Tree::new();
+    tree.container("ns", "p", "app")
+        .append(batch(0, 10).as_bytes());
+    server.set_down(true);
+    let config = write_config(&tree, &es, &unique("probe"));
+    let mut child = spawn(&config);
+    let log = config.with_extension("log");
+    let deadline = Instant::now() + WAIT;
+    while probe(&log, "/healthz").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP endpoint: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(probe(&log, "/healthz"), Some(200));
+    assert_eq!(
+        probe(&log, "/readyz"),
+        Some(503),
+        "not ready before the index setup"
+    );
+    server.set_down(false);
+    while probe(&log, "/readyz") != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(probe(&log, "/nope"), Some(404));
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -294,6 +294,7 @@ fn bulk_format_prints_deterministic_ids() {
             output: Box::new(out.clone()),
             host_name: "h".into(),
             stats: Default::default(),
+            health: Default::default(),
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(logferry::pipeline::run(&cfg, opts, std::future::pending()))

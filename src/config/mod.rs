@@ -40,6 +40,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub checkpoint: CheckpointConfig,
     pub output: OutputConfig,
+    pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -52,6 +53,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             checkpoint: CheckpointConfig::default(),
             output: OutputConfig::default(),
+            http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -250,6 +252,23 @@ impl Default for StdoutConfig {
     }
 }
 
+/// The agent's own HTTP endpoint (`run` only): `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "0.0.0.0:2020".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -378,6 +397,12 @@ impl Config {
         }
         crate::source::multiline::MultilineRules::from_config(&s.multiline)?;
         self.kubernetes.validate()?;
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "http.listen".into(),
+                format!("{:?} is not an address like 0.0.0.0:2020", self.http.listen),
+            ));
+        }
         if self.output.kind == OutputKind::Elasticsearch {
             self.output.elasticsearch.validate()?;
         }

@@ -196,6 +196,7 @@ impl Agent {
             output: Box::new(out.clone()),
             host_name: cfg.host_name.clone(),
             stats: stats.clone(),
+            health: Default::default(),
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -47,6 +47,7 @@ struct Shared {
 }
 
 pub struct ElasticsearchSink {
+    health: Arc<crate::http::Health>,
     shared: Arc<Shared>,
     router: Router,
     encoder: DocumentEncoder,
@@ -55,6 +56,7 @@ pub struct ElasticsearchSink {
 
 impl ElasticsearchSink {
     pub fn new(
+        health: Arc<crate::http::Health>,
         cfg: &ElasticsearchConfig,
         json: &crate::config::JsonConfig,
         dead_letter_dir: &std::path::Path,
@@ -67,6 +69,7 @@ impl ElasticsearchSink {
             String::new()
         };
         Ok(ElasticsearchSink {
+            health,
             shared: Arc::new(Shared {
                 client: BulkClient::new(cfg)?,
                 cfg: cfg.clone(),
@@ -121,6 +124,7 @@ impl ElasticsearchSink {
         if self.shared.cfg.setup {
             self.ensure_setup().await;
         }
+        self.health.set_ready(true);
         let cfg = &self.shared.cfg;
         let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
         let mut targets: HashMap<FileKey, Target> = HashMap::new();

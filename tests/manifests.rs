@@ -1,0 +1,240 @@
+//! The Kubernetes manifests: every document deserialises into the k8s-openapi types with no
+//! unknown field, the DaemonSet keeps its invariants, `kubectl kustomize` renders the base,
+//! and the config it ships is valid.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+
+fn strict<T: DeserializeOwned>(doc: serde_yaml::Value, what: &str) -> T {
+    let mut unknown = vec![];
+    let v: T = serde_ignored::deserialize(doc, |path| unknown.push(path.to_string()))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(unknown.is_empty(), "{what}: unknown fields {unknown:?}");
+    v
+}
+
+fn documents(file: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(Path::new(DIR).join(file)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_manifest_is_a_valid_kubernetes_object() {
+    let mut kinds = vec![];
+    for file in [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "rbac.yaml",
+        "secret.yaml",
+        "daemonset.yaml",
+    ] {
+        for doc in documents(file) {
+            let kind = doc["kind"].as_str().unwrap().to_string();
+            let what = format!("{file} {kind}");
+            match kind.as_str() {
+                "Namespace" => drop(strict::<Namespace>(doc, &what)),
+                "ServiceAccount" => drop(strict::<ServiceAccount>(doc, &what)),
+                "ClusterRole" => drop(strict::<ClusterRole>(doc, &what)),
+                "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc, &what)),
+                "Secret" => drop(strict::<Secret>(doc, &what)),
+                "DaemonSet" => drop(strict::<DaemonSet>(doc, &what)),
+                other => panic!("unexpected kind {other} in {file}"),
+            }
+            kinds.push(kind);
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Namespace",
+            "Secret",
+            "ServiceAccount"
+        ]
+    );
+}
+
+#[test]
+fn rbac_is_read_only_on_pods_and_namespaces() {
+    let role: ClusterRole = strict(documents("rbac.yaml").remove(0), "ClusterRole");
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    let mut resources = rules[0].resources.clone().unwrap();
+    resources.sort();
+    assert_eq!(resources, ["namespaces", "pods"]);
+    let mut verbs = rules[0].verbs.clone();
+    verbs.sort();
+    assert_eq!(verbs, ["get", "list", "watch"]);
+}
+
+#[test]
+fn the_daemonset_keeps_its_promises() {
+    let ds: DaemonSet = strict(documents("daemonset.yaml").remove(0), "DaemonSet");
+    let spec = ds.spec;
+    assert_eq!(
+        spec.update_strategy.unwrap().type_.as_deref(),
+        Some("RollingUpdate")
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("logferry"));
+    assert!(
+        pod.termination_grace_period_seconds.unwrap() > 10,
+        "longer than shutdown.timeout"
+    );
+    assert!(
+        pod.tolerations
+            .unwrap()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "runs on every node"
+    );
+    let c = &pod.containers[0];
+    let env = c.env.clone().unwrap();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    assert_eq!(
+        node.value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "spec.nodeName"
+    );
+    let r = c.resources.clone().unwrap();
+    let q = |m: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+             k: &str| m.as_ref().unwrap()[k].0.clone();
+    assert_eq!(
+        (q(&r.requests, "cpu"), q(&r.requests, "memory")),
+        ("100m".into(), "64Mi".into())
+    );
+    assert_eq!(
+        (q(&r.limits, "cpu"), q(&r.limits, "memory")),
+        ("500m".into(), "256Mi".into())
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&c.liveness_probe), "/healthz");
+    assert_eq!(probe_path(&c.readiness_probe), "/readyz");
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    let mounts = c.volume_mounts.clone().unwrap();
+    let varlog = mounts.iter().find(|m| m.mount_path == "/var/log").unwrap();
+    assert_eq!(varlog.read_only, Some(true));
+    assert!(mounts
+        .iter()
+        .any(|m| m.mount_path == "/var/lib/logferry" && m.read_only != Some(true)));
+    let volumes = pod.volumes.unwrap();
+    let host = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap()
+            .host_path
+            .clone()
+            .unwrap()
+            .path
+    };
+    assert_eq!(host("varlog"), "/var/log");
+    assert_eq!(host("state"), "/var/lib/logferry");
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let text = std::fs::read_to_string(Path::new(DIR).join("logferry.toml")).unwrap();
+    let env = |k: &str| Some(format!("value-of-{k}")).filter(|_| k != "UNSET");
+    let with_url = |k: &str| {
+        if k == "ES_URL" {
+            Some("https://es.example:9200".to_string())
+        } else {
+            env(k)
+        }
+    };
+    let c = logferry::config::Config::parse(&text, "logferry.toml", &with_url).unwrap();
+    assert!(c.kubernetes.enabled);
+    assert_eq!(c.kubernetes.node_name, "value-of-NODE_NAME");
+    assert_eq!(c.output.kind, logferry::config::OutputKind::Elasticsearch);
+    assert_eq!(c.http.listen, "0.0.0.0:2020");
+}
+
+#[test]
+fn kustomize_renders_the_base() {
+    let Ok(out) = std::process::Command::new("kubectl")
+        .args(["kustomize", DIR])
+        .output()
+    else {
+        return eprintln!("skipped: kubectl is not installed");
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Secret",
+        "DaemonSet",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let cm_name = config_map["metadata"]["name"].as_str().unwrap();
+    let volumes = ds["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        volumes.iter().any(|v| v["configMap"]["name"] == cm_name),
+        "the DaemonSet mounts the generated ConfigMap"
+    );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/logferry/logferry:0.1.0"
+    );
+    let _: DaemonSet = strict(ds.clone(), "rendered DaemonSet");
+}
+
+#[test]
+fn the_check_catches_an_unknown_field() {
+    let doc: serde_yaml::Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  lables: {a: b}\n",
+    )
+    .unwrap();
+    let caught = std::panic::catch_unwind(|| strict::<Namespace>(doc, "typo"));
+    assert!(caught.is_err(), "a misspelt field must fail the check");
+}
