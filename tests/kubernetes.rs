@@ -90,19 +90,33 @@ fn a_pod_that_writes_before_the_watch_sees_it_still_gets_its_metadata() {
     let tree = Tree::new();
     let agent = Agent::start(kube_config(&tree, &api), None);
     std::thread::sleep(Duration::from_millis(500));
+    api.add_pod(pod(
+        "shop",
+        "known-7d4b9c5f8-zzzzz",
+        "uid-known-7d4b9c5f8-zzzzz",
+    ));
     let c = tree.container("shop", "fresh-7d4b9c5f8-bbbbb", "app");
     c.append(lines(0, 5).as_bytes());
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(agent.docs().is_empty(), "held while the pod is unknown");
+    tree.container("shop", "known-7d4b9c5f8-zzzzz", "app")
+        .append(lines(100, 3).as_bytes());
+    // The known pod's lines are not held back by the unknown one's.
+    let docs = agent.wait_until("the known pod's lines", |d| d.len() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seqs(&agent.docs()),
+        vec![100, 101, 102],
+        "held while the pod is unknown"
+    );
     api.add_pod(pod(
         "shop",
         "fresh-7d4b9c5f8-bbbbb",
         "uid-fresh-7d4b9c5f8-bbbbb",
     ));
-    let docs = agent.wait_until("5 documents", |d| d.len() >= 5);
+    let docs = agent.wait_until("5 more documents", |d| d.len() >= 8 && docs.len() == 3);
     assert!(docs
         .iter()
         .all(|d| d["kubernetes"]["labels"]["app"] == "web"));
+    assert!(docs.iter().all(|d| d["log"].get("flags").is_none()));
     agent.stop();
 }
 
