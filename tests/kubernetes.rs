@@ -297,3 +297,27 @@ fn namespace_labels_and_label_selectors() {
     assert_eq!(k["labels"]["app_kubernetes_io/name"], "web-ui");
     agent.stop();
 }
+
+#[test]
+fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
+    let api = KubeServer::start();
+    let tree = Tree::new();
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    std::thread::sleep(Duration::from_millis(300));
+    let c = tree.container("batch", "blink-28876541-jjjjj", "app");
+    c.append(lines(0, 4).as_bytes());
+    std::thread::sleep(Duration::from_millis(400));
+    std::fs::remove_file(&c.link).unwrap();
+    std::fs::remove_file(c.path()).unwrap();
+    api.add_pod(pod(
+        "batch",
+        "blink-28876541-jjjjj",
+        "uid-blink-28876541-jjjjj",
+    ));
+    let docs = agent.wait_until("the deleted file's lines", |d| d.len() >= 4);
+    assert_eq!(seqs(&docs), vec![0, 1, 2, 3]);
+    assert!(docs
+        .iter()
+        .all(|d| d["kubernetes"]["labels"]["app"] == "web"));
+    agent.stop();
+}

@@ -119,7 +119,7 @@ pub struct Tailer {
     /// Files whose pod is excluded, by device and inode.
     excluded: HashSet<(u64, u64)>,
     /// Files waiting for their pod's metadata before being read or skipped, since when.
-    waiting: Vec<(Found, Instant)>,
+    waiting: Vec<(Found, Instant, Option<File>)>,
 }
 
 impl Tailer {
@@ -269,8 +269,7 @@ impl Tailer {
             }
         }
         self.excluded.retain(|k| present.contains(k));
-        self.waiting
-            .retain(|(fd, _)| present.contains(&(fd.dev, fd.inode)));
+        // A waiting file that vanished is held open: it stays until decided.
         for i in 0..self.files.len() {
             let f = &mut self.files[i];
             if f.gone_since.is_none() && !present.contains(&(f.dev, f.inode)) {
@@ -358,38 +357,48 @@ impl Tailer {
     /// A newly found file: read it, skip it (excluded), or wait for its pod's metadata.
     fn consider(&mut self, fd: Found, now: Instant) {
         let key = (fd.dev, fd.inode);
-        if self.excluded.contains(&key) || self.waiting.iter().any(|(w, _)| (w.dev, w.inode) == key)
+        if self.excluded.contains(&key)
+            || self.waiting.iter().any(|(w, _, _)| (w.dev, w.inode) == key)
         {
             return;
         }
-        self.decide(fd, now, now);
+        self.decide(fd, None, now, now);
     }
 
-    fn decide(&mut self, fd: Found, since: Instant, now: Instant) {
+    fn decide(&mut self, fd: Found, held: Option<File>, since: Instant, now: Instant) {
         let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
-        if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&kube)) {
-            open.opened(&key);
-        }
         match self.exclusion.decide(&kube, now.duration_since(since)) {
-            Decision::Read => self.open(fd, now),
+            Decision::Read => self.open_with(fd, held, now),
             Decision::Skip => {
                 tracing::info!(path = %fd.path.display(), "excluded; not read");
                 Stats::add(&self.stats.files_excluded, 1);
                 self.excluded.insert((fd.dev, fd.inode));
             }
-            Decision::Wait => self.waiting.push((fd, since)),
+            Decision::Wait => {
+                // Held open meanwhile: a file deleted during the wait can still be read.
+                let held = held.or_else(|| File::open(&fd.real_path).ok());
+                self.waiting.push((fd, since, held));
+            }
         }
     }
 
     /// Looks again at files waiting for their pod.
     fn retry_waiting(&mut self, now: Instant) {
-        for (fd, since) in std::mem::take(&mut self.waiting) {
-            self.decide(fd, since, now);
+        for (fd, since, held) in std::mem::take(&mut self.waiting) {
+            self.decide(fd, held, since, now);
         }
     }
 
     fn open(&mut self, fd: Found, now: Instant) {
-        let file = match File::open(&fd.real_path) {
+        self.open_with(fd, None, now)
+    }
+
+    fn open_with(&mut self, fd: Found, held: Option<File>, now: Instant) {
+        let opened = match held {
+            Some(f) => Ok(f),
+            None => File::open(&fd.real_path),
+        };
+        let file = match opened {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(path = %fd.path.display(), error = %e, "cannot open log file");
@@ -406,6 +415,9 @@ impl Tailer {
         tracing::debug!(path = %fd.path.display(), real = %fd.real_path.display(), "following file");
         Stats::add(&self.stats.files_opened, 1);
         let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
+        if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&kube)) {
+            open.opened(&key);
+        }
         self.files.push(Followed {
             file,
             path: fd.path,
