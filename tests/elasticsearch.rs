@@ -9,12 +9,6 @@ use serde_json::Value;
 use std::time::Duration;
 use support::*;
 
-fn batch(from: u64, n: u64) -> String {
-    (from..from + n)
-        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
-        .collect()
-}
-
 fn stream(ns: &str) -> String {
     format!("logs-kubernetes-{ns}")
 }
@@ -27,7 +21,7 @@ fn lines_of_many_files_land_exactly_once_in_a_data_stream() {
     let per = 1500u64;
     for f in 0..6u64 {
         let c = tree.container("shop", &format!("pod-{f}"), "app");
-        c.append(batch(f * per, per).as_bytes());
+        c.append(seq_lines(f * per, per).as_bytes());
     }
     let agent = Agent::start(
         es_config(vec![tree.glob()], &es, &ns),
@@ -91,7 +85,7 @@ fn an_outage_mid_run_loses_and_duplicates_nothing() {
         if round == 20 {
             server.set_down(false);
         }
-        c.append(batch(next, 200).as_bytes());
+        c.append(seq_lines(next, 200).as_bytes());
         next += 200;
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -118,7 +112,7 @@ fn rejected_items_and_requests_are_retried_until_they_land() {
     let ns = unique("retry");
     for f in 0..3u64 {
         tree.container("ns", &format!("p{f}"), "app")
-            .append(batch(f * 1000, 1000).as_bytes());
+            .append(seq_lines(f * 1000, 1000).as_bytes());
     }
     let mut cfg = es_config(vec![tree.glob()], &es, &ns);
     cfg.output.elasticsearch.batch_max_events = 200;
@@ -187,7 +181,7 @@ fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
     let tree = Tree::new();
     let ns = unique("split");
     let c = tree.container("ns", "big", "app");
-    c.append(batch(0, 500).as_bytes());
+    c.append(seq_lines(0, 500).as_bytes());
     c.append_lines(&[cri(
         "stdout",
         "F",
@@ -293,7 +287,7 @@ fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
     // The first write creates the data stream from that template.
     let tree = Tree::new();
     tree.container("ns", "p", "app")
-        .append(batch(0, 5).as_bytes());
+        .append(seq_lines(0, 5).as_bytes());
     let mut agent_cfg = es_config(vec![tree.glob()], &es, "default");
     agent_cfg.output.elasticsearch.dataset = name.clone();
     agent_cfg.output.elasticsearch.template_name = name.clone();
@@ -432,9 +426,9 @@ fn routing_by_namespace_and_the_plain_index_mode() {
     let tree = Tree::new();
     let (a, b) = (unique("nsa"), unique("nsb"));
     tree.container(&a, "p1", "app")
-        .append(batch(0, 10).as_bytes());
+        .append(seq_lines(0, 10).as_bytes());
     tree.container(&b, "p2", "app")
-        .append(batch(10, 5).as_bytes());
+        .append(seq_lines(10, 5).as_bytes());
     let mut cfg = es_config(vec![tree.glob()], &es, "default");
     cfg.output.elasticsearch.route_by_namespace = true;
     let agent = Agent::start(cfg, Some(&tree.state_dir()));
@@ -449,7 +443,7 @@ fn routing_by_namespace_and_the_plain_index_mode() {
     // Daily indices named from each line's date, for clusters without data streams.
     let tree = Tree::new();
     tree.container("ns", "p", "app")
-        .append(batch(0, 3).as_bytes());
+        .append(seq_lines(0, 3).as_bytes());
     let prefix = unique("plain");
     let mut cfg = es_config(vec![tree.glob()], &es, "default");
     let e = &mut cfg.output.elasticsearch;
@@ -492,7 +486,7 @@ fn refused_credentials_are_retried_and_max_retries_dead_letters() {
     let tree = Tree::new();
     let ns = unique("auth");
     tree.container("ns", "p", "app")
-        .append(batch(0, 20).as_bytes());
+        .append(seq_lines(0, 20).as_bytes());
     let mut cfg = es_config(vec![tree.glob()], &es, &ns);
     cfg.output.elasticsearch.setup = false;
     let agent = Agent::start(cfg, Some(&tree.state_dir()));
@@ -507,7 +501,7 @@ fn refused_credentials_are_retried_and_max_retries_dead_letters() {
     });
     let tree = Tree::new();
     let c = tree.container("ns", "p", "app");
-    c.append(batch(0, 7).as_bytes());
+    c.append(seq_lines(0, 7).as_bytes());
     let mut cfg = es_config(vec![tree.glob()], &es, &unique("giveup"));
     cfg.output.elasticsearch.setup = false;
     cfg.output.elasticsearch.max_retries = 3;

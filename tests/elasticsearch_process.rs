@@ -57,12 +57,6 @@ fn spawn(config: &Path) -> Child {
         .unwrap()
 }
 
-fn batch(from: u64, n: u64) -> String {
-    (from..from + n)
-        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
-        .collect()
-}
-
 #[test]
 fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
     let es = Es::new();
@@ -72,7 +66,7 @@ fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
     let total = 9_000u64;
     for f in 0..3u64 {
         tree.container("ns", &format!("p{f}"), "app")
-            .append(batch(f * 3_000, 3_000).as_bytes());
+            .append(seq_lines(f * 3_000, 3_000).as_bytes());
     }
     let config = write_config(&tree, &es, &ns);
     let ds = format!("logs-kubernetes-{ns}");
@@ -125,7 +119,7 @@ fn memory_stays_bounded_while_elasticsearch_is_down() {
     let lines_per_file = 50_000u64;
     for f in 0..4u64 {
         tree.container("ns", &format!("p{f}"), "app")
-            .append(batch(f * lines_per_file, lines_per_file).as_bytes());
+            .append(seq_lines(f * lines_per_file, lines_per_file).as_bytes());
     }
     server.set_down(true);
     let config = write_config(&tree, &es, &ns);
@@ -172,7 +166,7 @@ fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
     let tree = Tree::new();
     let ns = unique("stop");
     tree.container("ns", "p", "app")
-        .append(batch(0, 1000).as_bytes());
+        .append(seq_lines(0, 1000).as_bytes());
     server.set_down(true);
     let config = write_config(&tree, &es, &ns);
     let mut child = spawn(&config);
@@ -238,7 +232,7 @@ fn healthz_and_readyz_follow_the_agent_and_the_cluster() {
     };
     let tree = Tree::new();
     tree.container("ns", "p", "app")
-        .append(batch(0, 10).as_bytes());
+        .append(seq_lines(0, 10).as_bytes());
     server.set_down(true);
     let config = write_config(&tree, &es, &unique("probe"));
     let mut child = spawn(&config);

@@ -24,12 +24,6 @@ fn pod<'a>(ns: &'a str, name: &'a str, uid: &'a str) -> PodSpec<'a> {
     }
 }
 
-fn lines(from: u64, n: u64) -> String {
-    (from..from + n)
-        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
-        .collect()
-}
-
 fn kube_config(tree: &Tree, api: &KubeServer) -> logferry::config::Config {
     let mut cfg = test_config(vec![tree.glob()]);
     let k = &mut cfg.kubernetes;
@@ -57,7 +51,7 @@ fn every_document_carries_its_pods_labels_owner_and_container() {
     ));
     let tree = Tree::new();
     let c = tree.container("shop", "web-7d4b9c5f8-aaaaa", "app");
-    c.append(lines(0, 20).as_bytes());
+    c.append(seq_lines(0, 20).as_bytes());
     let agent = Agent::start(kube_config(&tree, &api), None);
     let docs = agent.wait_until("20 documents", |d| d.len() >= 20);
     for d in &docs {
@@ -78,7 +72,7 @@ fn every_document_carries_its_pods_labels_owner_and_container() {
         p["metadata"]["labels"]["app"] = json!("web-v2")
     });
     std::thread::sleep(Duration::from_millis(300));
-    c.append(lines(20, 1).as_bytes());
+    c.append(seq_lines(20, 1).as_bytes());
     let docs = agent.wait_until("the next line", |d| d.len() >= 21);
     assert_eq!(by_seq(&docs, 20)["kubernetes"]["labels"]["app"], "web-v2");
     agent.stop();
@@ -96,9 +90,9 @@ fn a_pod_that_writes_before_the_watch_sees_it_still_gets_its_metadata() {
         "uid-known-7d4b9c5f8-zzzzz",
     ));
     let c = tree.container("shop", "fresh-7d4b9c5f8-bbbbb", "app");
-    c.append(lines(0, 5).as_bytes());
+    c.append(seq_lines(0, 5).as_bytes());
     tree.container("shop", "known-7d4b9c5f8-zzzzz", "app")
-        .append(lines(100, 3).as_bytes());
+        .append(seq_lines(100, 3).as_bytes());
     // The known pod's lines are not held back by the unknown one's.
     let docs = agent.wait_until("the known pod's lines", |d| d.len() >= 3);
     std::thread::sleep(Duration::from_millis(300));
@@ -127,7 +121,7 @@ fn a_pod_never_seen_ships_after_the_wait_flagged() {
     let mut cfg = kube_config(&tree, &api);
     cfg.kubernetes.metadata_wait = Duration::from_millis(500);
     tree.container("ghost", "nobody", "app")
-        .append(lines(0, 3).as_bytes());
+        .append(seq_lines(0, 3).as_bytes());
     let agent = Agent::start(cfg, None);
     let docs = agent.wait_until("3 documents", |d| d.len() >= 3);
     for d in &docs {
@@ -151,7 +145,7 @@ fn a_pod_deleted_right_after_writing_is_still_enriched() {
     let agent = Agent::start(kube_config(&tree, &api), None);
     std::thread::sleep(Duration::from_millis(500));
     let c = tree.container("batch", "job-28876540-ccccc", "app");
-    c.append(lines(0, 10).as_bytes());
+    c.append(seq_lines(0, 10).as_bytes());
     api.delete_pod("uid-job-28876540-ccccc");
     let docs = agent.wait_until("10 documents", |d| d.len() >= 10);
     assert!(
@@ -174,7 +168,7 @@ fn a_410_and_an_outage_are_survived_with_the_cache_intact() {
     let tree = Tree::new();
     let old = tree.container("shop", "old-7d4b9c5f8-ddddd", "app");
     let agent = Agent::start(kube_config(&tree, &api), None);
-    old.append(lines(0, 1).as_bytes());
+    old.append(seq_lines(0, 1).as_bytes());
     agent.wait_until("first line", |d| d.len() == 1);
     let lists_before = api.with(|s| s.lists);
 
@@ -186,14 +180,14 @@ fn a_410_and_an_outage_are_survived_with_the_cache_intact() {
         "uid-new-7d4b9c5f8-eeeee",
     ));
     let new = tree.container("shop", "new-7d4b9c5f8-eeeee", "app");
-    new.append(lines(100, 1).as_bytes());
+    new.append(seq_lines(100, 1).as_bytes());
     let docs = agent.wait_until("the new pod's line", |d| d.len() == 2);
     assert_eq!(by_seq(&docs, 100)["kubernetes"]["labels"]["app"], "web");
     assert!(api.with(|s| s.lists) > lists_before, "relisted after 410");
 
     // The API server goes away: known pods are still enriched, and shipping goes on.
     api.set_down(true);
-    old.append(lines(1, 1).as_bytes());
+    old.append(seq_lines(1, 1).as_bytes());
     let docs = agent.wait_until("a line during the outage", |d| d.len() == 3);
     assert_eq!(by_seq(&docs, 1)["kubernetes"]["labels"]["app"], "web");
     api.set_down(false);
@@ -212,13 +206,13 @@ fn requests_stay_flat_while_pods_churn_and_exclusion_skips_pods() {
     api.add_pod(sidecar);
     let tree = Tree::new();
     tree.container("shop", "noisy-7d4b9c5f8-fffff", "app")
-        .append(lines(0, 5).as_bytes());
+        .append(seq_lines(0, 5).as_bytes());
     tree.container("shop", "mixed-7d4b9c5f8-ggggg", "envoy")
-        .append(lines(10, 5).as_bytes());
+        .append(seq_lines(10, 5).as_bytes());
     tree.container("shop", "mixed-7d4b9c5f8-ggggg", "app")
-        .append(lines(20, 5).as_bytes());
+        .append(seq_lines(20, 5).as_bytes());
     tree.container("kube-system", "proxy", "app")
-        .append(lines(30, 5).as_bytes());
+        .append(seq_lines(30, 5).as_bytes());
     let mut cfg = kube_config(&tree, &api);
     cfg.kubernetes.exclude_namespaces = vec!["kube-system".into()];
     let agent = Agent::start(cfg, None);
@@ -273,9 +267,9 @@ fn namespace_labels_and_label_selectors() {
     api.add_pod(canary);
     let tree = Tree::new();
     tree.container("shop", "web-7d4b9c5f8-hhhhh", "app")
-        .append(lines(0, 2).as_bytes());
+        .append(seq_lines(0, 2).as_bytes());
     tree.container("shop", "canary-7d4b9c5f8-iiiii", "app")
-        .append(lines(10, 2).as_bytes());
+        .append(seq_lines(10, 2).as_bytes());
     let mut cfg = kube_config(&tree, &api);
     cfg.kubernetes.namespace_labels = true;
     cfg.kubernetes.dedot_keys = true;
@@ -305,7 +299,7 @@ fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
     let agent = Agent::start(kube_config(&tree, &api), None);
     std::thread::sleep(Duration::from_millis(300));
     let c = tree.container("batch", "blink-28876541-jjjjj", "app");
-    c.append(lines(0, 4).as_bytes());
+    c.append(seq_lines(0, 4).as_bytes());
     std::thread::sleep(Duration::from_millis(400));
     std::fs::remove_file(&c.link).unwrap();
     std::fs::remove_file(c.path()).unwrap();

@@ -10,12 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use support::*;
 
-fn batch(from: u64, n: u64) -> String {
-    (from..from + n)
-        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
-        .collect()
-}
-
 #[test]
 fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
     let tree = Tree::new();
@@ -27,13 +21,13 @@ fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
     let mut next = 0;
     let mut rotations = 0;
     while next < TOTAL {
-        f.write_all(batch(next, 100).as_bytes()).unwrap();
+        f.write_all(seq_lines(next, 100).as_bytes()).unwrap();
         next += 100;
         if next % PER_FILE == 0 && next < TOTAL {
             rotations += 1;
             c.rotate(rotations);
             // The runtime writes a few more lines to the old file before it reopens.
-            f.write_all(batch(next, 10).as_bytes()).unwrap();
+            f.write_all(seq_lines(next, 10).as_bytes()).unwrap();
             next += 10;
             f = OpenOptions::new().append(true).open(c.path()).unwrap();
         }
@@ -65,7 +59,7 @@ fn copytruncate_while_writing_repeats_nothing_and_loses_at_most_the_unread_tail(
     for g in 0..6 {
         let start = next;
         for _ in 0..10 {
-            f.write_all(batch(next, 50).as_bytes()).unwrap();
+            f.write_all(seq_lines(next, 50).as_bytes()).unwrap();
             next += 50;
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -107,12 +101,12 @@ fn a_file_deleted_while_open_is_read_to_its_end() {
     let c = tree.container("ns", "del", "app");
     let agent = Agent::start(test_config(vec![tree.glob()]), None);
     let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
-    f.write_all(batch(0, 100).as_bytes()).unwrap();
+    f.write_all(seq_lines(0, 100).as_bytes()).unwrap();
     agent.wait_until("the first lines", |d| seqs(d).len() == 100);
     fs::remove_file(c.path()).unwrap();
     fs::remove_file(&c.link).unwrap();
     // The container still writes through its descriptor.
-    f.write_all(batch(100, 100).as_bytes()).unwrap();
+    f.write_all(seq_lines(100, 100).as_bytes()).unwrap();
     drop(f);
     let docs = agent.wait_until("lines written after the delete", |d| seqs(d).len() >= 200);
     assert_exactly_once(&seqs(&docs), 200);
@@ -125,14 +119,14 @@ fn a_reused_inode_is_not_taken_for_the_old_file() {
     let tree = Tree::new();
     let c = tree.container("ns", "reuse", "app");
     let state = tree.state_dir();
-    c.append(batch(0, 50).as_bytes());
+    c.append(seq_lines(0, 50).as_bytes());
     let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), Some(&state), true).finish();
     assert_eq!(seqs(&docs).len(), 50);
     let old_inode = fs::metadata(c.path()).unwrap().ino();
 
     // The file goes away and a new one takes its place, usually on the same inode.
     fs::remove_file(c.path()).unwrap();
-    c.append(batch(1000, 10).as_bytes());
+    c.append(seq_lines(1000, 10).as_bytes());
     let new_meta = fs::metadata(c.path()).unwrap();
     let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), Some(&state), true).finish();
     assert_eq!(
@@ -144,7 +138,7 @@ fn a_reused_inode_is_not_taken_for_the_old_file() {
 
     // Deterministically: a checkpoint for this very dev/inode but another first line.
     fs::remove_file(c.path()).unwrap();
-    c.append(batch(2000, 10).as_bytes());
+    c.append(seq_lines(2000, 10).as_bytes());
     let m = fs::metadata(c.path()).unwrap();
     fs::write(
         state.join("checkpoints.json"),
@@ -161,14 +155,14 @@ fn new_files_are_read_from_their_first_line() {
     let mut cfg = test_config(vec![tree.glob()]);
     cfg.source.start_at = logferry::config::StartAt::End;
     let old = tree.container("ns", "old", "app");
-    old.append(batch(0, 10).as_bytes());
+    old.append(seq_lines(0, 10).as_bytes());
     let agent = Agent::start(cfg, None);
     // Present at the first start with start_at = end: only new lines.
     std::thread::sleep(Duration::from_millis(300));
-    old.append(batch(10, 5).as_bytes());
+    old.append(seq_lines(10, 5).as_bytes());
     // A container that starts while the agent runs: from its first line, even with start_at = end.
     let fresh = tree.container("ns", "fresh", "app");
-    fresh.append(batch(100, 7).as_bytes());
+    fresh.append(seq_lines(100, 7).as_bytes());
     let docs = agent.wait_until("both files", |d| seqs(d).len() >= 12);
     std::thread::sleep(Duration::from_millis(200));
     let mut got = seqs(&agent.docs());
@@ -185,8 +179,8 @@ fn one_noisy_container_does_not_starve_the_others() {
     let noisy = tree.container("ns", "noisy", "app");
     let quiet = tree.container("ns", "quiet", "app");
     let lines = 60_000u64;
-    noisy.append(batch(0, lines).as_bytes());
-    quiet.append(batch(1_000_000, 5).as_bytes());
+    noisy.append(seq_lines(0, lines).as_bytes());
+    quiet.append(seq_lines(1_000_000, 5).as_bytes());
     let (_, docs) = Agent::start_with(test_config(vec![tree.glob()]), None, true).finish();
     let s = seqs(&docs);
     assert_eq!(s.len() as u64, lines + 5);
@@ -208,7 +202,7 @@ fn inotify_finds_new_containers_without_waiting_for_a_rescan() {
     let agent = Agent::start(cfg, None);
     std::thread::sleep(Duration::from_millis(200));
     let c = tree.container("ns", "late", "app");
-    c.append(batch(0, 3).as_bytes());
+    c.append(seq_lines(0, 3).as_bytes());
     let docs = agent.wait_until("the new container's lines", |d| seqs(d).len() >= 3);
     assert_eq!(seqs(&docs), vec![0, 1, 2]);
     agent.stop();
@@ -219,8 +213,8 @@ fn excluded_files_are_not_read() {
     let tree = Tree::new();
     let keep = tree.container("ns", "keep", "app");
     let skip = tree.container("kube-system", "noise", "app");
-    keep.append(batch(0, 2).as_bytes());
-    skip.append(batch(100, 2).as_bytes());
+    keep.append(seq_lines(0, 2).as_bytes());
+    skip.append(seq_lines(100, 2).as_bytes());
     let mut cfg = test_config(vec![tree.glob()]);
     cfg.source.exclude = vec!["**/*_kube-system_*.log".into()];
     let (summary, docs) = Agent::start_with(cfg, None, true).finish();
@@ -233,15 +227,15 @@ fn a_file_rotated_while_the_agent_was_down_is_finished_after_restart() {
     let tree = Tree::new();
     let c = tree.container("ns", "down", "app");
     let state = tree.state_dir();
-    c.append(batch(0, 100).as_bytes());
+    c.append(seq_lines(0, 100).as_bytes());
     let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
     agent.wait_until("the first lines", |d| seqs(d).len() == 100);
     let first = seqs(&agent.docs());
     agent.stop();
     // While logferry is down the container writes on, and kubelet rotates the file.
-    c.append(batch(100, 50).as_bytes());
+    c.append(seq_lines(100, 50).as_bytes());
     c.rotate(1);
-    c.append(batch(150, 20).as_bytes());
+    c.append(seq_lines(150, 20).as_bytes());
     let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
     let docs = agent.wait_until("the rest", |d| seqs(d).len() >= 70);
     std::thread::sleep(Duration::from_millis(200));

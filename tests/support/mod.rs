@@ -134,6 +134,13 @@ pub fn seq_msg(n: u64) -> String {
     format!("seq={n:08} the quick brown fox jumps over the lazy dog")
 }
 
+/// CRI stdout lines carrying sequence numbers `from..from + n`, newline-terminated.
+pub fn seq_lines(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|i| cri("stdout", "F", &seq_msg(i)) + "\n")
+        .collect()
+}
+
 /// Sequence numbers found in the documents' messages.
 pub fn seqs(docs: &[Value]) -> Vec<u64> {
     docs.iter()
