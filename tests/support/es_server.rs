@@ -120,28 +120,7 @@ impl EsServer {
     /// The server behind TLS with a certificate for `localhost`/`127.0.0.1` from a fresh
     /// CA, whose PEM is written to `ca_pem`.
     pub fn start_tls(ca_pem: &std::path::Path) -> EsServer {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        std::fs::write(ca_pem, ca.pem()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+        Self::start_with(Some(super::tls_acceptor(ca_pem)))
     }
 
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EsServer {

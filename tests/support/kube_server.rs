@@ -74,6 +74,15 @@ pub struct PodSpec<'a> {
 
 impl KubeServer {
     pub fn start() -> KubeServer {
+        Self::start_with(None)
+    }
+
+    /// Behind TLS, as in a cluster; the CA's PEM is written to `ca_pem`.
+    pub fn start_tls(ca_pem: &std::path::Path) -> KubeServer {
+        Self::start_with(Some(super::tls_acceptor(ca_pem)))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> KubeServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -86,6 +95,7 @@ impl KubeServer {
         let (events, _) = broadcast::channel(10_000);
         let down = Arc::new(AtomicBool::new(false));
         let token = "test-token-123".to_string();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -101,19 +111,32 @@ impl KubeServer {
                     continue;
                 }
                 let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
                         async move { handle(req, st, ev, dn, tk).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = http
+                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         KubeServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             token,
             state,
             events,

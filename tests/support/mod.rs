@@ -340,6 +340,33 @@ pub fn assert_exactly_once(got: &[u64], n: u64) {
 }
 
 pub mod es_server;
+
+/// A TLS acceptor with a certificate for `localhost` and `127.0.0.1` from a fresh CA, whose
+/// PEM is written to `ca_pem`.
+pub fn tls_acceptor(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    fs::write(ca_pem, ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
 pub mod kube_server;
 
 /// The Elasticsearch the tests talk to: the in-tree server, or a real cluster when
