@@ -86,12 +86,6 @@ fn the_in_cluster_service_account_is_used() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
     assert!(
         docs.iter()
             .all(|d| d["kubernetes"]["labels"]["app"] == "web"),
@@ -104,4 +98,52 @@ fn the_in_cluster_service_account_is_used() {
         "the service account token was sent"
     );
     assert!(api.with(|s| s.lists) >= 1);
+
+    // The kubelet rotates the projected token; the client re-reads it within a minute.
+    fs::write(Path::new(SA).join("token"), "rotated-token-456").unwrap();
+    api.rotate_token("rotated-token-456");
+    std::thread::sleep(Duration::from_secs(55));
+    // Make the client ask again (its watch ends and the history is gone: it lists anew).
+    api.expire_history();
+    api.add_pod(PodSpec {
+        namespace: "shop",
+        name: "web-2",
+        uid: "uid-web-2",
+        node: "node-a",
+        containers: &["app"],
+        labels: json!({ "app": "web2" }),
+        annotations: json!({}),
+        owner: None,
+    });
+    tree.container("shop", "web-2", "app")
+        .append(seq_lines(10, 2).as_bytes());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let docs = parse_docs(&fs::read(&out).unwrap_or_default());
+        if docs.len() >= 5 {
+            let late: Vec<_> = docs
+                .iter()
+                .filter(|d| d["kubernetes"]["pod"]["name"] == "web-2")
+                .collect();
+            assert!(
+                late.iter()
+                    .all(|d| d["kubernetes"]["labels"]["app"] == "web2"),
+                "{}",
+                late[0]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no documents after the rotation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        api.with(|s| s.accepted_tokens.clone()),
+        ["test-token-123", "rotated-token-456"]
+    );
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }

@@ -43,6 +43,10 @@ pub struct KubeState {
     pub watches: u64,
     pub gets: u64,
     pub unauthorized: u64,
+    /// The token requests must bear (changed by `rotate_token`).
+    token: String,
+    /// Each token that was accepted, in order.
+    pub accepted_tokens: Vec<String>,
 }
 
 impl KubeState {
@@ -90,6 +94,7 @@ impl KubeServer {
             .unwrap();
         let state = Arc::new(Mutex::new(KubeState {
             rv: 100,
+            token: "test-token-123".into(),
             ..Default::default()
         }));
         let (events, _) = broadcast::channel(10_000);
@@ -143,6 +148,11 @@ impl KubeServer {
             down,
             _rt: rt,
         }
+    }
+
+    /// From now on only `new` is accepted, as when a projected token rotates.
+    pub fn rotate_token(&self, new: &str) {
+        self.state.lock().unwrap().token = new.to_string();
     }
 
     /// A kubeconfig file that points at this server with its token.
@@ -326,14 +336,23 @@ async fn handle(
     if down.load(Ordering::SeqCst) {
         return Err(std::io::Error::other("outage"));
     }
-    let auth_ok = req
+    let _ = token;
+    let sent = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {token}"));
-    if !auth_ok {
-        state.lock().unwrap().unauthorized += 1;
-        return Ok(reply(401, status(401, "Unauthorized", "Unauthorized")));
+        .unwrap_or("")
+        .to_string();
+    {
+        let mut s = state.lock().unwrap();
+        if sent != format!("Bearer {}", s.token) {
+            s.unauthorized += 1;
+            return Ok(reply(401, status(401, "Unauthorized", "Unauthorized")));
+        }
+        if s.accepted_tokens.last() != Some(&s.token) {
+            let t = s.token.clone();
+            s.accepted_tokens.push(t);
+        }
     }
     let q = query(&req);
     let path = req.uri().path().to_string();
