@@ -82,11 +82,7 @@ fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
     let docs = es.docs(&ds);
     assert_eq!(docs.len() as u64, total, "no line indexed twice");
     assert_exactly_once(&seqs(&docs), total);
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
     if let Some(s) = es.in_tree() {
         println!(
@@ -148,11 +144,7 @@ fn memory_stays_bounded_while_elasticsearch_is_down() {
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("peak RSS during the outage: {} MiB", peak / 1024);
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
     assert_eq!(es.count(&ds), 4 * lines_per_file);
 }
@@ -172,11 +164,7 @@ fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
     let mut child = spawn(&config);
     std::thread::sleep(Duration::from_millis(800));
     let started = Instant::now();
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -197,11 +185,7 @@ fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
     // The next run delivers it all.
     let mut child = spawn(&config);
     es.wait_count(&format!("logs-kubernetes-{ns}"), 1000);
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
 
@@ -258,10 +242,6 @@ fn healthz_and_readyz_follow_the_agent_and_the_cluster() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(probe(&log, "/nope"), Some(404));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
 }

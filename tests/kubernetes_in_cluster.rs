@@ -140,10 +140,6 @@ fn the_in_cluster_service_account_is_used() {
         api.with(|s| s.accepted_tokens.clone()),
         ["test-token-123", "rotated-token-456"]
     );
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
 }

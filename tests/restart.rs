@@ -177,7 +177,7 @@ fn sigterm_while_writing_then_restart_repeats_and_loses_nothing() {
         }
         wait_output(&out, 1000);
         // SIGTERM in the middle of writing.
-        unsafe_sigterm(child.id());
+        sigterm(&child);
         let status = wait_exit(&mut child, Duration::from_secs(20));
         assert!(status.success(), "exit status {status:?}");
         outputs.push(out);
@@ -193,15 +193,6 @@ fn sigterm_while_writing_then_restart_repeats_and_loses_nothing() {
         .map(|(_, s)| s)
         .collect();
     assert_exactly_once(&got, next);
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]
@@ -224,7 +215,7 @@ fn shutdown_is_bounded_even_when_the_output_is_stuck() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    unsafe_sigterm(child.id());
+    sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }

@@ -140,38 +140,9 @@ impl EsServer {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, dn) = (state.clone(), down.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        rt.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                if dn.load(Ordering::SeqCst) {
-                    drop(stream); // an outage: the connection is closed at once
-                    continue;
-                }
-                let (st, dn, tls) = (st.clone(), dn.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let (st, dn) = (st.clone(), dn.clone());
-                        async move { handle(req, st, dn).await }
-                    });
-                    let http = hyper::server::conn::http1::Builder::new();
-                    match tls {
-                        Some(acceptor) => {
-                            if let Ok(s) = acceptor.accept(stream).await {
-                                let _ = http
-                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                                    .await;
-                            }
-                        }
-                        None => {
-                            let _ = http
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                                .await;
-                        }
-                    }
-                });
-            }
+        super::serve(&rt, listener, tls, dn.clone(), move |req| {
+            let (st, dn) = (st.clone(), dn.clone());
+            async move { handle(req, st, dn).await }
         });
         EsServer {
             url: format!("{scheme}://{addr}"),

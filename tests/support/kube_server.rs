@@ -106,39 +106,9 @@ impl KubeServer {
             .unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, ev, dn, tk) = (state.clone(), events.clone(), down.clone(), token.clone());
-        rt.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                if dn.load(Ordering::SeqCst) {
-                    drop(stream);
-                    continue;
-                }
-                let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
-                        async move { handle(req, st, ev, dn, tk).await }
-                    });
-                    let http = hyper::server::conn::http1::Builder::new();
-                    match tls {
-                        Some(acceptor) => {
-                            if let Ok(s) = acceptor.accept(stream).await {
-                                let _ = http
-                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                                    .await;
-                            }
-                        }
-                        None => {
-                            let _ = http
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                                .await;
-                        }
-                    }
-                });
-            }
+        super::serve(&rt, listener, tls, dn.clone(), move |req| {
+            let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
+            async move { handle(req, st, ev, dn, tk).await }
         });
         KubeServer {
             url: format!("{scheme}://{addr}"),

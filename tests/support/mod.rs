@@ -310,6 +310,16 @@ pub fn parse_docs(data: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// Sends SIGTERM, as Kubernetes does to stop a pod.
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// Asserts that `got` holds each of `0..n` exactly once.
 pub fn assert_exactly_once(got: &[u64], n: u64) {
     let mut counts = vec![0u32; n as usize];
@@ -340,6 +350,50 @@ pub fn assert_exactly_once(got: &[u64], n: u64) {
 }
 
 pub mod es_server;
+
+/// Accepts connections (over TLS when given) and serves each with `handler`; while `down`
+/// is set, connections are closed at once, as in an outage.
+pub fn serve<H, Fut, B>(
+    rt: &tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    handler: H,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::io::Error>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::TokioIo;
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(stream);
+                continue;
+            }
+            let (handler, tls) = (handler.clone(), tls.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(&handler);
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            });
+        }
+    });
+}
 
 /// A TLS acceptor with a certificate for `localhost` and `127.0.0.1` from a fresh CA, whose
 /// PEM is written to `ca_pem`.
@@ -416,24 +470,17 @@ impl Es {
             .build()
             .unwrap();
         rt.block_on(async {
-            let resp = match body {
-                Some(b) => {
-                    t.send(
-                        m,
-                        path,
-                        HeaderMap::new(),
-                        None::<&()>,
-                        Some(b.to_string()),
-                        None,
-                    )
-                    .await
-                }
-                None => {
-                    t.send(m, path, HeaderMap::new(), None::<&()>, None::<()>, None)
-                        .await
-                }
-            }
-            .expect("Elasticsearch answers");
+            let resp = t
+                .send(
+                    m,
+                    path,
+                    HeaderMap::new(),
+                    None::<&()>,
+                    body.map(|b| b.to_string()),
+                    None,
+                )
+                .await
+                .expect("Elasticsearch answers");
             let status = resp.status_code().as_u16();
             let text = resp.text().await.unwrap_or_default();
             (status, serde_json::from_str(&text).unwrap_or(Value::Null))

@@ -219,30 +219,17 @@ async fn call(
 ) -> Result<(u16, Value), SetupError> {
     let mut tries = 0;
     let resp = loop {
-        let sent = match body {
-            Some(b) => {
-                t.send(
-                    method,
-                    &r.path,
-                    HeaderMap::new(),
-                    None::<&()>,
-                    Some(b.to_string()),
-                    None,
-                )
-                .await
-            }
-            None => {
-                t.send(
-                    method,
-                    &r.path,
-                    HeaderMap::new(),
-                    None::<&()>,
-                    None::<()>,
-                    None,
-                )
-                .await
-            }
-        };
+        let payload = body.map(Value::to_string);
+        let sent = t
+            .send(
+                method,
+                &r.path,
+                HeaderMap::new(),
+                None::<&()>,
+                payload,
+                None,
+            )
+            .await;
         tries += 1;
         match sent {
             Ok(resp) => break resp,
