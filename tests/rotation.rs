@@ -31,7 +31,8 @@ fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
             next += 10;
             f = OpenOptions::new().append(true).open(c.path()).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(15));
+        // About 800 ms a file: kubelet rotates at 10 MiB, far slower than discovery.
+        std::thread::sleep(Duration::from_millis(40));
     }
     let docs = agent.wait_until("every line", |d| seqs(d).len() as u64 >= next);
     std::thread::sleep(Duration::from_millis(300));
@@ -158,7 +159,7 @@ fn new_files_are_read_from_their_first_line() {
     old.append(seq_lines(0, 10).as_bytes());
     let agent = Agent::start(cfg, None);
     // Present at the first start with start_at = end: only new lines.
-    std::thread::sleep(Duration::from_millis(300));
+    agent.wait_stat("the first scan", |s| Stats::get(&s.files_opened), 1);
     old.append(seq_lines(10, 5).as_bytes());
     // A container that starts while the agent runs: from its first line, even with start_at = end.
     let fresh = tree.container("ns", "fresh", "app");
