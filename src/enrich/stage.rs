@@ -30,13 +30,21 @@ struct FileState {
 }
 
 pub struct Enricher {
+    resolver: Resolver,
+    wait: Duration,
+    stats: Arc<Stats>,
+    files: HashMap<FileKey, FileState>,
+}
+
+/// What turns a file's path names into its pod's metadata.
+struct Resolver {
     cache: SharedCache,
     options: MetadataOptions,
     namespace_labels: bool,
-    wait: Duration,
     host_name: String,
-    stats: Arc<Stats>,
-    files: HashMap<FileKey, FileState>,
+    /// The cache generation last announced by the watch: while a file's context was built
+    /// at it, events need no lookup (and no lock) at all.
+    announced: u64,
 }
 
 impl Enricher {
@@ -47,14 +55,17 @@ impl Enricher {
         stats: Arc<Stats>,
     ) -> Self {
         Enricher {
-            cache,
-            options: MetadataOptions {
-                annotations: cfg.annotations.clone(),
-                dedot: cfg.dedot_keys,
+            resolver: Resolver {
+                cache,
+                options: MetadataOptions {
+                    annotations: cfg.annotations.clone(),
+                    dedot: cfg.dedot_keys,
+                },
+                namespace_labels: cfg.namespace_labels,
+                host_name,
+                announced: 0,
             },
-            namespace_labels: cfg.namespace_labels,
             wait: cfg.metadata_wait,
-            host_name,
             stats,
             files: HashMap::new(),
         }
@@ -81,7 +92,10 @@ impl Enricher {
                     }
                     None => open = false,
                 },
-                Ok(()) = changed.changed() => self.release_ready(Instant::now(), &mut out),
+                Ok(()) = changed.changed() => {
+                    self.resolver.announced = *changed.borrow_and_update();
+                    self.release_ready(Instant::now(), &mut out);
+                }
                 _ = sleep_until(deadline) => self.release_ready(Instant::now(), &mut out),
                 _ = forget.tick() => {
                     let now = Instant::now();
@@ -121,13 +135,7 @@ impl Enricher {
             state.pending.push_back(e);
             return;
         }
-        match Self::resolve(
-            &self.cache,
-            &self.options,
-            self.namespace_labels,
-            &self.host_name,
-            state,
-        ) {
+        match self.resolver.resolve(state) {
             Resolved::Enriched | Resolved::NotKubernetes => {
                 e.file = state.ctx.clone();
                 out.push(e);
@@ -146,13 +154,7 @@ impl Enricher {
     /// Ships what waits for files whose pod is now known or whose wait is over.
     fn release_ready(&mut self, now: Instant, out: &mut Vec<LogEvent>) {
         for state in self.files.values_mut().filter(|f| !f.pending.is_empty()) {
-            let resolved = Self::resolve(
-                &self.cache,
-                &self.options,
-                self.namespace_labels,
-                &self.host_name,
-                state,
-            );
+            let resolved = self.resolver.resolve(state);
             let expired = state.deadline.is_some_and(|d| d <= now);
             if matches!(resolved, Resolved::Unknown) && !expired {
                 continue;
@@ -177,23 +179,19 @@ impl Enricher {
         e.flags.insert(Flags::NO_KUBE_METADATA);
         Stats::add(&stats.kube_metadata_missing, 1);
     }
+}
 
+impl Resolver {
     /// Makes `state.ctx` carry the pod's current metadata.
-    fn resolve(
-        cache: &SharedCache,
-        options: &MetadataOptions,
-        ns_labels: bool,
-        host: &str,
-        state: &mut FileState,
-    ) -> Resolved {
+    fn resolve(&self, state: &mut FileState) -> Resolved {
         let path = &state.ctx.kube;
         if path.pod_uid.is_none() && (path.namespace.is_none() || path.pod_name.is_none()) {
             return Resolved::NotKubernetes;
         }
-        let c = cache.read().unwrap_or_else(|e| e.into_inner());
-        if state.built_for.is_some() && state.cache_gen == c.generation {
+        if state.built_for.is_some() && state.cache_gen == self.announced {
             return Resolved::Enriched;
         }
+        let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
         let Some(pod) = c.get(
             path.pod_uid.as_deref(),
             path.namespace.as_deref(),
@@ -201,10 +199,11 @@ impl Enricher {
         ) else {
             return Resolved::Unknown;
         };
-        let labels = ns_labels
+        let labels = self
+            .namespace_labels
             .then(|| c.namespace_labels(&pod.namespace))
             .flatten();
-        if ns_labels && labels.is_none() && !state.gave_up {
+        if self.namespace_labels && labels.is_none() && !state.gave_up {
             // The namespace watch has not delivered it yet: wait for it like for the pod.
             return Resolved::Unknown;
         }
@@ -216,9 +215,9 @@ impl Enricher {
                 path,
                 pod: Some(&pod),
                 namespace_labels: labels.as_deref(),
-                options,
+                options: &self.options,
             }
-            .fragment(host);
+            .fragment(&self.host_name);
             let old = &state.ctx;
             state.ctx = Arc::new(FileContext {
                 key: old.key,
@@ -231,7 +230,7 @@ impl Enricher {
             });
             state.built_for = Some(version);
         }
-        state.cache_gen = c.generation;
+        state.cache_gen = self.announced;
         Resolved::Enriched
     }
 }

@@ -199,28 +199,24 @@ impl KubeServer {
     }
 
     pub fn modify_pod(&self, uid: &str, f: impl FnOnce(&mut Value)) {
-        let mut pod = self
-            .state
-            .lock()
-            .unwrap()
-            .pods
-            .get(uid)
-            .cloned()
-            .expect("pod exists");
+        let mut pod = self.pod(uid);
         f(&mut pod);
         self.record(Kind::Pod, "MODIFIED", pod);
     }
 
     pub fn delete_pod(&self, uid: &str) {
-        let pod = self
-            .state
+        let pod = self.pod(uid);
+        self.record(Kind::Pod, "DELETED", pod);
+    }
+
+    fn pod(&self, uid: &str) -> Value {
+        self.state
             .lock()
             .unwrap()
             .pods
             .get(uid)
             .cloned()
-            .expect("pod exists");
-        self.record(Kind::Pod, "DELETED", pod);
+            .expect("pod exists")
     }
 
     pub fn add_namespace(&self, name: &str, labels: Value) {

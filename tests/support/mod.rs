@@ -452,9 +452,34 @@ impl Es {
         }
     }
 
-    /// One HTTP call; returns the status and the JSON body.
+    /// One HTTP call with a JSON body; returns the status and the JSON reply.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        use elasticsearch::http::headers::HeaderMap;
+        self.send(
+            method,
+            path,
+            "application/json",
+            body.map(|b| b.to_string()),
+        )
+    }
+
+    /// A raw bulk request with an NDJSON body, as given.
+    pub fn bulk_raw(&self, body: &str) -> (u16, Value) {
+        self.send(
+            "POST",
+            "/_bulk",
+            "application/x-ndjson",
+            Some(body.to_string()),
+        )
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &'static str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
         use elasticsearch::http::transport::Transport;
         use elasticsearch::http::Method;
         let t = Transport::single_node(&self.url()).unwrap();
@@ -465,60 +490,20 @@ impl Es {
             "DELETE" => Method::Delete,
             _ => panic!("method {method}"),
         };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
             let resp = t
-                .send(
-                    m,
-                    path,
-                    HeaderMap::new(),
-                    None::<&()>,
-                    body.map(|b| b.to_string()),
-                    None,
-                )
+                .send(m, path, headers, None::<&()>, body, None)
                 .await
                 .expect("Elasticsearch answers");
             let status = resp.status_code().as_u16();
             let text = resp.text().await.unwrap_or_default();
             (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
-    }
-
-    /// A raw bulk request with an NDJSON body, as given.
-    pub fn bulk_raw(&self, body: &str) -> (u16, Value) {
-        use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
-        use elasticsearch::http::transport::Transport;
-        use elasticsearch::http::Method;
-        let t = Transport::single_node(&self.url()).unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let resp = t
-                .send(
-                    Method::Post,
-                    "/_bulk",
-                    h,
-                    None::<&()>,
-                    Some(body.to_string()),
-                    None,
-                )
-                .await
-                .expect("Elasticsearch answers");
-            let status = resp.status_code().as_u16();
-            (
-                status,
-                serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or(Value::Null),
-            )
         })
     }
 

@@ -166,35 +166,38 @@ pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
         index_template["data_stream"] = json!({});
     }
     let (index_template, iv) = with_meta(index_template, &[]);
+    let resource = |kind, name: String, api: &str, (body, version): (Value, String)| Resource {
+        kind,
+        path: format!("{api}/{name}"),
+        name,
+        body,
+        version,
+    };
     vec![
-        Resource {
-            kind: "ILM policy",
-            name: cfg.ilm_policy.clone(),
-            path: format!("_ilm/policy/{}", cfg.ilm_policy),
-            body: policy,
-            version: pv,
-        },
-        Resource {
-            kind: "component template",
-            name: format!("{name}@settings"),
-            path: format!("_component_template/{name}@settings"),
-            body: settings,
-            version: sv,
-        },
-        Resource {
-            kind: "component template",
-            name: format!("{name}@mappings"),
-            path: format!("_component_template/{name}@mappings"),
-            body: mappings,
-            version: mv,
-        },
-        Resource {
-            kind: "index template",
-            name: name.clone(),
-            path: format!("_index_template/{name}"),
-            body: index_template,
-            version: iv,
-        },
+        resource(
+            "ILM policy",
+            cfg.ilm_policy.clone(),
+            "_ilm/policy",
+            (policy, pv),
+        ),
+        resource(
+            "component template",
+            format!("{name}@settings"),
+            "_component_template",
+            (settings, sv),
+        ),
+        resource(
+            "component template",
+            format!("{name}@mappings"),
+            "_component_template",
+            (mappings, mv),
+        ),
+        resource(
+            "index template",
+            name.clone(),
+            "_index_template",
+            (index_template, iv),
+        ),
     ]
 }
 
