@@ -2,7 +2,6 @@
 //! uses: pod and namespace lists carrying a resourceVersion, watch streams of
 //! ADDED/MODIFIED/DELETED and BOOKMARK events, 410 Gone (an ERROR event) for a
 //! resourceVersion older than the retained history, bearer-token auth, and request counts.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
@@ -83,7 +82,7 @@ impl KubeServer {
 
     /// Behind TLS, as in a cluster; the CA's PEM is written to `ca_pem`.
     pub fn start_tls(ca_pem: &std::path::Path) -> KubeServer {
-        Self::start_with(Some(super::tls_acceptor(ca_pem)))
+        Self::start_with(Some(crate::serve::tls_acceptor(ca_pem)))
     }
 
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> KubeServer {
@@ -106,7 +105,7 @@ impl KubeServer {
             .unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, ev, dn, tk) = (state.clone(), events.clone(), down.clone(), token.clone());
-        super::serve(&rt, listener, tls, dn.clone(), move |req| {
+        crate::serve::serve(&rt, listener, tls, dn.clone(), move |req| {
             let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
             async move { handle(req, st, ev, dn, tk).await }
         });

@@ -3,14 +3,13 @@
 //! only `create` and need `@timestamp`, dynamic mappings whose conflicts fail the item,
 //! 413 above `http.max_content_length`, the ILM and template APIs with their GET shapes,
 //! and `_count`/`_search`/`_refresh` for assertions. Faults are injected through `Faults`.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,13 +48,21 @@ enum Kind {
 struct Index {
     data_stream: bool,
     docs: BTreeMap<String, Value>,
+    /// Hashes of the ids of documents not kept (`State::discard`).
+    ids: HashSet<u64>,
     fields: HashMap<String, Kind>,
     dynamic_strings_keyword: bool,
 }
 
-#[derive(Debug, Default)]
+/// Sees each document the server accepts: its index and source.
+pub type Observer = Box<dyn FnMut(&str, &Map<String, Value>) + Send>;
+
+#[derive(Default)]
 pub struct State {
     pub faults: Faults,
+    /// Keep only ids (enough for 409s and counts), not documents: for load runs.
+    pub discard: bool,
+    pub observer: Option<Observer>,
     ilm: BTreeMap<String, Value>,
     component: BTreeMap<String, Value>,
     templates: BTreeMap<String, Value>,
@@ -64,6 +71,9 @@ pub struct State {
     pub bulk_requests: u64,
     pub bulk_items: u64,
     pub gzip_requests: u64,
+    /// Bulk bodies as received (compressed when gzip) and decoded.
+    pub bulk_bytes: u64,
+    pub bulk_bytes_decoded: u64,
     pub items_409: u64,
     pub items_429: u64,
     pub items_400: u64,
@@ -96,7 +106,7 @@ impl State {
         self.indices
             .iter()
             .filter(|(n, _)| glob_match(pattern, n))
-            .map(|(_, i)| i.docs.len())
+            .map(|(_, i)| i.docs.len() + i.ids.len())
             .sum()
     }
 
@@ -120,7 +130,7 @@ impl EsServer {
     /// The server behind TLS with a certificate for `localhost`/`127.0.0.1` from a fresh
     /// CA, whose PEM is written to `ca_pem`.
     pub fn start_tls(ca_pem: &std::path::Path) -> EsServer {
-        Self::start_with(Some(super::tls_acceptor(ca_pem)))
+        Self::start_with(Some(crate::serve::tls_acceptor(ca_pem)))
     }
 
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EsServer {
@@ -140,7 +150,7 @@ impl EsServer {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, dn) = (state.clone(), down.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        super::serve(&rt, listener, tls, dn.clone(), move |req| {
+        crate::serve::serve(&rt, listener, tls, dn.clone(), move |req| {
             let (st, dn) = (st.clone(), dn.clone());
             async move { handle(req, st, dn).await }
         });
@@ -247,6 +257,8 @@ async fn handle(
         let mut s = state.lock().unwrap();
         s.bulk_requests += 1;
         s.gzip_requests += u64::from(gzip);
+        s.bulk_bytes += raw.len() as u64;
+        s.bulk_bytes_decoded += body.len() as u64;
         if body.len() > limit {
             s.requests_413 += 1;
             return Ok(Response::builder()
@@ -517,8 +529,17 @@ fn load_properties(fields: &mut HashMap<String, Kind>, prefix: &str, props: &Map
     }
 }
 
+/// `strict_date_optional_time_nanos`, the format of ES's `date_nanos` and of dynamic dates.
 fn is_date(s: &str) -> bool {
-    logferry::time::is_rfc3339(s.as_bytes()) || (s.len() == 10 && s.as_bytes()[4] == b'-')
+    static FORMAT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    FORMAT
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"^\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?$",
+            )
+            .expect("valid regex")
+        })
+        .is_match(s)
 }
 
 /// Checks a document against the index's mappings, adding dynamic fields; an error is
@@ -766,7 +787,12 @@ fn index_one(
             "[1:1] failed to parse: data stream timestamp field [@timestamp] is missing".into(),
         );
     }
-    if op == "create" && s.indices[index].docs.contains_key(id) {
+    let id_hash = {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
+    };
+    let exists = |i: &Index| i.docs.contains_key(id) || i.ids.contains(&id_hash);
+    if op == "create" && exists(&s.indices[index]) {
         s.items_409 += 1;
         return (
             409,
@@ -780,10 +806,15 @@ fn index_one(
     if let Err((kind, reason)) = map_document(idx, &doc, id) {
         return bad(s, 400, &kind, reason);
     }
-    s.indices
-        .get_mut(index)
-        .unwrap()
-        .docs
-        .insert(id.to_string(), Value::Object(doc));
+    if let Some(o) = s.observer.as_mut() {
+        o(index, &doc);
+    }
+    let discard = s.discard;
+    let idx = s.indices.get_mut(index).unwrap();
+    if discard {
+        idx.ids.insert(id_hash);
+    } else {
+        idx.docs.insert(id.to_string(), Value::Object(doc));
+    }
     (201, None)
 }

@@ -1,0 +1,697 @@
+//! The end-to-end load benchmark: the real `logferry` binary reads a generated kubelet-style
+//! tree, takes pod metadata from the in-tree Kubernetes API server and ships gzip bulk
+//! requests to the in-tree Elasticsearch server (which validates every request and keeps
+//! only ids). Both servers run in this process, so the agent's process is measured alone:
+//! CPU from `wait4`, peak RSS, wall time until the server holds every document, and an
+//! exactly-once check of every document's `seq=` marker.
+//!
+//! ```text
+//! cargo bench --bench end_to_end                       # the reference workload, 3 runs
+//! cargo bench --bench end_to_end -- --pods 500 --runs 1
+//! cargo bench --bench end_to_end -- --live 20000 --seconds 60
+//! cargo bench --bench end_to_end -- --idle 600 --pods 500
+//! ```
+//! Under `cargo test` (no `--bench` argument) it runs each mode once on a small scale and
+//! fails on any lost or repeated document, so it cannot rot.
+
+use clap::Parser;
+use logferry_testkit::es_server::EsServer;
+use logferry_testkit::kube_server::{KubeServer, PodSpec};
+use logferry_testkit::workload::{self, Generator, PodLog, Spec};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "bench-node";
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "logferry end-to-end load benchmark")]
+struct Args {
+    /// CRI lines to pre-write (stack-trace lines and partial chunks included).
+    #[arg(long, default_value_t = 2_000_000)]
+    lines: u64,
+    /// Containers (one per pod), each with its own log file.
+    #[arg(long, default_value_t = 20)]
+    pods: usize,
+    /// Mean message size in bytes.
+    #[arg(long, default_value_t = 200)]
+    message_size: usize,
+    /// gzip level of the bulk requests (0 = uncompressed).
+    #[arg(long, default_value_t = 1)]
+    gzip_level: u32,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Without the Kubernetes API (metadata from paths only).
+    #[arg(long)]
+    no_kubernetes: bool,
+    /// Live mode: write this many lines per second, rotating files, and measure lag.
+    #[arg(long, value_name = "LINES_PER_SECOND")]
+    live: Option<u64>,
+    /// How long live mode writes.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Live mode rotates a file past this size, keeping 4 rotated files (kubelet's default
+    /// is 10 MiB and 5 files).
+    #[arg(long, default_value_t = 10 * 1024)]
+    rotate_kib: u64,
+    /// Idle mode: follow the files without writing for this many seconds, and report CPU
+    /// and memory growth.
+    #[arg(long, value_name = "SECONDS")]
+    idle: Option<u64>,
+    /// Where to write the JSON report (default: target/logferry-bench/<mode>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The agent binary (default: the one cargo built with this benchmark).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Keep the generated tree and agent logs here instead of a temp dir.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if !argv.iter().any(|a| a == "--bench") {
+        return quick_check();
+    }
+    let args = Args::parse_from(argv);
+    let report = if let Some(rate) = args.live {
+        live(&args, rate)
+    } else if let Some(secs) = args.idle {
+        idle(&args, secs)
+    } else {
+        throughput(&args)
+    };
+    let path = args.json.clone().unwrap_or_else(|| {
+        let mode = report["mode"].as_str().unwrap_or("run").to_string();
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("../logferry-bench")
+            .join(format!("{mode}.json"))
+    });
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).expect("create the report's directory");
+    }
+    fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write the report");
+    println!("report: {}", path.display());
+}
+
+/// `cargo test`: every mode once, small, with the exactly-once check.
+fn quick_check() {
+    let mut args = Args::parse_from(["end_to_end"]);
+    args.lines = 20_000;
+    args.pods = 5;
+    args.runs = 1;
+    throughput(&args);
+    args.pods = 3;
+    args.seconds = 3;
+    args.rotate_kib = 256;
+    live(&args, 2_000);
+    idle(&args, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// What the servers saw.
+
+/// Every document the Elasticsearch server accepted, checked off by pod and `seq`.
+#[derive(Default)]
+struct Tracker {
+    pods: HashMap<String, usize>,
+    seen: Vec<Vec<u64>>,
+    docs: u64,
+    repeated: u64,
+    unmarked: u64,
+    /// Write (CRI timestamp) to acceptance, in microseconds; live mode only.
+    lags_us: Vec<u32>,
+    track_lag: bool,
+}
+
+impl Tracker {
+    fn new(pods: &[PodLog], track_lag: bool) -> Tracker {
+        Tracker {
+            pods: pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), i))
+                .collect(),
+            seen: vec![Vec::new(); pods.len()],
+            track_lag,
+            ..Default::default()
+        }
+    }
+
+    fn observe(&mut self, doc: &Map<String, Value>) {
+        if self.track_lag {
+            if let Some(t) = doc["@timestamp"].as_str().and_then(workload::unix_nanos) {
+                let lag = workload::now_nanos().saturating_sub(t) / 1_000;
+                self.lags_us.push(lag.min(u32::MAX as u64) as u32);
+            }
+        }
+        let pod = doc
+            .get("kubernetes")
+            .and_then(|k| k["pod"]["name"].as_str())
+            .and_then(|p| self.pods.get(p).copied());
+        let text = doc
+            .get("message")
+            .and_then(Value::as_str)
+            .and_then(|m| workload::seq_of(m.as_bytes()))
+            .or_else(|| {
+                doc.get("json")
+                    .and_then(|j| j["msg"].as_str())
+                    .and_then(|m| workload::seq_of(m.as_bytes()))
+            });
+        let (Some(pod), Some(seq)) = (pod, text) else {
+            self.unmarked += 1;
+            return;
+        };
+        let bits = &mut self.seen[pod];
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & bit != 0 {
+            self.repeated += 1;
+        } else {
+            bits[word] |= bit;
+            self.docs += 1;
+        }
+    }
+
+    /// Panics unless each pod's `0..docs` arrived exactly once.
+    fn assert_exactly_once(&self, pods: &[PodLog]) {
+        let mut missing = 0u64;
+        for (i, p) in pods.iter().enumerate() {
+            let have: u64 = self.seen[i].iter().map(|w| u64::from(w.count_ones())).sum();
+            missing += p.docs - have.min(p.docs);
+        }
+        assert!(
+            missing == 0 && self.repeated == 0 && self.unmarked == 0,
+            "exactly-once violated: {missing} missing, {} repeated, {} without a marker",
+            self.repeated,
+            self.unmarked
+        );
+    }
+}
+
+struct Servers {
+    es: EsServer,
+    _kube: Option<KubeServer>,
+    tracker: Arc<Mutex<Tracker>>,
+    kubeconfig: Option<PathBuf>,
+}
+
+fn start_servers(args: &Args, dir: &Path, pods: &[PodLog], track_lag: bool) -> Servers {
+    let es = EsServer::start();
+    let tracker = Arc::new(Mutex::new(Tracker::new(pods, track_lag)));
+    {
+        let mut s = es.state.lock().unwrap();
+        s.discard = true;
+        let t = tracker.clone();
+        s.observer = Some(Box::new(move |_, doc| t.lock().unwrap().observe(doc)));
+    }
+    let kube = (!args.no_kubernetes).then(|| {
+        let api = KubeServer::start();
+        for p in pods {
+            api.add_pod(PodSpec {
+                namespace: &p.namespace,
+                name: &p.name,
+                uid: &p.uid,
+                node: NODE,
+                containers: &[&p.container],
+                labels: json!({ "app": p.name.rsplitn(3, '-').last().unwrap_or("app"), "app.kubernetes.io/part-of": "shop", "pod-template-hash": "7d4b9c5f8" }),
+                annotations: json!({}),
+                owner: Some(("ReplicaSet", "app-7d4b9c5f8")),
+            });
+        }
+        api
+    });
+    let kubeconfig = kube.as_ref().map(|k| k.kubeconfig(dir));
+    Servers {
+        es,
+        _kube: kube,
+        tracker,
+        kubeconfig,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent process.
+
+fn agent_binary(args: &Args) -> PathBuf {
+    args.agent
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_logferry")))
+}
+
+fn write_config(args: &Args, dir: &Path, servers: &Servers) -> PathBuf {
+    let state = dir.join("state");
+    let _ = fs::remove_dir_all(&state);
+    let kube = match &servers.kubeconfig {
+        Some(k) => format!(
+            "enabled = true\nnode_name = \"{NODE}\"\nkubeconfig = \"{}\"",
+            k.display()
+        ),
+        None => "enabled = false".into(),
+    };
+    let cfg = format!(
+        r#"state_dir = "{state}"
+host_name = "{NODE}"
+[source]
+include = ["{root}/var/log/containers/*.log"]
+start_at = "beginning"
+[source.multiline]
+presets = ["java"]
+[kubernetes]
+{kube}
+[http]
+enabled = false
+[output]
+type = "elasticsearch"
+[output.elasticsearch]
+endpoints = ["{url}"]
+compression_level = {level}
+"#,
+        state = state.display(),
+        root = dir.display(),
+        url = servers.es.url,
+        level = args.gzip_level,
+    );
+    let path = dir.join("agent.toml");
+    fs::write(&path, cfg).expect("write the agent's config");
+    path
+}
+
+/// The agent as a child process, measured.
+struct Agent {
+    pid: libc::pid_t,
+    _child: std::process::Child,
+}
+
+/// CPU time and memory of the agent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+    peak_rss_kib: u64,
+}
+
+impl Agent {
+    fn spawn(args: &Args, config: &Path) -> Agent {
+        let log = fs::File::create(config.with_extension("log")).expect("create the agent log");
+        let child = Command::new(agent_binary(args))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            pid: child.id() as libc::pid_t,
+            _child: child,
+        }
+    }
+
+    /// CPU seconds so far and current/peak RSS, from /proc.
+    fn sample(&self) -> (f64, u64, u64) {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu = (ticks(11) + ticks(12)) / hz;
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (cpu, kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    fn alive(&self) -> bool {
+        let mut status = 0;
+        unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) == 0 }
+    }
+
+    /// SIGTERM, then the whole run's usage from `wait4`.
+    fn stop(self) -> Usage {
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
+        let mut status = 0;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut ru) };
+        assert_eq!(r, self.pid, "wait4 on the agent");
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Usage {
+            cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+            peak_rss_kib: ru.ru_maxrss as u64,
+        }
+    }
+}
+
+/// Waits until the server holds `docs` documents; fails if the agent dies or stalls.
+fn wait_delivered(agent: &Agent, servers: &Servers, docs: u64, dir: &Path) {
+    let mut last = (0u64, Instant::now());
+    loop {
+        let n = servers.tracker.lock().unwrap().docs;
+        if n >= docs {
+            return;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        let log = || fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        assert!(agent.alive(), "the agent exited early:\n{}", log());
+        assert!(
+            last.1.elapsed() < Duration::from_secs(60),
+            "no progress for 60 s at {n} of {docs} documents:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn work_dir(args: &Args) -> (PathBuf, Option<tempfile::TempDir>) {
+    match &args.work_dir {
+        Some(d) => {
+            let _ = fs::remove_dir_all(d);
+            fs::create_dir_all(d).expect("create the work dir");
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::tempdir().expect("temp dir");
+            (t.path().to_path_buf(), Some(t))
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Throughput: a pre-written tree, read from the beginning.
+
+fn throughput(args: &Args) -> Value {
+    let (dir, _tmp) = work_dir(args);
+    let spec = Spec {
+        lines: args.lines,
+        pods: args.pods,
+        mean_message: args.message_size,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (pods, written) = workload::generate(&dir, &spec);
+    println!(
+        "workload: {} lines, {} documents, {:.1} MiB in {} files (written in {:.1} s); gzip level {}; kubernetes {}",
+        written.lines,
+        written.docs,
+        written.bytes as f64 / 1048576.0,
+        pods.len(),
+        t.elapsed().as_secs_f64(),
+        args.gzip_level,
+        if args.no_kubernetes { "off" } else { "on" },
+    );
+    println!(
+        "{:>4} {:>8} {:>11} {:>13} {:>11} {:>9} {:>11} {:>9}",
+        "run",
+        "wall s",
+        "lines/s",
+        "lines/CPU-s",
+        "µs CPU/line",
+        "peak RSS",
+        "gz B/line",
+        "requests"
+    );
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let servers = start_servers(args, &dir, &pods, false);
+        let config = write_config(args, &dir, &servers);
+        let start = Instant::now();
+        let agent = Agent::spawn(args, &config);
+        wait_delivered(&agent, &servers, written.docs, &dir);
+        let wall = start.elapsed().as_secs_f64();
+        let usage = agent.stop();
+        servers.tracker.lock().unwrap().assert_exactly_once(&pods);
+        let (requests, sent, decoded, dup409) = servers.es.with(|s| {
+            (
+                s.bulk_requests,
+                s.bulk_bytes,
+                s.bulk_bytes_decoded,
+                s.items_409,
+            )
+        });
+        let lines = written.lines as f64;
+        let r = json!({
+            "run": run,
+            "wall_s": wall,
+            "lines_per_s": lines / wall,
+            "cpu_s": usage.cpu_s,
+            "lines_per_cpu_s": lines / usage.cpu_s,
+            "cpu_us_per_line": usage.cpu_s * 1e6 / lines,
+            "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
+            "compressed_bytes_per_line": sent as f64 / lines,
+            "raw_bytes_per_line": decoded as f64 / lines,
+            "requests": requests,
+            "duplicates_409": dup409,
+        });
+        print_row(&run.to_string(), &r);
+        runs.push(r);
+    }
+    let med = |k: &str| median(runs.iter().map(|r| r[k].as_f64().unwrap_or(0.0)).collect());
+    let summary = json!({
+        "wall_s": med("wall_s"),
+        "lines_per_s": med("lines_per_s"),
+        "cpu_s": med("cpu_s"),
+        "lines_per_cpu_s": med("lines_per_cpu_s"),
+        "cpu_us_per_line": med("cpu_us_per_line"),
+        "peak_rss_mib": med("peak_rss_mib"),
+        "compressed_bytes_per_line": med("compressed_bytes_per_line"),
+        "raw_bytes_per_line": med("raw_bytes_per_line"),
+        "requests": med("requests"),
+    });
+    print_row("med", &summary);
+    json!({
+        "mode": "throughput",
+        "workload": {
+            "lines": written.lines, "documents": written.docs, "bytes": written.bytes,
+            "pods": args.pods, "mean_message": args.message_size, "seed": args.seed,
+            "gzip_level": args.gzip_level, "kubernetes": !args.no_kubernetes,
+        },
+        "runs": runs,
+        "median": summary,
+    })
+}
+
+fn print_row(label: &str, r: &Value) {
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    println!(
+        "{:>4} {:>8.2} {:>11.0} {:>13.0} {:>11.2} {:>5.1} MiB {:>11.1} {:>9.0}",
+        label,
+        f("wall_s"),
+        f("lines_per_s"),
+        f("lines_per_cpu_s"),
+        f("cpu_us_per_line"),
+        f("peak_rss_mib"),
+        f("compressed_bytes_per_line"),
+        f("requests"),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Live: a fixed write rate with kubelet-style rotation; lag from write to acceptance.
+
+/// Appends to a pod's `0.log`, rotating it the way kubelet does: rename to
+/// `0.log.<time>`, start a new `0.log`, delete the oldest beyond `keep`.
+struct LiveFile {
+    file: fs::File,
+    size: u64,
+    rotated: Vec<PathBuf>,
+}
+
+fn live(args: &Args, rate: u64) -> Value {
+    let (dir, _tmp) = work_dir(args);
+    let mut pods = workload::layout(&dir, args.pods);
+    let servers = start_servers(args, &dir, &pods, true);
+    let config = write_config(args, &dir, &servers);
+    let agent = Agent::spawn(args, &config);
+    // Let it start and find the (empty) files before the clock starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, _, _) = agent.sample();
+    let spec = Spec {
+        pods: args.pods,
+        mean_message: args.message_size,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let mut gen = Generator::new(&spec);
+    let mut rng = workload::Rng::new(args.seed);
+    let mut files: Vec<LiveFile> = pods
+        .iter()
+        .map(|p| LiveFile {
+            file: fs::OpenOptions::new().append(true).open(&p.path).unwrap(),
+            size: 0,
+            rotated: vec![],
+        })
+        .collect();
+    let rotate_at = args.rotate_kib * 1024;
+    let (mut lines, mut docs, mut rotations) = (0u64, 0u64, 0u64);
+    let mut rss_samples = Vec::new();
+    let start = Instant::now();
+    let duration = Duration::from_secs(args.seconds);
+    let mut buf = Vec::new();
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        gen.set_clock(workload::now_nanos());
+        while lines < due {
+            let i = rng.below(pods.len() as u64) as usize;
+            buf.clear();
+            let w = gen.document(&mut pods[i], &mut buf);
+            let f = &mut files[i];
+            f.file.write_all(&buf).expect("append");
+            f.size += buf.len() as u64;
+            lines += w.lines;
+            docs += w.docs;
+            if f.size >= rotate_at {
+                rotations += 1;
+                let to = pods[i].path.with_extension(format!("log.{rotations:06}"));
+                fs::rename(&pods[i].path, &to).expect("rotate");
+                f.file = fs::File::create(&pods[i].path).expect("new 0.log");
+                f.size = 0;
+                f.rotated.push(to);
+                if f.rotated.len() > 4 {
+                    let _ = fs::remove_file(f.rotated.remove(0));
+                }
+            }
+        }
+        if rss_samples.len() < (start.elapsed().as_secs() as usize) {
+            rss_samples.push(agent.sample().1);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wrote_for = start.elapsed().as_secs_f64();
+    wait_delivered(&agent, &servers, docs, &dir);
+    let drained = start.elapsed().as_secs_f64();
+    let (cpu1, _, _) = agent.sample();
+    let usage = agent.stop();
+    let t = servers.tracker.lock().unwrap();
+    t.assert_exactly_once(&pods);
+    let mut lags = t.lags_us.clone();
+    lags.sort_unstable();
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(0.0, |&us| us as f64 / 1e6)
+    };
+    let cpu = cpu1 - cpu0;
+    let r = json!({
+        "mode": "live",
+        "rate": rate,
+        "seconds_writing": wrote_for,
+        "seconds_until_drained": drained,
+        "lines": lines,
+        "documents": docs,
+        "rotations": rotations,
+        "lag_p50_s": pct(0.50),
+        "lag_p95_s": pct(0.95),
+        "lag_max_s": lags.last().map_or(0.0, |&us| us as f64 / 1e6),
+        "cpu_s": cpu,
+        "cpu_s_per_1000_lines": cpu * 1000.0 / lines.max(1) as f64,
+        "cpu_share_of_core": cpu / drained,
+        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
+        "rss_mib_per_second": rss_samples.iter().map(|&k| k as f64 / 1024.0).collect::<Vec<_>>(),
+    });
+    println!(
+        "live: {rate} lines/s for {wrote_for:.0} s, {lines} lines, {docs} documents, {rotations} rotations\n\
+         lag write → accepted: p50 {:.3} s, p95 {:.3} s, max {:.3} s\n\
+         CPU {:.2} s = {:.4} s per 1,000 lines ({:.1}% of a core); peak RSS {:.1} MiB",
+        r["lag_p50_s"].as_f64().unwrap(),
+        r["lag_p95_s"].as_f64().unwrap(),
+        r["lag_max_s"].as_f64().unwrap(),
+        cpu,
+        r["cpu_s_per_1000_lines"].as_f64().unwrap(),
+        100.0 * r["cpu_share_of_core"].as_f64().unwrap(),
+        r["peak_rss_mib"].as_f64().unwrap(),
+    );
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle: files followed, nothing written.
+
+fn idle(args: &Args, seconds: u64) -> Value {
+    let (dir, _tmp) = work_dir(args);
+    let spec = Spec {
+        lines: args.pods as u64 * 10,
+        pods: args.pods,
+        mean_message: args.message_size,
+        seed: args.seed,
+        giant_every: 0,
+        ..Default::default()
+    };
+    let (pods, written) = workload::generate(&dir, &spec);
+    let servers = start_servers(args, &dir, &pods, false);
+    let config = write_config(args, &dir, &servers);
+    let agent = Agent::spawn(args, &config);
+    wait_delivered(&agent, &servers, written.docs, &dir);
+    // Past the first flush and checkpoint: what is left is the steady state.
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu0, rss0, _) = agent.sample();
+    let step = Duration::from_secs(seconds.clamp(1, 10));
+    let start = Instant::now();
+    let mut rss = vec![rss0];
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(step);
+        rss.push(agent.sample().1);
+    }
+    let (cpu1, rss1, _) = agent.sample();
+    let elapsed = start.elapsed().as_secs_f64();
+    let usage = agent.stop();
+    servers.tracker.lock().unwrap().assert_exactly_once(&pods);
+    let share = (cpu1 - cpu0) / elapsed;
+    println!(
+        "idle: {} files followed for {elapsed:.0} s: {:.3}% of a core; RSS {:.1} → {:.1} MiB (peak {:.1} MiB)",
+        pods.len(),
+        share * 100.0,
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        usage.peak_rss_kib as f64 / 1024.0,
+    );
+    json!({
+        "mode": "idle",
+        "files": pods.len(),
+        "seconds": elapsed,
+        "cpu_share_of_core": share,
+        "rss_start_mib": rss0 as f64 / 1024.0,
+        "rss_end_mib": rss1 as f64 / 1024.0,
+        "rss_mib_samples": rss.iter().map(|&k| k as f64 / 1024.0).collect::<Vec<_>>(),
+        "peak_rss_mib": usage.peak_rss_kib as f64 / 1024.0,
+    })
+}
