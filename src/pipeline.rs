@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 /// Batches in flight between the tailer and the sink.
-const EVENT_CHANNEL_BATCHES: usize = 16;
+const EVENT_CHANNEL_BATCHES: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum PipelineError {

@@ -524,6 +524,8 @@ fn the_byte_rate_cap_holds() {
     let cfg = ElasticsearchConfig {
         endpoints: vec![es.url()],
         max_bytes_per_second: 32 * 1024,
+        // The cap counts bytes as sent: uncompressed here, so that they are the body's.
+        compression_level: 0,
         ..Default::default()
     };
     let client = BulkClient::new(&cfg).unwrap();

@@ -125,14 +125,14 @@ impl DocumentEncoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::JsonConfig;
     use crate::event::{FileContext, FileIdentity, Stream};
     use serde_json::{json, Value};
     use std::sync::Arc;
 
-    fn event(message: &[u8], flags: Flags) -> LogEvent {
+    pub(crate) fn event(message: &[u8], flags: Flags) -> LogEvent {
         let meta = PathMetadata {
             namespace: Some("shop".into()),
             pod_name: Some("web-1".into()),

@@ -300,8 +300,15 @@ async fn handle(
                 ))
             }
         }
-        let default_index = (segs.len() == 2).then(|| segs[0].to_string());
-        return Ok(bulk(&mut s, &body, default_index));
+        drop(s);
+        // Parsing, the bulk of the work, runs outside the lock.
+        let default_index = (segs.len() == 2).then_some(segs[0]);
+        let items = match parse_bulk(&body, default_index) {
+            Ok(items) => items,
+            Err(reply) => return Ok(*reply),
+        };
+        let results = apply_bulk(&mut state.lock().unwrap(), items);
+        return Ok(bulk_reply(&results));
     }
     let body_json: Value = if body.is_empty() {
         Value::Null
@@ -550,7 +557,7 @@ fn map_document(
     id: &str,
 ) -> Result<(), (String, String)> {
     let mut added = vec![];
-    let r = map_object(idx, "", doc, id, &mut added);
+    let r = map_object(idx, &mut String::new(), doc, id, &mut added);
     if r.is_err() {
         for p in added {
             idx.fields.remove(&p);
@@ -561,19 +568,21 @@ fn map_document(
 
 fn map_object(
     idx: &mut Index,
-    prefix: &str,
+    path: &mut String,
     obj: &Map<String, Value>,
     id: &str,
     added: &mut Vec<String>,
 ) -> Result<(), (String, String)> {
+    // One path buffer for the whole walk: no allocation per field already mapped.
+    let base = path.len();
     for (k, v) in obj {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        let known = idx.fields.get(&path).copied();
-        let parse_err = |kind: &str| {
+        path.truncate(base);
+        if base > 0 {
+            path.push('.');
+        }
+        path.push_str(k);
+        let known = idx.fields.get(path.as_str()).copied();
+        let parse_err = |path: &str, kind: &str| {
             (
                 "document_parsing_exception".to_string(),
                 format!("[1:1] failed to parse field [{path}] of type [{kind}] in document with id '{id}'. Preview of field's value: '{v}'"),
@@ -581,10 +590,10 @@ fn map_object(
         };
         match (known, v) {
             (Some(Kind::Flattened), _) => {}
-            (Some(Kind::Object), Value::Object(o)) => map_object(idx, &path, o, id, added)?,
+            (Some(Kind::Object), Value::Object(o)) => map_object(idx, path, o, id, added)?,
             (Some(Kind::Object), Value::Null) => {}
             (Some(Kind::Object), _) => {
-                let leaf = path.rsplit('.').next().unwrap_or(&path).to_string();
+                let leaf = path.rsplit('.').next().unwrap_or(path).to_string();
                 return Err((
                     "document_parsing_exception".into(),
                     format!("[1:1] object mapping for [{path}] tried to parse field [{leaf}] as object, but found a concrete value"),
@@ -593,22 +602,22 @@ fn map_object(
             (Some(_), Value::Null) => {}
             (Some(Kind::Long), Value::Number(n)) if n.is_i64() || n.is_u64() => {}
             (Some(Kind::Long), Value::String(s)) if s.parse::<i64>().is_ok() => {}
-            (Some(Kind::Long), _) => return Err(parse_err("long")),
+            (Some(Kind::Long), _) => return Err(parse_err(path, "long")),
             (Some(Kind::Double), Value::Number(_)) => {}
             (Some(Kind::Double), Value::String(s)) if s.parse::<f64>().is_ok() => {}
-            (Some(Kind::Double), _) => return Err(parse_err("float")),
+            (Some(Kind::Double), _) => return Err(parse_err(path, "float")),
             (Some(Kind::Boolean), Value::Bool(_)) => {}
-            (Some(Kind::Boolean), _) => return Err(parse_err("boolean")),
+            (Some(Kind::Boolean), _) => return Err(parse_err(path, "boolean")),
             (Some(Kind::Date), Value::String(s)) if is_date(s) => {}
-            (Some(Kind::Date), _) => return Err(parse_err("date_nanos")),
+            (Some(Kind::Date), _) => return Err(parse_err(path, "date_nanos")),
             (Some(Kind::Keyword | Kind::Other), Value::Object(_)) => {
-                return Err(parse_err("keyword"))
+                return Err(parse_err(path, "keyword"))
             }
             (Some(Kind::Keyword | Kind::Other), _) => {}
             (None, Value::Object(o)) => {
                 idx.fields.insert(path.clone(), Kind::Object);
                 added.push(path.clone());
-                map_object(idx, &path, o, id, added)?;
+                map_object(idx, path, o, id, added)?;
             }
             (None, Value::Array(items)) => {
                 let first = items.iter().find(|x| !x.is_null());
@@ -633,93 +642,126 @@ fn map_object(
                     _ => Kind::Keyword,
                 };
                 idx.fields.insert(path.clone(), kind);
-                added.push(path);
+                added.push(path.clone());
             }
         }
     }
+    path.truncate(base);
     Ok(())
 }
 
-fn bulk(s: &mut State, body: &[u8], default_index: Option<String>) -> Resp {
+/// One item of a bulk request, parsed (outside the state's lock).
+struct BulkItem {
+    op: String,
+    index: String,
+    id: Option<String>,
+    /// `None` for `delete`; `Some(None)` when the source is not a JSON object.
+    source: Option<Option<Map<String, Value>>>,
+}
+
+/// Parses a bulk body strictly, as ES does; a malformed request is an error reply.
+fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkItem>, Box<Resp>> {
+    let bad = |reason: &str| Err(Box::new(error(400, "illegal_argument_exception", reason)));
     if body.last() != Some(&b'\n') {
-        return error(
-            400,
-            "illegal_argument_exception",
-            "The bulk request must be terminated by a newline [\\n]",
-        );
+        return bad("The bulk request must be terminated by a newline [\\n]");
     }
     let lines: Vec<&[u8]> = body[..body.len() - 1].split(|&b| b == b'\n').collect();
     let mut items = vec![];
-    let mut errors = false;
     let mut i = 0;
     while i < lines.len() {
         let line_no = i + 1;
-        let action: Value = match serde_json::from_slice(lines[i]) {
-            Ok(Value::Object(o)) => Value::Object(o),
-            _ => {
-                return error(
-                    400,
-                    "illegal_argument_exception",
-                    &format!("Malformed action/metadata line [{line_no}], expected START_OBJECT"),
-                )
-            }
+        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(lines[i]) else {
+            return bad(&format!(
+                "Malformed action/metadata line [{line_no}], expected START_OBJECT"
+            ));
         };
-        let obj = action.as_object().unwrap();
         if obj.len() != 1 {
-            return error(
-                400,
-                "illegal_argument_exception",
-                &format!("Malformed action/metadata line [{line_no}], expected a single action"),
-            );
+            return bad(&format!(
+                "Malformed action/metadata line [{line_no}], expected a single action"
+            ));
         }
-        let (op, meta) = obj.iter().next().unwrap();
+        let (op, meta) = obj.into_iter().next().expect("one action");
         if !matches!(op.as_str(), "index" | "create" | "update" | "delete") {
-            return error(
-                400,
-                "illegal_argument_exception",
-                &format!("Action/metadata line [{line_no}] contains an unknown parameter [{op}]"),
-            );
+            return bad(&format!(
+                "Action/metadata line [{line_no}] contains an unknown parameter [{op}]"
+            ));
         }
         let has_source = op != "delete";
         if has_source && i + 1 >= lines.len() {
-            return error(
-                400,
-                "illegal_argument_exception",
-                "The bulk request must be terminated by a newline [\\n]",
-            );
+            return bad("The bulk request must be terminated by a newline [\\n]");
         }
-        let source = if has_source { Some(lines[i + 1]) } else { None };
+        let source = has_source.then(|| match serde_json::from_slice(lines[i + 1]) {
+            Ok(Value::Object(o)) => Some(o),
+            _ => None,
+        });
         i += if has_source { 2 } else { 1 };
-        let Some(index) = meta["_index"]
-            .as_str()
-            .map(String::from)
-            .or_else(|| default_index.clone())
-        else {
-            return error(
+        let Some(index) = meta["_index"].as_str().or(default_index).map(String::from) else {
+            return Err(Box::new(error(
                 400,
                 "action_request_validation_exception",
                 "Validation Failed: 1: index is missing;",
-            );
+            )));
         };
-        let id = meta["_id"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| format!("auto-{}", s.bulk_items));
-        s.bulk_items += 1;
-        let result = index_one(s, op, &index, &id, source);
-        let (status, err) = result;
-        errors |= err.is_some();
-        let mut item = json!({ "_index": index, "_id": id, "status": status });
-        match err {
-            Some((kind, reason)) => item["error"] = json!({ "type": kind, "reason": reason }),
-            None => {
-                item["result"] = json!("created");
-                item["_version"] = json!(1);
-            }
-        }
-        items.push(json!({ op.as_str(): item }));
+        items.push(BulkItem {
+            op,
+            index,
+            id: meta["_id"].as_str().map(String::from),
+            source,
+        });
     }
-    reply(200, json!({ "took": 1, "errors": errors, "items": items }))
+    Ok(items)
+}
+
+/// An item, its id, its status and its error's type and reason.
+type Applied = (BulkItem, String, u16, Option<(String, String)>);
+
+/// Applies parsed items to the state.
+fn apply_bulk(s: &mut State, items: Vec<BulkItem>) -> Vec<Applied> {
+    items
+        .into_iter()
+        .map(|mut it| {
+            let id = it
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("auto-{}", s.bulk_items));
+            s.bulk_items += 1;
+            let (status, err) = index_one(s, &it.op, &it.index, &id, it.source.take());
+            (it, id, status, err)
+        })
+        .collect()
+}
+
+/// The bulk answer, written out directly (thousands of items per request).
+fn bulk_reply(results: &[Applied]) -> Resp {
+    let q = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let errors = results.iter().any(|r| r.3.is_some());
+    let mut out = format!("{{\"took\":1,\"errors\":{errors},\"items\":[");
+    for (n, (it, id, status, err)) in results.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{{}:{{\"_index\":{},\"_id\":{},\"status\":{status},",
+            q(&it.op),
+            q(&it.index),
+            q(id)
+        ));
+        match err {
+            Some((kind, reason)) => out.push_str(&format!(
+                "\"error\":{{\"type\":{},\"reason\":{}}}}}}}",
+                q(kind),
+                q(reason)
+            )),
+            None => out.push_str("\"result\":\"created\",\"_version\":1}}"),
+        }
+    }
+    out.push_str("]}");
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("x-elastic-product", "Elasticsearch")
+        .body(Full::new(Bytes::from(out)))
+        .expect("a valid response")
 }
 
 fn index_one(
@@ -727,7 +769,7 @@ fn index_one(
     op: &str,
     index: &str,
     id: &str,
-    source: Option<&[u8]>,
+    source: Option<Option<Map<String, Value>>>,
 ) -> (u16, Option<(String, String)>) {
     if s.faults.item_429_ratio > 0.0 && s.random() < s.faults.item_429_ratio {
         s.items_429 += 1;
@@ -768,16 +810,13 @@ fn index_one(
             "only create and index are supported by the test server".into(),
         );
     };
-    let doc: Map<String, Value> = match serde_json::from_slice(source) {
-        Ok(Value::Object(o)) => o,
-        _ => {
-            return bad(
-                s,
-                400,
-                "document_parsing_exception",
-                "[1:1] failed to parse: source is not a JSON object".into(),
-            )
-        }
+    let Some(doc) = source else {
+        return bad(
+            s,
+            400,
+            "document_parsing_exception",
+            "[1:1] failed to parse: source is not a JSON object".into(),
+        );
     };
     if ds && !doc.get("@timestamp").is_some_and(|t| t.is_string()) {
         return bad(

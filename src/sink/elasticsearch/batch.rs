@@ -1,48 +1,86 @@
-//! A bulk request body being built: action line and document of each event, encoded
-//! straight into one buffer, with where each item lies so that retries can resend a subset.
+//! A bulk request body being built: the action line and document of each event, encoded
+//! and compressed as they come, so a batch in flight holds its compressed bytes only (a
+//! tenth of the raw body). Item positions are kept in raw offsets; the rare retry of a
+//! subset decompresses the body again to cut the items out.
 
 use super::target::Target;
 use crate::encode::doc_id::document_id;
 use crate::encode::DocumentEncoder;
 use crate::event::{AckBuilder, AckRange, LogEvent};
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use std::io::Write;
 use std::ops::Range;
 use std::time::Instant;
 
+/// Encoded bytes are handed to the compressor in runs of about this size.
+const CHUNK: usize = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// `body[action.start..doc.end]` is this item's two lines.
+    /// `raw[action.start..doc.end]` is this item's two lines.
     pub action: Range<usize>,
     pub doc: Range<usize>,
 }
 
-#[derive(Debug, Default)]
 pub struct Batch {
-    pub body: Vec<u8>,
+    gzip: Option<GzEncoder<Vec<u8>>>,
+    /// Encoded bytes not yet compressed (all of them without compression).
+    pending: Vec<u8>,
+    /// Raw bytes already handed to the compressor.
+    flushed: usize,
     pub items: Vec<Item>,
     acks: AckBuilder,
     pub started: Option<Instant>,
 }
 
 impl Batch {
+    /// `level` 0 leaves the body uncompressed.
+    pub fn new(level: u32) -> Batch {
+        Batch {
+            gzip: (level > 0)
+                .then(|| GzEncoder::new(Vec::with_capacity(CHUNK), Compression::new(level))),
+            pending: Vec::with_capacity(if level > 0 { 2 * CHUNK } else { CHUNK }),
+            flushed: 0,
+            items: Vec::new(),
+            acks: AckBuilder::default(),
+            started: None,
+        }
+    }
+
     pub fn push(&mut self, e: &LogEvent, target: &Target, encoder: &DocumentEncoder) {
         if self.items.is_empty() {
             self.started = Some(Instant::now());
         }
-        let a = self.body.len();
-        self.body.extend_from_slice(b"{\"create\":{\"_index\":\"");
-        self.body.extend_from_slice(target.index.as_bytes());
-        self.body.extend_from_slice(b"\",\"_id\":\"");
-        self.body
-            .extend_from_slice(&document_id(e.file.id_seed, e.offset));
-        self.body.extend_from_slice(b"\"}}\n");
-        let d = self.body.len();
-        encoder.encode_with(e, &target.extra, &mut self.body);
-        self.body.push(b'\n');
+        let base = self.flushed;
+        let body = &mut self.pending;
+        let a = base + body.len();
+        body.extend_from_slice(b"{\"create\":{\"_index\":\"");
+        body.extend_from_slice(target.index.as_bytes());
+        body.extend_from_slice(b"\",\"_id\":\"");
+        body.extend_from_slice(&document_id(e.file.id_seed, e.offset));
+        body.extend_from_slice(b"\"}}\n");
+        let d = base + body.len();
+        encoder.encode_with(e, &target.extra, body);
+        body.push(b'\n');
         self.items.push(Item {
             action: a..d,
-            doc: d..self.body.len(),
+            doc: d..base + body.len(),
         });
         self.acks.push(e);
+        if self.pending.len() >= CHUNK {
+            self.compress_pending();
+        }
+    }
+
+    fn compress_pending(&mut self) {
+        if let Some(gz) = &mut self.gzip {
+            // Writing into a Vec cannot fail.
+            let _ = gz.write_all(&self.pending);
+            self.flushed += self.pending.len();
+            self.pending.clear();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -53,30 +91,149 @@ impl Batch {
         self.items.is_empty()
     }
 
-    pub fn is_full(&self, max_bytes: usize, max_events: usize) -> bool {
-        self.body.len() >= max_bytes || self.items.len() >= max_events
+    /// Raw (uncompressed) size so far.
+    pub fn raw_len(&self) -> usize {
+        self.flushed + self.pending.len()
     }
 
-    /// The acknowledgements of every event in the batch, for when all are resolved.
-    pub fn take_acks(&mut self) -> Vec<AckRange> {
-        std::mem::take(&mut self.acks).finish()
+    pub fn is_full(&self, max_bytes: usize, max_events: usize) -> bool {
+        self.raw_len() >= max_bytes || self.items.len() >= max_events
+    }
+
+    /// Finishes the body: what is sent, and what is kept to settle the items.
+    pub fn seal(mut self) -> (Sealed, Vec<AckRange>) {
+        self.compress_pending();
+        let raw_len = self.raw_len();
+        let (payload, gzip) = match self.gzip.take() {
+            Some(gz) => (Bytes::from(gz.finish().unwrap_or_default()), true),
+            None => (Bytes::from(std::mem::take(&mut self.pending)), false),
+        };
+        let sealed = Sealed {
+            payload,
+            gzip,
+            raw_len,
+            raw: None,
+            items: self.items,
+        };
+        (sealed, self.acks.finish())
+    }
+}
+
+/// A batch ready to send.
+pub struct Sealed {
+    /// The request body as sent: gzip-compressed when `gzip`.
+    pub payload: Bytes,
+    pub gzip: bool,
+    pub raw_len: usize,
+    /// The uncompressed body, once needed.
+    raw: Option<Bytes>,
+    pub items: Vec<Item>,
+}
+
+impl Sealed {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Makes the raw body available to `lines`, `doc` and `action` (needed only when a
+    /// subset of the items is sent again, rescued or dead-lettered).
+    pub fn decompress(&mut self) {
+        if self.raw.is_some() {
+            return;
+        }
+        if !self.gzip {
+            self.raw = Some(self.payload.clone());
+            return;
+        }
+        let mut out = Vec::with_capacity(self.raw_len);
+        // Our own gzip output: decoding cannot fail short of running out of memory.
+        let _ = std::io::copy(
+            &mut flate2::read::GzDecoder::new(&self.payload[..]),
+            &mut out,
+        );
+        self.raw = Some(Bytes::from(out));
+    }
+
+    fn slice(&self, r: Range<usize>) -> &[u8] {
+        self.raw
+            .as_deref()
+            .and_then(|raw| raw.get(r))
+            .unwrap_or_default()
     }
 
     /// The two lines of item `i`.
     pub fn lines(&self, i: usize) -> &[u8] {
         let it = &self.items[i];
-        &self.body[it.action.start..it.doc.end]
+        self.slice(it.action.start..it.doc.end)
     }
 
     /// The document of item `i`, without its newline.
     pub fn doc(&self, i: usize) -> &[u8] {
         let it = &self.items[i];
-        &self.body[it.doc.start..it.doc.end - 1]
+        self.slice(it.doc.start..it.doc.end - 1)
     }
 
     /// The action line of item `i`, without its newline.
     pub fn action(&self, i: usize) -> &[u8] {
         let it = &self.items[i];
-        &self.body[it.action.start..it.action.end - 1]
+        self.slice(it.action.start..it.action.end - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ElasticsearchConfig, JsonConfig};
+    use crate::encode::document::tests::event;
+    use crate::event::Flags;
+    use crate::sink::elasticsearch::target::Router;
+
+    fn fill(level: u32, n: usize) -> (Sealed, Vec<u8>) {
+        let router = Router::new(&ElasticsearchConfig::default());
+        let target = router.target(None, "");
+        let encoder = DocumentEncoder::new(&JsonConfig::default());
+        let mut batch = Batch::new(level);
+        let mut plain = Batch::new(0);
+        for i in 0..n {
+            let mut e = event(
+                format!("line {i} {}", "x".repeat(i % 300)).as_bytes(),
+                Flags::empty(),
+            );
+            (e.seq, e.offset) = (i as u64, i as u64 * 100);
+            batch.push(&e, &target, &encoder);
+            plain.push(&e, &target, &encoder);
+        }
+        let (plain, _) = plain.seal();
+        (batch.seal().0, plain.payload.to_vec())
+    }
+
+    #[test]
+    fn compressed_body_decodes_to_the_plain_one() {
+        let (mut sealed, plain) = fill(1, 2_000);
+        assert!(sealed.gzip);
+        assert!(sealed.payload.len() * 4 < plain.len());
+        assert_eq!(sealed.raw_len, plain.len());
+        sealed.decompress();
+        let mut joined = Vec::new();
+        for i in 0..sealed.len() {
+            joined.extend_from_slice(sealed.lines(i));
+        }
+        assert_eq!(joined, plain);
+        let doc: serde_json::Value = serde_json::from_slice(sealed.doc(1234)).unwrap();
+        assert!(doc["message"].as_str().unwrap().starts_with("line 1234 "));
+        assert!(sealed.action(7).starts_with(b"{\"create\":"));
+    }
+
+    #[test]
+    fn uncompressed_body_is_sent_as_encoded() {
+        let (mut sealed, plain) = fill(0, 10);
+        assert!(!sealed.gzip);
+        assert_eq!(&sealed.payload[..], &plain[..]);
+        sealed.decompress();
+        assert!(sealed.lines(9).ends_with(b"\n"));
     }
 }

@@ -96,13 +96,27 @@ impl BulkClient {
         &self.transport
     }
 
-    /// Sends one bulk body (NDJSON, uncompressed); returns what came back and the bytes sent.
+    /// Sends one bulk body (NDJSON, uncompressed), compressed as configured; returns what
+    /// came back and the bytes sent.
     pub async fn bulk(&self, body: &[u8]) -> (Reply, usize) {
+        match self.compression {
+            Some(level) => {
+                let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), level);
+                let _ = enc.write_all(body);
+                let gz = enc.finish().unwrap_or_default();
+                self.send(Bytes::from(gz), true).await
+            }
+            None => self.send(Bytes::copy_from_slice(body), false).await,
+        }
+    }
+
+    /// Sends a bulk body already encoded: gzip-compressed when `gzip`.
+    pub async fn send(&self, payload: Bytes, gzip: bool) -> (Reply, usize) {
         if let Some(l) = &self.requests {
             l.until_ready().await;
         }
         if let Some((l, burst)) = &self.kibibytes {
-            let kib = u32::try_from(body.len().div_ceil(1024))
+            let kib = u32::try_from(payload.len().div_ceil(1024))
                 .unwrap_or(u32::MAX)
                 .clamp(1, *burst);
             let _ = l
@@ -114,15 +128,9 @@ impl BulkClient {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         );
-        let payload = match self.compression {
-            Some(level) => {
-                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), level);
-                let _ = enc.write_all(body);
-                Bytes::from(enc.finish().unwrap_or_default())
-            }
-            None => Bytes::copy_from_slice(body),
-        };
+        if gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         let sent = payload.len();
         let query = [("filter_path", FILTER_PATH)];
         let resp = self

@@ -12,7 +12,7 @@ pub mod response;
 pub mod setup;
 pub mod target;
 
-use self::batch::Batch;
+use self::batch::{Batch, Sealed};
 use self::client::{BulkClient, Reply};
 use self::dead_letter::DeadLetter;
 use self::response::{classify, Outcome};
@@ -128,7 +128,8 @@ impl ElasticsearchSink {
         let cfg = &self.shared.cfg;
         let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
         let mut targets: HashMap<FileKey, Target> = HashMap::new();
-        let mut batch = Batch::default();
+        let level = cfg.compression_level;
+        let mut batch = Batch::new(level);
         let mut in_flight: JoinSet<(Vec<crate::event::AckRange>, Settled)> = JoinSet::new();
         let mut open = true;
         while open || !batch.is_empty() || !in_flight.is_empty() {
@@ -153,17 +154,17 @@ impl ElasticsearchSink {
                                         self.settle(acks, settled);
                                     }
                                 }
-                                self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                                self.dispatch(&mut in_flight, std::mem::replace(&mut batch, Batch::new(level)));
                             }
                         }
                     }
                     None => open = false,
                 },
                 _ = sleep_until(deadline), if room && !batch.is_empty() => {
-                    self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                    self.dispatch(&mut in_flight, std::mem::replace(&mut batch, Batch::new(level)));
                 }
                 _ = std::future::ready(()), if !open && room && !batch.is_empty() => {
-                    self.dispatch(&mut in_flight, std::mem::take(&mut batch));
+                    self.dispatch(&mut in_flight, std::mem::replace(&mut batch, Batch::new(level)));
                 }
             }
         }
@@ -190,12 +191,8 @@ impl ElasticsearchSink {
             .clone()
     }
 
-    fn dispatch(
-        &self,
-        set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>,
-        mut batch: Batch,
-    ) {
-        let acks = batch.take_acks();
+    fn dispatch(&self, set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>, batch: Batch) {
+        let (batch, acks) = batch.seal();
         let shared = self.shared.clone();
         set.spawn(async move {
             let settled = ship(&shared, batch).await;
@@ -260,7 +257,7 @@ impl Backoff {
 }
 
 /// Sends a batch until every item is settled. Returns what happened to its items.
-async fn ship(shared: &Shared, batch: Batch) -> Settled {
+async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
     let cfg = &shared.cfg;
     let st = &shared.stats;
     let mut settled = Settled::default();
@@ -274,8 +271,11 @@ async fn ship(shared: &Shared, batch: Batch) -> Settled {
     let mut body = Vec::new();
     while let Some(group) = groups.pop_front() {
         let whole = group.len() == batch.len() && rescued.is_empty();
-        let payload: &[u8] = if whole {
-            &batch.body
+        attempts += 1;
+        Stats::add(&st.es_requests, 1);
+        let (reply, sent) = if whole {
+            Stats::add(&st.es_bytes_raw, batch.raw_len as u64);
+            shared.client.send(batch.payload.clone(), batch.gzip).await
         } else {
             body.clear();
             for &i in &group {
@@ -289,13 +289,20 @@ async fn ship(shared: &Shared, batch: Batch) -> Settled {
                     None => body.extend_from_slice(batch.lines(i)),
                 }
             }
-            &body
+            Stats::add(&st.es_bytes_raw, body.len() as u64);
+            shared.client.bulk(&body).await
         };
-        attempts += 1;
-        Stats::add(&st.es_requests, 1);
-        Stats::add(&st.es_bytes_raw, payload.len() as u64);
-        let (reply, sent) = shared.client.bulk(payload).await;
         Stats::add(&st.es_bytes_sent, sent as u64);
+        let settled_at_once = matches!(&reply, Reply::Items(items)
+        if items.len() == group.len()
+            && items.iter().all(|it| matches!(
+                classify(it.status, it.error_type.as_deref()),
+                Outcome::Delivered | Outcome::Duplicate
+            )));
+        if !settled_at_once {
+            // Some items go again, are rescued or dead-lettered: they are cut from the raw body.
+            batch.decompress();
+        }
         let mut retry = Vec::new();
         let mut fail_whole: Option<String> = None;
         match reply {
@@ -455,7 +462,7 @@ async fn ship(shared: &Shared, batch: Batch) -> Settled {
 
 fn dead_letter(
     shared: &Shared,
-    batch: &Batch,
+    batch: &Sealed,
     i: usize,
     rescued: Option<&Vec<u8>>,
     status: u16,
