@@ -89,3 +89,32 @@ fn a_dead_endpoint_is_skipped_for_a_live_one() {
     assert_exactly_once(&seqs(&es.docs(&format!("logs-kubernetes-{ns}"))), 50);
     agent.stop();
 }
+
+#[test]
+fn filter_path_keeps_only_what_the_sink_reads() {
+    let es = Es::new();
+    let ds = format!("logs-conformance-{}", unique("f"));
+    let body = format!(
+        "{{\"create\":{{\"_index\":\"{ds}\",\"_id\":\"a\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\"}}\n\
+         {{\"create\":{{\"_index\":\"{ds}\",\"_id\":\"a\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\"}}\n"
+    );
+    let path = format!(
+        "/_bulk?filter_path={}",
+        logferry::sink::elasticsearch::response::FILTER_PATH.replace(',', "%2C")
+    );
+    let (status, v) = es.send_raw("POST", &path, "application/x-ndjson", body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "errors": true,
+            "items": [
+                { "create": { "status": 201 } },
+                { "create": { "status": 409, "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": v["items"][1]["create"]["error"]["reason"] } } }
+            ]
+        })
+    );
+    assert!(v["items"][1]["create"]["error"]["reason"].is_string());
+}

@@ -204,6 +204,7 @@ async fn handle(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let filter = FilterPath::from_query(req.uri().query());
     let gzip = req
         .headers()
         .get("content-encoding")
@@ -308,7 +309,7 @@ async fn handle(
             Err(reply) => return Ok(*reply),
         };
         let results = apply_bulk(&mut state.lock().unwrap(), items);
-        return Ok(bulk_reply(&results));
+        return Ok(bulk_reply(&results, &filter));
     }
     let body_json: Value = if body.is_empty() {
         Value::Null
@@ -732,35 +733,94 @@ fn apply_bulk(s: &mut State, items: Vec<BulkItem>) -> Vec<Applied> {
 }
 
 /// The bulk answer, written out directly (thousands of items per request).
-fn bulk_reply(results: &[Applied]) -> Resp {
+/// ES's `filter_path`: comma-separated dotted paths, `*` matching one name; a path keeps
+/// the field it names and everything under it.
+struct FilterPath(Vec<Vec<String>>);
+
+impl FilterPath {
+    fn from_query(query: Option<&str>) -> FilterPath {
+        let value = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("filter_path="))
+            .map(|v| v.replace("%2C", ",").replace("%2c", ","));
+        FilterPath(
+            value
+                .iter()
+                .flat_map(|v| v.split(','))
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split('.').map(String::from).collect())
+                .collect(),
+        )
+    }
+
+    /// Whether the field at `path` is in the reply (with no filter, everything is).
+    fn keeps(&self, path: &[&str]) -> bool {
+        self.0.is_empty()
+            || self.0.iter().any(|p| {
+                // A pattern keeps its field's subtree, and the objects on the way to it.
+                p.iter()
+                    .zip(path)
+                    .all(|(want, seg)| want == "*" || want == seg)
+            })
+    }
+}
+
+/// The bulk answer, written out directly (thousands of items per request).
+fn bulk_reply(results: &[Applied], filter: &FilterPath) -> Resp {
     let q = |s: &str| serde_json::to_string(s).expect("strings serialise");
     let errors = results.iter().any(|r| r.3.is_some());
-    let mut out = format!("{{\"took\":1,\"errors\":{errors},\"items\":[");
-    for (n, (it, id, status, err)) in results.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            "{{{}:{{\"_index\":{},\"_id\":{},\"status\":{status},",
-            q(&it.op),
-            q(&it.index),
-            q(id)
-        ));
-        match err {
-            Some((kind, reason)) => out.push_str(&format!(
-                "\"error\":{{\"type\":{},\"reason\":{}}}}}}}",
-                q(kind),
-                q(reason)
-            )),
-            None => out.push_str("\"result\":\"created\",\"_version\":1}}"),
-        }
+    let mut top = vec![];
+    if filter.keeps(&["took"]) {
+        top.push("\"took\":1".to_string());
     }
-    out.push_str("]}");
+    if filter.keeps(&["errors"]) {
+        top.push(format!("\"errors\":{errors}"));
+    }
+    if filter.keeps(&["items"]) {
+        let mut items = String::from("\"items\":[");
+        for (n, (it, id, status, err)) in results.iter().enumerate() {
+            let op = it.op.as_str();
+            let mut fields = vec![];
+            let mut field = |name: &str, value: String| {
+                if filter.keeps(&["items", op, name]) {
+                    fields.push(format!("\"{name}\":{value}"));
+                }
+            };
+            field("_index", q(&it.index));
+            field("_id", q(id));
+            field("status", status.to_string());
+            match err {
+                Some((kind, reason)) => {
+                    let mut e = vec![];
+                    if filter.keeps(&["items", op, "error", "type"]) {
+                        e.push(format!("\"type\":{}", q(kind)));
+                    }
+                    if filter.keeps(&["items", op, "error", "reason"]) {
+                        e.push(format!("\"reason\":{}", q(reason)));
+                    }
+                    if !e.is_empty() {
+                        field("error", format!("{{{}}}", e.join(",")));
+                    }
+                }
+                None => {
+                    field("result", "\"created\"".into());
+                    field("_version", "1".into());
+                }
+            }
+            if n > 0 {
+                items.push(',');
+            }
+            items.push_str(&format!("{{{}:{{{}}}}}", q(op), fields.join(",")));
+        }
+        items.push(']');
+        top.push(items);
+    }
     Response::builder()
         .status(200)
         .header("content-type", "application/json")
         .header("x-elastic-product", "Elasticsearch")
-        .body(Full::new(Bytes::from(out)))
+        .body(Full::new(Bytes::from(format!("{{{}}}", top.join(",")))))
         .expect("a valid response")
 }
 

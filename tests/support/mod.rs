@@ -401,6 +401,17 @@ impl Es {
         )
     }
 
+    /// Any request with a body, as given.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &'static str,
+        body: String,
+    ) -> (u16, Value) {
+        self.send(method, path, content_type, Some(body))
+    }
+
     fn send(
         &self,
         method: &str,

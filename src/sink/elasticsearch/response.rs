@@ -1,7 +1,7 @@
 //! Reading a bulk response item by item, and what each outcome means for the document.
 
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
-use std::collections::HashMap;
 
 /// Asked of Elasticsearch so that replies stay small when all goes well.
 pub const FILTER_PATH: &str = "errors,items.*.status,items.*.error.type,items.*.error.reason";
@@ -16,7 +16,29 @@ pub struct ItemResult {
 #[derive(Deserialize)]
 struct Raw {
     #[serde(default)]
-    items: Vec<HashMap<String, RawItem>>,
+    items: Vec<Single>,
+}
+
+/// `{"<op>": {...}}`: the one entry of an item, read without a map per item (a reply has
+/// thousands).
+struct Single(Option<RawItem>);
+
+impl<'de> Deserialize<'de> for Single {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Single;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a bulk item: an object with one operation")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Single, A::Error> {
+                let first = map.next_entry::<IgnoredAny, RawItem>()?.map(|(_, v)| v);
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Single(first))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -39,8 +61,8 @@ pub fn parse(body: &[u8]) -> Option<Vec<ItemResult>> {
     let raw: Raw = serde_json::from_slice(body).ok()?;
     raw.items
         .into_iter()
-        .map(|m| {
-            let (_, item) = m.into_iter().next()?;
+        .map(|Single(item)| {
+            let item = item?;
             let (error_type, reason) = match item.error {
                 Some(e) => (e.kind, e.reason),
                 None => (None, None),
