@@ -3,11 +3,16 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use logferry::config::ElasticsearchConfig;
 use logferry::config::{JsonConfig, LineOverflow, LogFormat, MultilineConfig};
 use logferry::encode::json_message::lift;
 use logferry::encode::{DocumentEncoder, FileMetadata};
+use logferry::enrich::kube::pod::PodInfo;
+use logferry::enrich::metadata::{ContainerMetadata, MetadataOptions};
 use logferry::enrich::path::PathMetadata;
 use logferry::event::{FileContext, FileIdentity, Flags, LogEvent, Stream};
+use logferry::sink::elasticsearch::batch::Batch;
+use logferry::sink::elasticsearch::target::Router;
 use logferry::source::assembler::{Assembler, AssemblyRules};
 use logferry::source::multiline::MultilineRules;
 use logferry::source::reader::RawLine;
@@ -147,8 +152,17 @@ fn encoding(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let enc = DocumentEncoder::new(&JsonConfig::default());
     let mut buf = Vec::with_capacity(1 << 20);
-    for (name, msg) in [("text_document", TEXT), ("json_document", JSON)] {
-        let e = event(msg);
+    for (name, msg, pod) in [
+        ("text_document", TEXT, false),
+        ("json_document", JSON, false),
+        ("text_document_with_pod", TEXT, true),
+        ("json_document_with_pod", JSON, true),
+    ] {
+        let e = if pod {
+            with_pod(event(msg))
+        } else {
+            event(msg)
+        };
         g.bench_function(name, |b| {
             b.iter(|| {
                 buf.clear();
@@ -160,5 +174,77 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsing, assembling, encoding);
+/// The metadata fragment of a pod as the API describes it (labels, owner, image).
+fn pod_fragment(meta: &PathMetadata) -> Bytes {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "checkout-6c9f7b8d4-k7wzp", "namespace": "shop",
+            "uid": "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "resourceVersion": "1",
+            "labels": { "app": "checkout", "app.kubernetes.io/name": "checkout",
+                        "app.kubernetes.io/part-of": "shop", "pod-template-hash": "6c9f7b8d4",
+                        "team": "payments" },
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                  "name": "checkout-6c9f7b8d4", "uid": "o", "controller": true }]
+        },
+        "spec": { "nodeName": "node-1", "containers": [{ "name": "app", "image": "registry.example/shop/checkout:2.14.1" }] },
+        "status": { "podIP": "10.1.2.3", "containerStatuses": [{
+            "name": "app", "image": "registry.example/shop/checkout:2.14.1", "imageID": "",
+            "containerID": "containerd://9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b",
+            "ready": true, "restartCount": 0 }] }
+    }))
+    .expect("a valid pod");
+    let info = PodInfo::from_pod(&pod).expect("the pod has a uid");
+    ContainerMetadata {
+        path: meta,
+        pod: Some(&info),
+        namespace_labels: None,
+        options: &MetadataOptions::default(),
+    }
+    .fragment("node-1")
+}
+
+fn with_pod(mut e: LogEvent) -> LogEvent {
+    let f = &e.file;
+    e.file = Arc::new(FileContext {
+        key: f.key,
+        identity: f.identity,
+        path: f.path.clone(),
+        kube: f.kube.clone(),
+        id_seed: f.id_seed,
+        path_fragment: f.path_fragment.clone(),
+        metadata: pod_fragment(&f.kube),
+    });
+    e
+}
+
+fn bulk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bulk");
+    const N: usize = 1000;
+    g.throughput(Throughput::Elements(N as u64));
+    let enc = DocumentEncoder::new(&JsonConfig::default());
+    let router = Router::new(&ElasticsearchConfig::default());
+    let target = router.target(Some("shop"), "");
+    // 30% JSON messages, as in the reference workload.
+    let events: Vec<LogEvent> = (0..N)
+        .map(|i| {
+            let mut e = with_pod(event(if i % 10 < 3 { JSON } else { TEXT }));
+            (e.seq, e.offset) = (i as u64, i as u64 * 230);
+            e
+        })
+        .collect();
+    for level in [0u32, 1, 6] {
+        g.bench_function(format!("build_gzip_level_{level}"), |b| {
+            b.iter(|| {
+                let mut batch = Batch::new(level);
+                for e in &events {
+                    batch.push(e, &target, &enc);
+                }
+                black_box(batch.seal().0.payload.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parsing, assembling, encoding, bulk);
 criterion_main!(benches);

@@ -29,6 +29,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// Each file's destination, with the day it is for in index mode.
+type TargetCache = HashMap<FileKey, ([u8; 10], Arc<Target>)>;
+
 /// What a settled batch did.
 #[derive(Debug, Default, Clone, Copy)]
 struct Settled {
@@ -127,7 +130,7 @@ impl ElasticsearchSink {
         self.health.set_ready(true);
         let cfg = &self.shared.cfg;
         let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
-        let mut targets: HashMap<FileKey, Target> = HashMap::new();
+        let mut targets = TargetCache::new();
         let level = cfg.compression_level;
         let mut batch = Batch::new(level);
         let mut in_flight: JoinSet<(Vec<crate::event::AckRange>, Settled)> = JoinSet::new();
@@ -170,25 +173,33 @@ impl ElasticsearchSink {
         }
     }
 
-    fn target(&self, cache: &mut HashMap<FileKey, Target>, e: &LogEvent) -> Target {
+    /// The event's destination, from a cache per file (and per day in index mode).
+    fn target(&self, cache: &mut TargetCache, e: &LogEvent) -> Arc<Target> {
+        let mut date = [0u8; 10];
         if self.router.dated() {
-            let date = std::str::from_utf8(&e.timestamp[..e.timestamp.len().min(10)]).unwrap_or("");
-            let mut today = Vec::new();
-            let date = if date.len() == 10 {
-                date
-            } else {
-                crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
-                std::str::from_utf8(&today[..10]).unwrap_or("1970-01-01")
-            };
-            return self.router.target(e.file.kube.namespace.as_deref(), date);
+            match e.timestamp.get(..10) {
+                Some(d) if d[4] == b'-' => date.copy_from_slice(d),
+                _ => {
+                    let mut today = Vec::new();
+                    crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
+                    date.copy_from_slice(&today[..10]);
+                }
+            }
+        }
+        if let Some((d, t)) = cache.get(&e.file.key) {
+            if *d == date {
+                return t.clone();
+            }
         }
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache
-            .entry(e.file.key)
-            .or_insert_with(|| self.router.target(e.file.kube.namespace.as_deref(), ""))
-            .clone()
+        let day = std::str::from_utf8(&date)
+            .unwrap_or("")
+            .trim_end_matches('\0');
+        let t = Arc::new(self.router.target(e.file.kube.namespace.as_deref(), day));
+        cache.insert(e.file.key, (date, t.clone()));
+        t
     }
 
     fn dispatch(&self, set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>, batch: Batch) {
