@@ -344,3 +344,41 @@ fn an_unterminated_last_line_is_shipped_when_the_file_ends() {
     assert_eq!(flags(&docs[1]), vec!["incomplete"]);
     assert!(flags(&docs[2]).is_empty());
 }
+
+#[test]
+fn a_stack_trace_still_in_the_file_is_not_cut_by_the_flush_timeout() {
+    // Reading comes back to a file late when there are many (or the output is slow): a
+    // group whose next lines are already written must wait for them, whatever the timeout.
+    let tree = Tree::new();
+    let mut cfg = test_config(vec![tree.glob()]);
+    cfg.source.multiline.presets = vec!["java".into()];
+    cfg.source.multiline.flush_timeout = std::time::Duration::from_millis(1);
+    cfg.source.multiline.max_lines = 1000;
+    cfg.source.read_buffer_bytes = 4096;
+    cfg.source.max_read_bytes_per_file = 4096;
+    let files = 60;
+    for f in 0..files {
+        let c = tree.container("ns", &format!("java{f}"), "app");
+        let mut lines = vec![cri(
+            "stderr",
+            "F",
+            &format!("java.lang.IllegalStateException: file {f}"),
+        )];
+        lines.extend((0..300).map(|i| {
+            cri(
+                "stderr",
+                "F",
+                &format!("\tat com.example.Service.call{i}(Service.java:{i})"),
+            )
+        }));
+        lines.push(cri("stdout", "F", "after the trace"));
+        c.append_lines(&lines);
+    }
+    let agent = Agent::start(cfg, None);
+    let docs = agent.wait_for(2 * files);
+    let traces: Vec<&Value> = docs.iter().filter(|d| d["stream"] == "stderr").collect();
+    assert_eq!(traces.len(), files, "every trace in one document");
+    for t in traces {
+        assert_eq!(t["message"].as_str().unwrap().lines().count(), 301);
+    }
+}

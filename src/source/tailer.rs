@@ -612,8 +612,11 @@ impl Tailer {
         }
     }
 
+    /// Ships held-back groups whose wait is over. Only files read to their end count: a
+    /// group whose next lines are already in the file waits for us, not for the writer
+    /// (under backpressure or with many files, reading may come back late).
     fn flush_expired(&mut self, now: Instant) {
-        for f in &mut self.files {
+        for f in self.files.iter_mut().filter(|f| f.at_eof) {
             if let Some(r) = &mut f.reading {
                 if r.asm.next_deadline().is_some_and(|d| d <= now) {
                     r.asm.flush_expired(now, &mut self.out);
@@ -625,6 +628,7 @@ impl Tailer {
     fn next_deadline(&self) -> Option<Instant> {
         self.files
             .iter()
+            .filter(|f| f.at_eof)
             .filter_map(|f| f.reading.as_ref().and_then(|r| r.asm.next_deadline()))
             .min()
     }
