@@ -315,3 +315,37 @@ fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
         .all(|d| d["kubernetes"]["labels"]["app"] == "web"));
     agent.stop();
 }
+
+#[test]
+fn a_backlog_read_before_the_pod_is_known_waits_in_bounded_memory_and_gets_metadata() {
+    // More lines than the enrich stage holds: it stops taking input instead of buffering
+    // them all, and none is shipped without metadata while the pod is still coming.
+    let api = KubeServer::start();
+    let tree = Tree::new();
+    let n = 60_000u64;
+    tree.container("shop", "busy-7d4b9c5f8-ccccc", "app")
+        .append(seq_lines(0, n).as_bytes());
+    let agent = Agent::start(kube_config(&tree, &api), None);
+    std::thread::sleep(Duration::from_millis(1000));
+    let early = agent.docs().len();
+    api.add_pod(pod(
+        "shop",
+        "busy-7d4b9c5f8-ccccc",
+        "uid-busy-7d4b9c5f8-ccccc",
+    ));
+    let docs = agent.wait_for(n as usize);
+    assert_eq!(early, 0, "nothing shipped before the pod was known");
+    assert_exactly_once(&seqs(&docs), n);
+    assert!(docs
+        .iter()
+        .all(|d| d["kubernetes"]["labels"]["app"] == "web"));
+    assert!(docs.iter().all(|d| d["log"].get("flags").is_none()));
+    assert_eq!(
+        agent
+            .stats
+            .kube_metadata_missing
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    agent.stop();
+}

@@ -12,8 +12,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// A file's events queue at most this many while waiting for metadata.
-const MAX_PENDING: usize = 50_000;
+/// Events held, over all files, while waiting for metadata; past it the stage stops taking
+/// input (backpressure reaches the tailer) until the watch catches up or the wait ends.
+/// A start with a backlog would otherwise read it all into memory.
+const MAX_PENDING: usize = 16_384;
 /// Files not seen for this long are forgotten.
 const IDLE_FORGET: Duration = Duration::from_secs(600);
 
@@ -34,6 +36,8 @@ pub struct Enricher {
     wait: Duration,
     stats: Arc<Stats>,
     files: HashMap<FileKey, FileState>,
+    /// Events in all files' `pending`.
+    pending: usize,
 }
 
 /// What turns a file's path names into its pod's metadata.
@@ -68,6 +72,7 @@ impl Enricher {
             wait: cfg.metadata_wait,
             stats,
             files: HashMap::new(),
+            pending: 0,
         }
     }
 
@@ -83,7 +88,7 @@ impl Enricher {
             let deadline = self.files.values().filter_map(|f| f.deadline).min();
             let mut out = Vec::new();
             tokio::select! {
-                batch = rx.recv() => match batch {
+                batch = rx.recv(), if self.pending < MAX_PENDING => match batch {
                     Some(batch) => {
                         let now = Instant::now();
                         for e in batch {
@@ -129,10 +134,8 @@ impl Enricher {
         });
         state.last_seen = now;
         if !state.pending.is_empty() {
-            if state.pending.len() >= MAX_PENDING {
-                state.deadline = Some(now);
-            }
             state.pending.push_back(e);
+            self.pending += 1;
             return;
         }
         match self.resolver.resolve(state) {
@@ -147,6 +150,7 @@ impl Enricher {
             Resolved::Unknown => {
                 state.deadline = Some(now + self.wait);
                 state.pending.push_back(e);
+                self.pending += 1;
             }
         }
     }
@@ -164,6 +168,7 @@ impl Enricher {
                 state.gave_up = true;
                 tracing::debug!(path = %state.ctx.path.display(), "no pod metadata yet; shipping with the names from the path");
             }
+            self.pending -= state.pending.len();
             for mut e in state.pending.drain(..) {
                 e.file = state.ctx.clone();
                 if missing {
