@@ -123,7 +123,7 @@ impl Default for SourceConfig {
             read_buffer_bytes: 64 * 1024,
             max_read_bytes_per_file: 256 * 1024,
             rotate_wait: Duration::from_secs(5),
-            max_idle_poll: Duration::from_millis(250),
+            max_idle_poll: Duration::from_millis(500),
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
         }

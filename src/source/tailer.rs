@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 
 /// Events per batch sent down the pipeline.
 const BATCH_EVENTS: usize = 1024;
+/// How often an idle file's path is checked for a rotation, at least.
+const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest sleep of an idle loop; doubled up to `max_idle_poll`.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 /// How long the identities of released files are remembered in this run.
@@ -579,9 +581,10 @@ impl Tailer {
     /// At the end of a file: has its path moved on to a new file (rotation)?
     fn at_eof(&mut self, i: usize, now: Instant) {
         let f = &mut self.files[i];
-        if f.gone_since.is_none()
-            && now.duration_since(f.last_path_check) >= self.settings.max_idle_poll
-        {
+        // A rename is not urgent (the old file is read to its end through the open fd):
+        // at most once a second, so idle files cost little.
+        let every = self.settings.max_idle_poll.max(PATH_CHECK_INTERVAL);
+        if f.gone_since.is_none() && now.duration_since(f.last_path_check) >= every {
             f.last_path_check = now;
             let moved =
                 std::fs::metadata(&f.path).map_or(true, |m| (m.dev(), m.ino()) != (f.dev, f.inode));
