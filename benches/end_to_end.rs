@@ -354,8 +354,11 @@ impl Agent {
         unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) == 0 }
     }
 
-    /// SIGTERM, then the whole run's usage from `wait4`.
+    /// SIGTERM, then the whole run's CPU time from `wait4`. The peak RSS is the agent's
+    /// own `VmHWM`, read just before: `wait4`'s `ru_maxrss` also counts the memory of this
+    /// process, which the child shared between fork and exec.
     fn stop(self) -> Usage {
+        let (_, _, hwm) = self.sample();
         unsafe {
             libc::kill(self.pid, libc::SIGTERM);
         }
@@ -366,7 +369,7 @@ impl Agent {
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         Usage {
             cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-            peak_rss_kib: ru.ru_maxrss as u64,
+            peak_rss_kib: hwm,
         }
     }
 }
