@@ -40,6 +40,7 @@ fn ctx() -> Arc<FileContext> {
         id_seed: 42,
         path_fragment: FileMetadata::path_fragment(path),
         metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
+        known_since: Instant::now(),
     })
 }
 
@@ -204,16 +205,7 @@ fn pod_fragment(meta: &PathMetadata) -> Bytes {
 }
 
 fn with_pod(mut e: LogEvent) -> LogEvent {
-    let f = &e.file;
-    e.file = Arc::new(FileContext {
-        key: f.key,
-        identity: f.identity,
-        path: f.path.clone(),
-        kube: f.kube.clone(),
-        id_seed: f.id_seed,
-        path_fragment: f.path_fragment.clone(),
-        metadata: pod_fragment(&f.kube),
-    });
+    e.file = Arc::new(e.file.with_metadata(pod_fragment(&e.file.kube)));
     e
 }
 

@@ -142,6 +142,25 @@ pub struct FileContext {
     /// The document members every event of this file shares (Kubernetes, container,
     /// host, agent), encoded once; no leading comma.
     pub metadata: Bytes,
+    /// When the file was first seen: waiting for its pod's metadata counts from here, in
+    /// whichever stage the wait happens.
+    pub known_since: std::time::Instant,
+}
+
+impl FileContext {
+    /// The same file with other document members (its pod's, once known).
+    pub fn with_metadata(&self, metadata: Bytes) -> FileContext {
+        FileContext {
+            key: self.key,
+            identity: self.identity,
+            path: self.path.clone(),
+            kube: self.kube.clone(),
+            id_seed: self.id_seed,
+            path_fragment: self.path_fragment.clone(),
+            metadata,
+            known_since: self.known_since,
+        }
+    }
 }
 
 /// One log event: a line, a merged partial line or a multiline group.

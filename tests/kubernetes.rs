@@ -317,17 +317,19 @@ fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
 }
 
 #[test]
-fn a_backlog_read_before_the_pod_is_known_waits_in_bounded_memory_and_gets_metadata() {
-    // More lines than the enrich stage holds: it stops taking input instead of buffering
-    // them all, and none is shipped without metadata while the pod is still coming.
+fn a_backlog_is_not_read_before_its_pod_is_known_and_then_all_of_it_gets_metadata() {
+    // A start with a large backlog: the file waits unread for its pod (nothing buffered),
+    // and none of it is shipped without metadata while the pod is still coming.
     let api = KubeServer::start();
     let tree = Tree::new();
     let n = 60_000u64;
     tree.container("shop", "busy-7d4b9c5f8-ccccc", "app")
         .append(seq_lines(0, n).as_bytes());
     let agent = Agent::start(kube_config(&tree, &api), None);
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(2000));
     let early = agent.docs().len();
+    let taken = logferry::stats::Stats::get(&agent.stats.events);
+    assert_eq!(taken, 0, "events read ahead of the pod's metadata");
     api.add_pod(pod(
         "shop",
         "busy-7d4b9c5f8-ccccc",

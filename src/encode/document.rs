@@ -153,6 +153,7 @@ pub(crate) mod tests {
                 id_seed: 0,
                 path_fragment: FileMetadata::path_fragment(Path::new("/var/log/containers/x.log")),
                 metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
+                known_since: std::time::Instant::now(),
             }),
             seq: 0,
             offset: 1234,

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 /// Events held, over all files, while waiting for metadata; past it the stage stops taking
 /// input (backpressure reaches the tailer) until the watch catches up or the wait ends.
-/// A start with a backlog would otherwise read it all into memory.
+/// Most files are not read before their pod is known (exclusion decides first); what waits
+/// here is files resumed at start-up and namespace labels not yet delivered.
 const MAX_PENDING: usize = 16_384;
 /// Files not seen for this long are forgotten.
 const IDLE_FORGET: Duration = Duration::from_secs(600);
@@ -148,9 +149,18 @@ impl Enricher {
                 out.push(e);
             }
             Resolved::Unknown => {
-                state.deadline = Some(now + self.wait);
-                state.pending.push_back(e);
-                self.pending += 1;
+                // The wait counts from when the file was found: the tailer may have spent it
+                // already, holding the file unread until the pod was known or time was up.
+                let deadline = Instant::from_std(e.file.known_since + self.wait);
+                if deadline <= now {
+                    state.gave_up = true;
+                    Self::give_up(&self.stats, &mut e);
+                    out.push(e);
+                } else {
+                    state.deadline = Some(deadline);
+                    state.pending.push_back(e);
+                    self.pending += 1;
+                }
             }
         }
     }
@@ -223,16 +233,7 @@ impl Resolver {
                 options: &self.options,
             }
             .fragment(&self.host_name);
-            let old = &state.ctx;
-            state.ctx = Arc::new(FileContext {
-                key: old.key,
-                identity: old.identity,
-                path: old.path.clone(),
-                kube: old.kube.clone(),
-                id_seed: old.id_seed,
-                path_fragment: old.path_fragment.clone(),
-                metadata: fragment,
-            });
+            state.ctx = Arc::new(state.ctx.with_metadata(fragment));
             state.built_for = Some(version);
         }
         state.cache_gen = self.announced;
@@ -250,5 +251,91 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KubernetesConfig;
+    use crate::encode::document::tests::event;
+
+    /// Events of a pod the cache does not know, from a file found at `known_since`.
+    fn unknown_pod_events(n: usize, known_since: std::time::Instant) -> Vec<LogEvent> {
+        let e = event(b"line", Flags::empty());
+        let mut ctx = e.file.with_metadata(e.file.metadata.clone());
+        ctx.kube.pod_uid = Some("uid-not-yet".into());
+        ctx.known_since = known_since;
+        let ctx = Arc::new(ctx);
+        (0..n as u64)
+            .map(|seq| LogEvent {
+                file: ctx.clone(),
+                seq,
+                ..e.clone()
+            })
+            .collect()
+    }
+
+    fn start(wait: Duration) -> (mpsc::Sender<Vec<LogEvent>>, mpsc::Receiver<Vec<LogEvent>>) {
+        let cfg = KubernetesConfig {
+            metadata_wait: wait,
+            ..Default::default()
+        };
+        let stage = Enricher::new(
+            SharedCache::default(),
+            &cfg,
+            "node-1".into(),
+            Arc::new(Stats::default()),
+        );
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, out_rx) = mpsc::channel(4);
+        let (changed_tx, changed_rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let _announcer = changed_tx;
+            stage.run(in_rx, out_tx, changed_rx).await
+        });
+        (in_tx, out_rx)
+    }
+
+    #[tokio::test]
+    async fn what_waits_for_metadata_is_capped_and_then_input_stops() {
+        let (tx, mut rx) = start(Duration::from_secs(60));
+        let now = std::time::Instant::now();
+        let mut sent = 0;
+        // Feed until the stage has stopped taking input for a while.
+        loop {
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                tx.send(unknown_pod_events(1024, now)),
+            )
+            .await
+            {
+                Ok(Ok(())) => sent += 1024,
+                _ => break,
+            }
+            assert!(sent < 200_000, "the stage never stopped taking input");
+        }
+        // Held: the cap, plus the batch that crossed it and the channel's four.
+        assert!(
+            (MAX_PENDING..=MAX_PENDING + 5 * 1024).contains(&sent),
+            "{sent}"
+        );
+        assert!(rx.try_recv().is_err(), "nothing shipped while waiting");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_already_waited_in_the_tailer_is_not_held_again() {
+        let wait = Duration::from_millis(200);
+        let (tx, mut rx) = start(wait);
+        let found = std::time::Instant::now() - 2 * wait;
+        tx.send(unknown_pod_events(3, found)).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_millis(100), rx.recv())
+            .await
+            .expect("shipped at once, not after another wait")
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out
+            .iter()
+            .all(|e| e.flags.contains(Flags::NO_KUBE_METADATA)));
     }
 }

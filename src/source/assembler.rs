@@ -227,6 +227,7 @@ mod tests {
             id_seed: 0,
             path_fragment: Bytes::new(),
             metadata: Bytes::new(),
+            known_since: std::time::Instant::now(),
         })
     }
 

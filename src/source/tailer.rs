@@ -94,6 +94,8 @@ struct Followed {
     found_at_start: bool,
     /// Truncated: read from 0 whatever was known of it.
     fresh: bool,
+    /// When discovery first saw it (before any wait for its pod).
+    known_since: Instant,
 }
 
 pub struct Tailer {
@@ -370,7 +372,7 @@ impl Tailer {
     fn decide(&mut self, fd: Found, held: Option<File>, since: Instant, now: Instant) {
         let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
         match self.exclusion.decide(&kube, now.duration_since(since)) {
-            Decision::Read => self.open_with(fd, held, now),
+            Decision::Read => self.open_with(fd, held, since, now),
             Decision::Skip => {
                 tracing::info!(path = %fd.path.display(), "excluded; not read");
                 Stats::add(&self.stats.files_excluded, 1);
@@ -392,10 +394,10 @@ impl Tailer {
     }
 
     fn open(&mut self, fd: Found, now: Instant) {
-        self.open_with(fd, None, now)
+        self.open_with(fd, None, now, now)
     }
 
-    fn open_with(&mut self, fd: Found, held: Option<File>, now: Instant) {
+    fn open_with(&mut self, fd: Found, held: Option<File>, since: Instant, now: Instant) {
         let opened = match held {
             Some(f) => Ok(f),
             None => File::open(&fd.real_path),
@@ -434,6 +436,7 @@ impl Tailer {
             last_path_check: now,
             found_at_start: !self.first_scan_done,
             fresh: false,
+            known_since: since,
         });
         let i = self.files.len() - 1;
         self.identify(i);
@@ -494,6 +497,7 @@ impl Tailer {
             id_seed: id_seed(&identity),
             path_fragment: FileMetadata::path_fragment(&f.path),
             metadata: FileMetadata::metadata_fragment(&f.kube, &self.settings.host_name),
+            known_since: f.known_since,
         });
         let _ = self.ckpt_tx.send(CheckpointMsg::Opened {
             key,
