@@ -139,48 +139,47 @@ impl Sealed {
         self.items.is_empty()
     }
 
-    /// Makes the raw body available to `lines`, `doc` and `action` (needed only when a
-    /// subset of the items is sent again, rescued or dead-lettered).
-    pub fn decompress(&mut self) {
-        if self.raw.is_some() {
-            return;
+    /// The uncompressed body, decompressed on first use: only when some items are sent
+    /// again, rescued or dead-lettered.
+    fn raw(&mut self) -> &[u8] {
+        if self.raw.is_none() {
+            self.raw = Some(if self.gzip {
+                let mut out = Vec::with_capacity(self.raw_len);
+                // Our own gzip output: decoding cannot fail short of running out of memory.
+                let _ = std::io::copy(
+                    &mut flate2::read::GzDecoder::new(&self.payload[..]),
+                    &mut out,
+                );
+                Bytes::from(out)
+            } else {
+                self.payload.clone()
+            });
         }
-        if !self.gzip {
-            self.raw = Some(self.payload.clone());
-            return;
-        }
-        let mut out = Vec::with_capacity(self.raw_len);
-        // Our own gzip output: decoding cannot fail short of running out of memory.
-        let _ = std::io::copy(
-            &mut flate2::read::GzDecoder::new(&self.payload[..]),
-            &mut out,
-        );
-        self.raw = Some(Bytes::from(out));
-    }
-
-    fn slice(&self, r: Range<usize>) -> &[u8] {
-        self.raw
-            .as_deref()
-            .and_then(|raw| raw.get(r))
-            .unwrap_or_default()
+        self.raw.as_deref().unwrap_or_default()
     }
 
     /// The two lines of item `i`.
-    pub fn lines(&self, i: usize) -> &[u8] {
-        let it = &self.items[i];
-        self.slice(it.action.start..it.doc.end)
+    pub fn lines(&mut self, i: usize) -> &[u8] {
+        let r = self.items[i].action.start..self.items[i].doc.end;
+        self.raw().get(r).unwrap_or_default()
     }
 
     /// The document of item `i`, without its newline.
-    pub fn doc(&self, i: usize) -> &[u8] {
-        let it = &self.items[i];
-        self.slice(it.doc.start..it.doc.end - 1)
+    pub fn doc(&mut self, i: usize) -> &[u8] {
+        self.action_and_doc(i).1
+    }
+
+    /// The action line and the document of item `i`, without their newlines.
+    pub fn action_and_doc(&mut self, i: usize) -> (&[u8], &[u8]) {
+        let Item { action, doc } = self.items[i].clone();
+        let raw = self.raw();
+        let part = |r: Range<usize>| raw.get(r.start..r.end - 1).unwrap_or_default();
+        (part(action), part(doc))
     }
 
     /// The action line of item `i`, without its newline.
-    pub fn action(&self, i: usize) -> &[u8] {
-        let it = &self.items[i];
-        self.slice(it.action.start..it.action.end - 1)
+    pub fn action(&mut self, i: usize) -> &[u8] {
+        self.action_and_doc(i).0
     }
 }
 
@@ -217,7 +216,6 @@ mod tests {
         assert!(sealed.gzip);
         assert!(sealed.payload.len() * 4 < plain.len());
         assert_eq!(sealed.raw_len, plain.len());
-        sealed.decompress();
         let mut joined = Vec::new();
         for i in 0..sealed.len() {
             joined.extend_from_slice(sealed.lines(i));
@@ -233,7 +231,6 @@ mod tests {
         let (mut sealed, plain) = fill(0, 10);
         assert!(!sealed.gzip);
         assert_eq!(&sealed.payload[..], &plain[..]);
-        sealed.decompress();
         assert!(sealed.lines(9).ends_with(b"\n"));
     }
 }

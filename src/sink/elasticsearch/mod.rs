@@ -304,16 +304,6 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
             shared.client.bulk(&body).await
         };
         Stats::add(&st.es_bytes_sent, sent as u64);
-        let settled_at_once = matches!(&reply, Reply::Items(items)
-        if items.len() == group.len()
-            && items.iter().all(|it| matches!(
-                classify(it.status, it.error_type.as_deref()),
-                Outcome::Delivered | Outcome::Duplicate
-            )));
-        if !settled_at_once {
-            // Some items go again, are rescued or dead-lettered: they are cut from the raw body.
-            batch.decompress();
-        }
         let mut retry = Vec::new();
         let mut fail_whole: Option<String> = None;
         match reply {
@@ -340,7 +330,7 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
                                 retry.push(i);
                             } else if dead_letter(
                                 shared,
-                                &batch,
+                                &mut batch,
                                 i,
                                 rescued.get(&i),
                                 item.status,
@@ -383,7 +373,7 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
             Reply::Status(413, body) => {
                 if dead_letter(
                     shared,
-                    &batch,
+                    &mut batch,
                     group[0],
                     rescued.get(&group[0]),
                     413,
@@ -409,7 +399,7 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
                 for &i in &group {
                     if dead_letter(
                         shared,
-                        &batch,
+                        &mut batch,
                         i,
                         rescued.get(&i),
                         status,
@@ -446,7 +436,7 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
             for &i in &retry {
                 if dead_letter(
                     shared,
-                    &batch,
+                    &mut batch,
                     i,
                     rescued.get(&i),
                     0,
@@ -473,16 +463,17 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
 
 fn dead_letter(
     shared: &Shared,
-    batch: &Sealed,
+    batch: &mut Sealed,
     i: usize,
     rescued: Option<&Vec<u8>>,
     status: u16,
     kind: &str,
     reason: &str,
 ) -> bool {
-    let doc = rescued.map_or(batch.doc(i), |d| &d[..]);
+    let (action, encoded) = batch.action_and_doc(i);
+    let doc = rescued.map_or(encoded, |d| &d[..]);
     let mut dl = shared.dead_letter.lock().unwrap_or_else(|e| e.into_inner());
-    match dl.write(batch.action(i), doc, status, kind, reason) {
+    match dl.write(action, doc, status, kind, reason) {
         Ok(()) => {
             tracing::warn!(status, error = kind, reason, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
             true
