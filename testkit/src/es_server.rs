@@ -11,7 +11,6 @@ use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,28 +133,18 @@ impl EsServer {
     }
 
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EsServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let state = Arc::new(Mutex::new(State {
             rng: 0x9e3779b97f4a7c15,
             ..Default::default()
         }));
         let down = Arc::new(AtomicBool::new(false));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, dn) = (state.clone(), down.clone());
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        crate::serve::serve(&rt, listener, tls, dn.clone(), move |req| {
+        let (rt, url) = crate::serve::serve(tls, dn.clone(), move |req| {
             let (st, dn) = (st.clone(), dn.clone());
             async move { handle(req, st, dn).await }
         });
         EsServer {
-            url: format!("{scheme}://{addr}"),
+            url,
             state,
             down,
             _rt: rt,

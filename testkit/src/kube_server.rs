@@ -10,7 +10,6 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,11 +85,6 @@ impl KubeServer {
     }
 
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> KubeServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let state = Arc::new(Mutex::new(KubeState {
             rv: 100,
             token: "test-token-123".into(),
@@ -99,18 +93,13 @@ impl KubeServer {
         let (events, _) = broadcast::channel(10_000);
         let down = Arc::new(AtomicBool::new(false));
         let token = "test-token-123".to_string();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
         let (st, ev, dn, tk) = (state.clone(), events.clone(), down.clone(), token.clone());
-        crate::serve::serve(&rt, listener, tls, dn.clone(), move |req| {
+        let (rt, url) = crate::serve::serve(tls, dn.clone(), move |req| {
             let (st, ev, dn, tk) = (st.clone(), ev.clone(), dn.clone(), tk.clone());
             async move { handle(req, st, ev, dn, tk).await }
         });
         KubeServer {
-            url: format!("{scheme}://{addr}"),
+            url,
             token,
             state,
             events,

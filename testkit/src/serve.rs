@@ -4,15 +4,15 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Accepts connections (over TLS when given) and serves each with `handler`; while `down`
-/// is set, connections are closed at once, as in an outage.
+/// A server on a free loopback port, on a runtime of its own (returned: the server lives
+/// as long as it). Connections are served with `handler`, over TLS when given; while
+/// `down` is set they are closed at once, as in an outage. Returns the runtime and URL.
 pub fn serve<H, Fut, B>(
-    rt: &tokio::runtime::Runtime,
-    listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     down: Arc<std::sync::atomic::AtomicBool>,
     handler: H,
-) where
+) -> (tokio::runtime::Runtime, String)
+where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<hyper::Response<B>, std::io::Error>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
@@ -20,6 +20,16 @@ pub fn serve<H, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use hyper_util::rt::TokioIo;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the test server");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("the bound address");
+    let scheme = if tls.is_some() { "https" } else { "http" };
     rt.spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -46,10 +56,9 @@ pub fn serve<H, Fut, B>(
             });
         }
     });
+    (rt, format!("{scheme}://{addr}"))
 }
 
-/// A TLS acceptor with a certificate for `localhost` and `127.0.0.1` from a fresh CA, whose
-/// PEM is written to `ca_pem`.
 pub fn tls_acceptor(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -310,11 +310,10 @@ impl Generator {
         self.message.clear();
         let level = LEVELS[self.rng.below(LEVELS.len() as u64) as usize];
         let latency = self.rng.exponential(120.0) as u64;
-        let mut text = String::new();
-        std::mem::swap(&mut text, &mut self.message);
+        // The `msg` text first, then the object around it.
         self.message.push_str(&format!("seq={seq} handled request"));
         self.words(size.saturating_sub(110));
-        std::mem::swap(&mut text, &mut self.message);
+        let text = std::mem::take(&mut self.message);
         self.message.push_str(&format!(
             "{{\"level\":\"{level}\",\"msg\":\"{text}\",\"latency_ms\":{latency},\"status\":{},\"path\":\"/api/v1/cart\",\"trace_id\":\"{:016x}\"}}",
             [200, 200, 200, 201, 404, 500][self.rng.below(6) as usize],
