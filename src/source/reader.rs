@@ -87,10 +87,13 @@ impl LineReader {
                 break;
             }
         }
-        if self.buf.is_empty() {
-            // An idle file holds no buffer; the lines handed out keep theirs alive.
-            self.buf = BytesMut::new();
-        }
+        // The unread tail shares the chunk just handed out in lines; kept as it is, it
+        // would pin a whole read buffer per followed file. An idle file holds none.
+        self.buf = if self.buf.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&self.buf[..])
+        };
         Ok(total)
     }
 
@@ -231,6 +234,19 @@ mod tests {
         assert_eq!((rest.start, rest.end), (2, 4));
         assert!(rest.flags.contains(Flags::INCOMPLETE));
         assert!(r.take_remainder().is_none());
+    }
+
+    #[test]
+    fn unread_tail_does_not_pin_the_read_buffer() {
+        let mut data = b"first line\n".repeat(6000);
+        data.extend_from_slice(b"half a li");
+        let mut r = LineReader::new(0, 64 * 1024, 1 << 20);
+        let mut out = Vec::new();
+        r.read(&mut &data[..], 1 << 20, u64::MAX, &mut out).unwrap();
+        assert_eq!(out.len(), 6000);
+        // The lines still hold their chunk; the reader keeps only the 9-byte tail.
+        assert_eq!(&r.buf[..], b"half a li");
+        assert!(r.buf.capacity() < 1024, "capacity {}", r.buf.capacity());
     }
 
     proptest! {
