@@ -2,6 +2,7 @@
 //! `source` (discover, tail, parse, merge) → `enrich` → `encode` → `sink`, with
 //! acknowledgements flowing back to `checkpoint`.
 
+pub mod buffer;
 pub mod checkpoint;
 pub mod config;
 pub mod encode;

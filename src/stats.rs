@@ -32,6 +32,13 @@ pub struct Stats {
     pub kube_metadata_missing: AtomicU64,
     /// Files not read because their pod is excluded.
     pub files_excluded: AtomicU64,
+    /// Bytes in the disk buffer now (a gauge).
+    pub buffer_bytes: AtomicU64,
+    /// Times the disk buffer was full and reading paused.
+    pub buffer_full: AtomicU64,
+    /// Damaged or torn records found in the disk buffer, skipped, and their bytes.
+    pub buffer_corrupt_records: AtomicU64,
+    pub buffer_corrupt_bytes: AtomicU64,
 }
 
 impl Stats {

@@ -1,9 +1,11 @@
 //! The typed configuration: TOML with `${VAR}` / `${VAR:-default}` interpolation, unknown
 //! keys rejected, and every error naming the key that is wrong.
 
+mod buffer;
 mod elasticsearch;
 mod kubernetes;
 
+pub use buffer::{BufferConfig, BufferKind, Fsync};
 pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
 pub use kubernetes::KubernetesConfig;
 
@@ -40,6 +42,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub checkpoint: CheckpointConfig,
     pub output: OutputConfig,
+    pub buffer: BufferConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -53,6 +56,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             checkpoint: CheckpointConfig::default(),
             output: OutputConfig::default(),
+            buffer: BufferConfig::default(),
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -406,6 +410,8 @@ impl Config {
         if self.output.kind == OutputKind::Elasticsearch {
             self.output.elasticsearch.validate()?;
         }
+        self.buffer
+            .validate(self.output.kind == OutputKind::Elasticsearch)?;
         Ok(())
     }
 
