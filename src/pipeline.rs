@@ -2,12 +2,14 @@
 //! and takes them down in order at shutdown (stop reading, drain, flush, persist).
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
-use crate::config::{Config, OutputKind};
+use crate::config::{BufferKind, Config, OutputKind};
 use crate::encode::DocumentEncoder;
 use crate::enrich::exclude::Exclusion;
 use crate::enrich::kube::cache::{OpenPods, SharedCache};
 use crate::enrich::kube::watch;
 use crate::enrich::stage::Enricher;
+use crate::sink::elasticsearch::spool::Spool;
+use crate::sink::elasticsearch::target::Router;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::stdout::{SinkError, StdoutSink};
 use crate::source::assembler::AssemblyRules;
@@ -36,6 +38,14 @@ pub enum PipelineError {
     Sink(#[source] SinkError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
+    #[error("cannot open the disk buffer in {0}: {1}")]
+    Buffer(PathBuf, #[source] std::io::Error),
+}
+
+/// Segments small enough that a full buffer frees room in steps, large enough to keep the
+/// file count low: an eighth of the buffer, at most 64 MiB.
+fn segment_size(max_size: u64) -> u64 {
+    (max_size / 8).clamp(64 * 1024, 64 * 1024 * 1024)
 }
 
 pub struct RunOptions {
@@ -151,10 +161,43 @@ pub async fn run(
                 stats.clone(),
             )
             .map_err(|e| PipelineError::Config(e.to_string()))?;
-            tokio::spawn(async move {
-                sink.run(ev_rx).await;
-                Ok(())
-            })
+            if config.buffer.kind == BufferKind::Disk {
+                let dir = opts
+                    .state_dir
+                    .as_ref()
+                    .ok_or_else(|| {
+                        PipelineError::Config("buffer.type: the disk buffer needs state_dir".into())
+                    })?
+                    .join("buffer");
+                let (writer, reader) = crate::buffer::open(
+                    &dir,
+                    config.buffer.max_size,
+                    segment_size(config.buffer.max_size),
+                    stats.clone(),
+                )
+                .map_err(|e| PipelineError::Buffer(dir.clone(), e))?;
+                let spool = Spool::new(
+                    writer,
+                    Router::new(&config.output.elasticsearch),
+                    DocumentEncoder::new(&src.json),
+                    ck_tx.clone(),
+                    &config.buffer,
+                );
+                let spooling = tokio::task::spawn_blocking(move || spool.run(ev_rx));
+                tokio::spawn(async move {
+                    sink.run_buffered(reader).await;
+                    match spooling.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(SinkError::Buffer(e)),
+                        Err(e) => Err(SinkError::Buffer(std::io::Error::other(e.to_string()))),
+                    }
+                })
+            } else {
+                tokio::spawn(async move {
+                    sink.run(ev_rx).await;
+                    Ok(())
+                })
+            }
         }
     };
     let settings = TailerSettings::new(config, opts.host_name, opts.once);

@@ -18,6 +18,8 @@ pub enum SinkError {
     Closed,
     #[error("cannot write output: {0}")]
     Write(#[source] io::Error),
+    #[error("disk buffer failed: {0}")]
+    Buffer(#[source] io::Error),
 }
 
 pub struct StdoutSink {

@@ -719,9 +719,26 @@ impl Tailer {
         Stats::add(&self.stats.events, batch.len() as u64);
         Stats::add(&self.stats.events_truncated, truncated);
         Stats::add(&self.stats.events_malformed, malformed);
-        self.events_tx
-            .blocking_send(batch)
-            .map_err(|_| ChannelClosed)
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self
+                .events_tx
+                .blocking_send(batch)
+                .map_err(|_| ChannelClosed);
+        };
+        let tx = self.events_tx.clone();
+        loop {
+            let wait = tokio::time::timeout(self.settings.rescan_interval, tx.reserve());
+            match rt.block_on(wait) {
+                Ok(Ok(permit)) => {
+                    permit.send(batch);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(ChannelClosed),
+                // The pipeline is full. New files are still found and opened meanwhile: an
+                // open file that kubelet rotates and deletes stays readable.
+                Err(_) => self.rescan(Instant::now()),
+            }
+        }
     }
 }
 

@@ -50,25 +50,34 @@ impl Batch {
     }
 
     pub fn push(&mut self, e: &LogEvent, target: &Target, encoder: &DocumentEncoder) {
+        let a = self.begin_item();
+        let action_len = encode_item(e, target, encoder, &mut self.pending);
+        self.end_item(a, action_len);
+        self.acks.push(e);
+    }
+
+    /// Adds an item encoded earlier by `encode_item` (from the disk buffer).
+    pub fn push_encoded(&mut self, item: &[u8]) {
+        let a = self.begin_item();
+        self.pending.extend_from_slice(item);
+        let action_len = memchr::memchr(b'\n', item).map_or(item.len(), |i| i + 1);
+        self.end_item(a, action_len);
+    }
+
+    /// The raw offset where the next item starts.
+    fn begin_item(&mut self) -> usize {
         if self.items.is_empty() {
             self.started = Some(Instant::now());
         }
-        let base = self.flushed;
-        let body = &mut self.pending;
-        let a = base + body.len();
-        body.extend_from_slice(b"{\"create\":{\"_index\":\"");
-        body.extend_from_slice(target.index.as_bytes());
-        body.extend_from_slice(b"\",\"_id\":\"");
-        body.extend_from_slice(&document_id(e.file.id_seed, e.offset));
-        body.extend_from_slice(b"\"}}\n");
-        let d = base + body.len();
-        encoder.encode_with(e, &target.extra, body);
-        body.push(b'\n');
+        self.flushed + self.pending.len()
+    }
+
+    fn end_item(&mut self, start: usize, action_len: usize) {
+        let d = start + action_len;
         self.items.push(Item {
-            action: a..d,
-            doc: d..base + body.len(),
+            action: start..d,
+            doc: d..self.flushed + self.pending.len(),
         });
-        self.acks.push(e);
         if self.pending.len() >= CHUNK {
             self.compress_pending();
         }
@@ -117,6 +126,26 @@ impl Batch {
         };
         (sealed, self.acks.finish())
     }
+}
+
+/// Appends an event's bulk item, its action line and its document, each ending in `\n`.
+/// Returns the length of the action line.
+pub fn encode_item(
+    e: &LogEvent,
+    target: &Target,
+    encoder: &DocumentEncoder,
+    out: &mut Vec<u8>,
+) -> usize {
+    let a = out.len();
+    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
+    out.extend_from_slice(target.index.as_bytes());
+    out.extend_from_slice(b"\",\"_id\":\"");
+    out.extend_from_slice(&document_id(e.file.id_seed, e.offset));
+    out.extend_from_slice(b"\"}}\n");
+    let action_len = out.len() - a;
+    encoder.encode_with(e, &target.extra, out);
+    out.push(b'\n');
+    action_len
 }
 
 /// A batch ready to send.

@@ -10,17 +10,18 @@ pub mod dead_letter;
 pub mod rescue;
 pub mod response;
 pub mod setup;
+pub mod spool;
 pub mod target;
 
 use self::batch::{Batch, Sealed};
 use self::client::{BulkClient, Reply};
 use self::dead_letter::DeadLetter;
 use self::response::{classify, Outcome};
-use self::target::{Router, Target};
+use self::target::{Router, Targets};
 use crate::checkpoint::CheckpointMsg;
 use crate::config::ElasticsearchConfig;
 use crate::encode::DocumentEncoder;
-use crate::event::{FileKey, LogEvent};
+use crate::event::LogEvent;
 use crate::stats::Stats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,9 +29,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-/// Each file's destination, with the day it is for in index mode.
-type TargetCache = HashMap<FileKey, ([u8; 10], Arc<Target>)>;
 
 /// What a settled batch did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -89,48 +87,15 @@ impl ElasticsearchSink {
         })
     }
 
-    /// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
-    /// it, so the data stream is never created without our template.
-    async fn ensure_setup(&self) {
-        let rs = setup::resources(&self.shared.cfg, &self.shared.json_key);
-        let mut backoff = Backoff::new(&self.shared.cfg);
-        loop {
-            match setup::apply(self.shared.client.transport(), &rs, false).await {
-                Ok(changes) => {
-                    for (r, c) in changes {
-                        match c {
-                            setup::Change::Differs => {
-                                tracing::warn!(kind = r.kind, name = %r.name, "{c}")
-                            }
-                            _ => tracing::info!(kind = r.kind, name = %r.name, "{c}"),
-                        }
-                    }
-                    return;
-                }
-                Err(e @ setup::SetupError::Refused { .. }) => {
-                    // Retrying will not change a refusal (e.g. a user allowed to write but not
-                    // to manage templates): ship, so that no line waits on it.
-                    tracing::error!(error = %e, "Elasticsearch refused the index setup; shipping without it (run `logferry setup` with a privileged user)");
-                    return;
-                }
-                Err(e) => {
-                    let wait = backoff.next();
-                    tracing::error!(error = %e, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
-
     /// Ships until the channel closes and everything in flight is settled.
     pub async fn run(self, mut rx: mpsc::Receiver<Vec<LogEvent>>) {
         if self.shared.cfg.setup {
-            self.ensure_setup().await;
+            ensure_setup(&self.shared).await;
         }
         self.health.set_ready(true);
         let cfg = &self.shared.cfg;
         let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
-        let mut targets = TargetCache::new();
+        let mut targets = Targets::new(self.router.clone());
         let level = cfg.compression_level;
         let mut batch = Batch::new(level);
         let mut in_flight: JoinSet<(Vec<crate::event::AckRange>, Settled)> = JoinSet::new();
@@ -149,7 +114,7 @@ impl ElasticsearchSink {
                 msg = rx.recv(), if open && room => match msg {
                     Some(events) => {
                         for e in &events {
-                            let t = self.target(&mut targets, e);
+                            let t = targets.get(e);
                             batch.push(e, &t, &self.encoder);
                             if batch.is_full(max_bytes, max_events) {
                                 while in_flight.len() >= cfg.max_in_flight {
@@ -173,33 +138,70 @@ impl ElasticsearchSink {
         }
     }
 
-    /// The event's destination, from a cache per file (and per day in index mode).
-    fn target(&self, cache: &mut TargetCache, e: &LogEvent) -> Arc<Target> {
-        let mut date = [0u8; 10];
-        if self.router.dated() {
-            match e.timestamp.get(..10) {
-                Some(d) if d[4] == b'-' => date.copy_from_slice(d),
-                _ => {
-                    let mut today = Vec::new();
-                    crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
-                    date.copy_from_slice(&today[..10]);
+    /// Ships from the disk buffer until its writer is done and everything is delivered.
+    /// Checkpoints were moved by the spool; this side only frees the buffer.
+    pub async fn run_buffered(self, mut reader: crate::buffer::QueueReader) {
+        let ElasticsearchSink {
+            health,
+            shared,
+            acks,
+            ..
+        } = self;
+        // Holding a sender would keep the checkpointer from its final save at shutdown.
+        drop(acks);
+        if shared.cfg.setup {
+            ensure_setup(&shared).await;
+        }
+        health.set_ready(true);
+        let cfg = &shared.cfg;
+        let (max_bytes, max_events) = (cfg.batch_max_bytes as usize, cfg.batch_max_events);
+        let level = cfg.compression_level;
+        let mut in_flight: JoinSet<(crate::buffer::Ticket, Settled)> = JoinSet::new();
+        // When records first waited for a batch to fill.
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            let (available, closed) = reader.available();
+            if available == 0 && closed && in_flight.is_empty() {
+                break;
+            }
+            let room = in_flight.len() < cfg.max_in_flight;
+            if available > 0 {
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                let ready = available >= max_bytes as u64
+                    || closed
+                    || since.elapsed() >= cfg.flush_interval;
+                if room && ready {
+                    let mut batch = Batch::new(level);
+                    match reader.read(max_bytes, max_events, |item| batch.push_encoded(item)) {
+                        Ok(Some(ticket)) => {
+                            waiting_since = None;
+                            let (sealed, _) = batch.seal();
+                            let shared = shared.clone();
+                            in_flight.spawn(async move { (ticket, ship(&shared, sealed).await) });
+                        }
+                        Ok(None) => waiting_since = None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read the disk buffer; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    continue;
                 }
             }
-        }
-        if let Some((d, t)) = cache.get(&e.file.key) {
-            if *d == date {
-                return t.clone();
+            let deadline = waiting_since.map(|s| s + cfg.flush_interval);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((ticket, settled)) = done {
+                        record_settled(&shared.stats, settled);
+                        if let Err(e) = reader.ack(ticket) {
+                            tracing::error!(error = %e, "cannot free delivered records in the disk buffer");
+                        }
+                    }
+                }
+                _ = reader.appended(), if room => {}
+                _ = sleep_until(deadline), if room => {}
             }
         }
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        let day = std::str::from_utf8(&date)
-            .unwrap_or("")
-            .trim_end_matches('\0');
-        let t = Arc::new(self.router.target(e.file.kube.namespace.as_deref(), day));
-        cache.insert(e.file.key, (date, t.clone()));
-        t
     }
 
     fn dispatch(&self, set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>, batch: Batch) {
@@ -212,15 +214,51 @@ impl ElasticsearchSink {
     }
 
     fn settle(&self, acks: Vec<crate::event::AckRange>, s: Settled) {
-        let st = &self.shared.stats;
-        Stats::add(
-            &st.events_delivered,
-            s.delivered + s.duplicates + s.dead_lettered,
-        );
-        Stats::add(&st.es_duplicates, s.duplicates);
-        Stats::add(&st.es_rescued, s.rescued);
-        Stats::add(&st.es_dead_lettered, s.dead_lettered);
+        record_settled(&self.shared.stats, s);
         let _ = self.acks.send(CheckpointMsg::Acked(acks));
+    }
+}
+
+fn record_settled(st: &Stats, s: Settled) {
+    Stats::add(
+        &st.events_delivered,
+        s.delivered + s.duplicates + s.dead_lettered,
+    );
+    Stats::add(&st.es_duplicates, s.duplicates);
+    Stats::add(&st.es_rescued, s.rescued);
+    Stats::add(&st.es_dead_lettered, s.dead_lettered);
+}
+
+/// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
+/// it, so the data stream is never created without our template.
+async fn ensure_setup(shared: &Shared) {
+    let rs = setup::resources(&shared.cfg, &shared.json_key);
+    let mut backoff = Backoff::new(&shared.cfg);
+    loop {
+        match setup::apply(shared.client.transport(), &rs, false).await {
+            Ok(changes) => {
+                for (r, c) in changes {
+                    match c {
+                        setup::Change::Differs => {
+                            tracing::warn!(kind = r.kind, name = %r.name, "{c}")
+                        }
+                        _ => tracing::info!(kind = r.kind, name = %r.name, "{c}"),
+                    }
+                }
+                return;
+            }
+            Err(e @ setup::SetupError::Refused { .. }) => {
+                // Retrying will not change a refusal (e.g. a user allowed to write but not
+                // to manage templates): ship, so that no line waits on it.
+                tracing::error!(error = %e, "Elasticsearch refused the index setup; shipping without it (run `logferry setup` with a privileged user)");
+                return;
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::error!(error = %e, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

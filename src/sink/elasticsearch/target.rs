@@ -2,7 +2,10 @@
 //! members written into it. Computed once per file and per day, not per line.
 
 use crate::config::{ElasticsearchConfig, IndexMode};
+use crate::event::{FileKey, LogEvent};
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One destination: the pre-encoded `_index` of action lines and the document members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +114,50 @@ impl Router {
     /// Whether the target depends on the event's date (so cannot be cached per file alone).
     pub fn dated(&self) -> bool {
         self.mode == IndexMode::Index
+    }
+}
+
+/// Each file's destination, cached with the day it is for in index mode.
+pub struct Targets {
+    router: Router,
+    cache: HashMap<FileKey, ([u8; 10], Arc<Target>)>,
+}
+
+impl Targets {
+    pub fn new(router: Router) -> Self {
+        Targets {
+            router,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The event's destination.
+    pub fn get(&mut self, e: &LogEvent) -> Arc<Target> {
+        let mut date = [0u8; 10];
+        if self.router.dated() {
+            match e.timestamp.get(..10) {
+                Some(d) if d[4] == b'-' => date.copy_from_slice(d),
+                _ => {
+                    let mut today = Vec::new();
+                    crate::time::format_rfc3339_nanos(std::time::SystemTime::now(), &mut today);
+                    date.copy_from_slice(&today[..10]);
+                }
+            }
+        }
+        if let Some((d, t)) = self.cache.get(&e.file.key) {
+            if *d == date {
+                return t.clone();
+            }
+        }
+        if self.cache.len() > 10_000 {
+            self.cache.clear();
+        }
+        let day = std::str::from_utf8(&date)
+            .unwrap_or("")
+            .trim_end_matches('\0');
+        let t = Arc::new(self.router.target(e.file.kube.namespace.as_deref(), day));
+        self.cache.insert(e.file.key, (date, t.clone()));
+        t
     }
 }
 
