@@ -32,6 +32,8 @@ pub struct Stats {
     pub kube_metadata_missing: AtomicU64,
     /// Files not read because their pod is excluded.
     pub files_excluded: AtomicU64,
+    /// Links not followed because they lead out of the log directories.
+    pub links_refused: AtomicU64,
     /// Bytes in the disk buffer now (a gauge).
     pub buffer_bytes: AtomicU64,
     /// Times the disk buffer was full and reading paused.

@@ -670,3 +670,71 @@ fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_is_r
     agent.stop();
     assert_all_once(&es, total, &agent);
 }
+
+#[test]
+fn the_kubernetes_api_down_and_its_watch_history_expired_lose_no_line_and_no_metadata() {
+    use logferry_testkit::kube_server::{KubeServer, PodSpec};
+    let api = KubeServer::start();
+    let pod = |name: &'static str, uid: &'static str| PodSpec {
+        namespace: "chaos",
+        name,
+        uid,
+        node: "node-a",
+        containers: &["app"],
+        labels: serde_json::json!({ "app": "chaos" }),
+        annotations: serde_json::json!({}),
+        owner: Some(("ReplicaSet", "chaos-rs")),
+    };
+    api.add_pod(pod("pod0", "uid-pod0"));
+    api.add_pod(pod("pod1", "uid-pod1"));
+    api.add_pod(pod("pod2", "uid-pod2"));
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let kubeconfig = api.kubeconfig(tree.root.path());
+    let mut agent = AgentProcess::new(
+        &tree,
+        &es,
+        &format!(
+            "[kubernetes]\nenabled = true\nnode_name = \"node-a\"\nkubeconfig = \"{}\"\nmetadata_wait = \"20s\"\n",
+            kubeconfig.display()
+        ),
+    );
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 3,
+            lines: 30_000,
+            per_second: 10_000,
+            rotate_bytes: 1 << 20,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Away for a while; when it is back, the history the watch resumes from is gone (410).
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(2));
+    api.expire_history();
+    api.set_down(false);
+    std::thread::sleep(Duration::from_millis(500));
+    api.expire_history();
+    let written = writer.finish();
+    // A pod that starts after the outage is known only through the watch made anew.
+    api.add_pod(pod("late", "uid-late"));
+    tree.container("chaos", "late", "app")
+        .append(seq_lines(written, 100).as_bytes());
+    let total = written + 100;
+    let got = wait_indexed(&es, total, Duration::from_secs(60));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    let without: u64 = es.with(|s| {
+        s.docs("logs-*")
+            .iter()
+            .filter(|(_, d)| d["kubernetes"]["labels"]["app"] != "chaos")
+            .count() as u64
+    });
+    assert_eq!(without, 0, "documents without their pod's metadata");
+    assert!(api.with(|s| s.lists) >= 2, "relisted after 410 Gone");
+}

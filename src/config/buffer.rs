@@ -73,3 +73,30 @@ impl BufferConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_disk_buffer_names_its_key() {
+        let disk = |f: &dyn Fn(&mut BufferConfig)| {
+            let mut c = BufferConfig {
+                kind: BufferKind::Disk,
+                ..Default::default()
+            };
+            f(&mut c);
+            c
+        };
+        assert_eq!(disk(&|_| {}).validate(true), Ok(()));
+        let key = |c: BufferConfig, es: bool| c.validate(es).unwrap_err().0;
+        assert_eq!(key(disk(&|_| {}), false), "buffer.type");
+        assert_eq!(key(disk(&|c| c.max_size = 4096), true), "buffer.max_size");
+        assert_eq!(
+            key(disk(&|c| c.fsync_interval = Duration::ZERO), true),
+            "buffer.fsync_interval"
+        );
+        // The memory buffer has nothing to check.
+        assert_eq!(BufferConfig::default().validate(false), Ok(()));
+    }
+}

@@ -112,6 +112,10 @@ pub struct SourceConfig {
     pub max_idle_poll: Duration,
     pub multiline: MultilineConfig,
     pub json: JsonConfig,
+    /// Where a symlink may lead besides the parent directory of each include pattern's
+    /// fixed part (`/var/log` for `/var/log/containers/*.log`). A link leading elsewhere is
+    /// not followed.
+    pub symlink_roots: Vec<PathBuf>,
 }
 
 impl Default for SourceConfig {
@@ -130,6 +134,7 @@ impl Default for SourceConfig {
             max_idle_poll: Duration::from_millis(500),
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
+            symlink_roots: vec![PathBuf::from("/var/lib/docker/containers")],
         }
     }
 }

@@ -21,6 +21,11 @@ pub struct Found {
 pub struct Discovery {
     include: Vec<String>,
     exclude: GlobSet,
+    /// Where a matched path may resolve to (canonicalized at each scan: they may appear
+    /// late or be links themselves).
+    roots: Vec<PathBuf>,
+    /// Links refused, so each is reported once.
+    refused: std::sync::Mutex<HashSet<PathBuf>>,
 }
 
 impl Discovery {
@@ -29,14 +34,31 @@ impl Discovery {
         for g in &cfg.exclude {
             b.add(globset::Glob::new(g)?);
         }
+        let mut roots: Vec<PathBuf> = cfg
+            .include
+            .iter()
+            .map(|g| {
+                let dir = fixed_prefix(g);
+                dir.parent().map_or(dir.clone(), Path::to_path_buf)
+            })
+            .collect();
+        roots.extend(cfg.symlink_roots.iter().cloned());
         Ok(Discovery {
             include: cfg.include.clone(),
             exclude: b.build()?,
+            roots,
+            refused: Default::default(),
         })
     }
 
-    /// Every matching regular file, in a stable order, once each.
-    pub fn scan(&self) -> Vec<Found> {
+    /// Every matching regular file, in a stable order, once each. `refused` counts the
+    /// links that lead out of the allowed roots.
+    pub fn scan(&self, refused: &std::sync::atomic::AtomicU64) -> Vec<Found> {
+        let roots: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for pattern in &self.include {
@@ -50,6 +72,14 @@ impl Discovery {
                 let Ok(real_path) = std::fs::canonicalize(&path) else {
                     continue;
                 };
+                if !roots.iter().any(|r| real_path.starts_with(r)) {
+                    let mut reported = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                    if reported.insert(path.clone()) {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(path = %path.display(), target = %real_path.display(), "not following a link out of the log directories (source.symlink_roots)");
+                    }
+                    continue;
+                }
                 if self.exclude.is_match(&real_path) {
                     continue;
                 }
@@ -123,7 +153,7 @@ mod tests {
             ..Default::default()
         };
         let disc = Discovery::new(&cfg).unwrap();
-        let found = disc.scan();
+        let found = disc.scan(&Default::default());
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].path, containers.join("p_ns_c-1.log"));
         assert_eq!(
@@ -131,5 +161,34 @@ mod tests {
             fs::canonicalize(pods.join("0.log")).unwrap()
         );
         assert_eq!(disc.watch_dirs(), vec![containers, d.path().join("pods")]);
+    }
+
+    #[test]
+    fn links_out_of_the_log_roots_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = d.path().join("var/log");
+        let containers = logs.join("containers");
+        let pods = logs.join("pods/ns_p_uid/c");
+        let secret = d.path().join("etc/shadow");
+        fs::create_dir_all(&containers).unwrap();
+        fs::create_dir_all(&pods).unwrap();
+        fs::create_dir_all(secret.parent().unwrap()).unwrap();
+        fs::write(pods.join("0.log"), b"x\n").unwrap();
+        fs::write(&secret, b"root:x\n").unwrap();
+        std::os::unix::fs::symlink(pods.join("0.log"), containers.join("ok.log")).unwrap();
+        std::os::unix::fs::symlink(&secret, containers.join("evil.log")).unwrap();
+        let mut cfg = SourceConfig {
+            include: vec![format!("{}/*.log", containers.display())],
+            ..Default::default()
+        };
+        let refused = std::sync::atomic::AtomicU64::new(0);
+        let found = Discovery::new(&cfg).unwrap().scan(&refused);
+        let names: Vec<_> = found.iter().map(|f| f.path.file_name().unwrap()).collect();
+        assert_eq!(names, vec!["ok.log"]);
+        assert_eq!(refused.into_inner(), 1);
+        // Allowed once its directory is a configured root.
+        cfg.symlink_roots.push(d.path().join("etc"));
+        let found = Discovery::new(&cfg).unwrap().scan(&Default::default());
+        assert_eq!(found.len(), 2);
     }
 }

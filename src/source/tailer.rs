@@ -257,7 +257,7 @@ impl Tailer {
 
     fn rescan(&mut self, now: Instant) {
         self.watch_dirs();
-        let found = self.discovery.scan();
+        let found = self.discovery.scan(&self.stats.links_refused);
         let present: HashSet<(u64, u64)> = found.iter().map(|f| (f.dev, f.inode)).collect();
         for fd in found {
             match self
