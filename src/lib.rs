@@ -8,6 +8,8 @@ pub mod config;
 pub mod encode;
 pub mod enrich;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod pipeline;
 pub mod sink;

@@ -24,6 +24,9 @@ pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
     if text[start] != b'{' || *text.iter().rev().find(|c| !c.is_ascii_whitespace())? != b'}' {
         return None;
     }
+    // The object is copied verbatim into the document, and serde_json skips the strings
+    // it ignores without checking them: invalid UTF-8 would make the document invalid.
+    std::str::from_utf8(text).ok()?;
     let mut de = serde_json::Deserializer::from_slice(text);
     let found = (&mut de).deserialize_map(LiftVisitor).ok()?;
     de.end().ok()?;
@@ -140,6 +143,13 @@ fn level_of(raw: &RawValue) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_with_invalid_utf8_is_not_lifted() {
+        // Found by fuzzing: the bytes went verbatim into the document, which was not JSON.
+        let text = b"{\"time\":\"11:11\xff\xfe1Z\",\"msg\":\"m\"}";
+        assert!(lift(text).is_none());
+    }
     use proptest::prelude::*;
 
     #[test]
