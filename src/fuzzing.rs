@@ -13,7 +13,7 @@ use crate::source::multiline::MultilineRules;
 use crate::source::reader::LineReader;
 use bytes::Bytes;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A target: arbitrary bytes in, a panic only on a broken invariant.
@@ -48,20 +48,23 @@ pub fn docker(data: &[u8]) {
 /// merging, then documents. Every document must be one line of valid JSON, and the
 /// offsets must stay inside the input and move forward.
 pub fn assemble(data: &[u8]) {
-    let rules = Arc::new(AssemblyRules {
-        format: LogFormat::Auto,
-        max_line_bytes: 256,
-        overflow: if data.first().is_some_and(|b| b & 1 == 1) {
-            LineOverflow::Split
-        } else {
-            LineOverflow::Truncate
-        },
-        multiline: MultilineRules::from_config(&MultilineConfig {
-            presets: vec!["java".into(), "python".into(), "go".into()],
-            ..Default::default()
+    // Compiling the multiline rules costs more than a run: once per process.
+    static RULES: OnceLock<[Arc<AssemblyRules>; 2]> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        [LineOverflow::Split, LineOverflow::Truncate].map(|overflow| {
+            Arc::new(AssemblyRules {
+                format: LogFormat::Auto,
+                max_line_bytes: 256,
+                overflow,
+                multiline: MultilineRules::from_config(&MultilineConfig {
+                    presets: vec!["java".into(), "python".into(), "go".into()],
+                    ..Default::default()
+                })
+                .expect("presets compile"),
+            })
         })
-        .expect("presets compile"),
     });
+    let rules = rules[usize::from(data.first().is_some_and(|b| b & 1 == 1))].clone();
     let mut asm = Assembler::new(context(), rules);
     let mut reader = LineReader::new(0, 64, 1024);
     let mut lines = Vec::new();

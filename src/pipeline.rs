@@ -184,8 +184,9 @@ pub async fn run(
                     &config.buffer,
                 );
                 let spooling = tokio::task::spawn_blocking(move || spool.run(ev_rx));
+                let drain = opts.once;
                 tokio::spawn(async move {
-                    sink.run_buffered(reader).await;
+                    sink.run_buffered(reader, drain).await;
                     match spooling.await {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(e)) => Err(SinkError::Buffer(e)),

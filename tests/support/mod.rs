@@ -512,3 +512,5 @@ pub fn es_config(include: Vec<String>, es: &Es, namespace: &str) -> Config {
     e.request_timeout = Duration::from_secs(10);
     c
 }
+#[allow(dead_code)]
+pub mod chaos;

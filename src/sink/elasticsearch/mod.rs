@@ -138,9 +138,11 @@ impl ElasticsearchSink {
         }
     }
 
-    /// Ships from the disk buffer until its writer is done and everything is delivered.
-    /// Checkpoints were moved by the spool; this side only frees the buffer.
-    pub async fn run_buffered(self, mut reader: crate::buffer::QueueReader) {
+    /// Ships from the disk buffer. Checkpoints were moved by the spool; this side only
+    /// frees the buffer. When the spool is done (shutdown), `drain` says whether to deliver
+    /// everything first (`--once`) or to stop at once: what is in flight stays in the
+    /// buffer and is sent again on the next start, answered 409 if it had landed.
+    pub async fn run_buffered(self, mut reader: crate::buffer::QueueReader, drain: bool) {
         let ElasticsearchSink {
             health,
             shared,
@@ -150,7 +152,20 @@ impl ElasticsearchSink {
         // Holding a sender would keep the checkpointer from its final save at shutdown.
         drop(acks);
         if shared.cfg.setup {
-            ensure_setup(&shared).await;
+            // A shutdown during an outage must not wait for the setup: the spool has
+            // already made everything safe.
+            let closed = async {
+                while !reader.available().1 {
+                    reader.appended().await;
+                }
+            };
+            tokio::select! {
+                _ = ensure_setup(&shared) => {}
+                _ = closed, if !drain => {
+                    tracing::info!("stopping before Elasticsearch answered; the documents stay in the disk buffer");
+                    return;
+                }
+            }
         }
         health.set_ready(true);
         let cfg = &shared.cfg;
@@ -161,6 +176,22 @@ impl ElasticsearchSink {
         let mut waiting_since: Option<Instant> = None;
         loop {
             let (available, closed) = reader.available();
+            if closed && !drain {
+                in_flight.abort_all();
+                while let Some(done) = in_flight.join_next().await {
+                    if let Ok((ticket, settled)) = done {
+                        record_settled(&shared.stats, settled);
+                        let _ = reader.ack(ticket);
+                    }
+                }
+                if available > 0 {
+                    tracing::info!(
+                        bytes = available,
+                        "stopping; undelivered documents stay in the disk buffer"
+                    );
+                }
+                break;
+            }
             if available == 0 && closed && in_flight.is_empty() {
                 break;
             }
@@ -255,7 +286,10 @@ async fn ensure_setup(shared: &Shared) {
             }
             Err(e) => {
                 let wait = backoff.next();
-                tracing::error!(error = %e, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
+                // Logged on attempts 1, 2, 4, 8…: a long outage does not flood the log.
+                if backoff.attempt.is_power_of_two() {
+                    tracing::error!(error = %e, attempt = backoff.attempt, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
+                }
                 tokio::time::sleep(wait).await;
             }
         }

@@ -1,0 +1,764 @@
+//! The faults of `tests/chaos.rs` as scenarios with a scale: 1 in the normal suite, more in
+//! `tests/chaos_long.rs`. Every line carries a sequence number, and each scenario counts
+//! exactly what is missing and what arrived twice.
+
+use super::*;
+use logferry_testkit::es_server::EsServer;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_logferry");
+
+/// How the writer rotates a container's log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rotation {
+    /// kubelet's way: rename `0.log` to `0.log.<n>`, start a new one.
+    Rename,
+    /// logrotate's `copytruncate`: copy, then truncate in place.
+    CopyTruncate,
+}
+
+/// Writes sequence-numbered CRI lines to several containers at a steady rate, rotating
+/// each log every `rotate_bytes` and deleting rotated files beyond `keep`, as kubelet does.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    deleted: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+struct WriterSpec {
+    pods: usize,
+    lines: u64,
+    per_second: u64,
+    rotate_bytes: u64,
+    keep: usize,
+    rotation: Rotation,
+}
+
+impl Writer {
+    fn start(tree: &Tree, spec: WriterSpec) -> Writer {
+        let logs: Vec<ContainerLog> = (0..spec.pods)
+            .map(|p| tree.container("chaos", &format!("pod{p}"), "app"))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let deleted = Arc::new(AtomicU64::new(0));
+        let (s, w, d) = (stop.clone(), written.clone(), deleted.clone());
+        let handle = std::thread::spawn(move || {
+            let mut sizes = vec![0u64; logs.len()];
+            let mut rotations = vec![0usize; logs.len()];
+            let tick = Duration::from_millis(10);
+            let per_tick = (spec.per_second / 100).max(1);
+            let mut next = Instant::now();
+            let mut seq = 0u64;
+            while seq < spec.lines && !s.load(Ordering::Relaxed) {
+                for _ in 0..per_tick.min(spec.lines - seq) {
+                    let p = (seq % logs.len() as u64) as usize;
+                    let line = seq_lines(seq, 1);
+                    logs[p].append(line.as_bytes());
+                    sizes[p] += line.len() as u64;
+                    seq += 1;
+                    w.store(seq, Ordering::Relaxed);
+                    if sizes[p] >= spec.rotate_bytes {
+                        sizes[p] = 0;
+                        rotations[p] += 1;
+                        rotate(&logs[p], rotations[p], spec.rotation);
+                        if rotations[p] > spec.keep {
+                            let old = logs[p]
+                                .dir
+                                .join(format!("0.log.{:08}", rotations[p] - spec.keep));
+                            if fs::remove_file(old).is_ok() {
+                                d.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                next += tick;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        Writer {
+            stop,
+            written,
+            deleted,
+            handle: Some(handle),
+        }
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the writer to finish its lines; returns how many it wrote.
+    fn finish(mut self) -> u64 {
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        self.written()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn rotate(log: &ContainerLog, n: usize, how: Rotation) {
+    let rotated = log.dir.join(format!("0.log.{n:08}"));
+    match how {
+        Rotation::Rename => log.rotate(n),
+        Rotation::CopyTruncate => {
+            fs::copy(log.path(), &rotated).unwrap();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(log.path())
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+    }
+}
+
+/// The agent as a process, restartable with the same config and state directory.
+struct AgentProcess {
+    config: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl AgentProcess {
+    fn new(tree: &Tree, es: &EsServer, extra: &str) -> AgentProcess {
+        let config = tree.root.path().join("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"state_dir = "{state}"
+[source]
+include = ["{glob}"]
+rescan_interval = "100ms"
+max_idle_poll = "20ms"
+rotate_wait = "30s"
+[checkpoint]
+interval = "100ms"
+[output]
+type = "elasticsearch"
+[output.elasticsearch]
+endpoints = ["{url}"]
+namespace = "chaos"
+flush_interval = "100ms"
+batch_max_events = 2000
+retry_initial_backoff = "20ms"
+retry_max_backoff = "200ms"
+[shutdown]
+timeout = "3s"
+[http]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+                state = tree.state_dir().display(),
+                glob = tree.glob(),
+                url = es.url,
+            ),
+        )
+        .unwrap();
+        AgentProcess {
+            config,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.config.with_extension("log"))
+            .unwrap();
+        self.child = Some(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm(&c);
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "agent exited with {status}\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+        log[log.len().saturating_sub(4000)..].to_string()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sequence numbers of every document the server holds, with repeats.
+fn indexed(es: &EsServer) -> Vec<u64> {
+    es.with(|s| {
+        s.docs("logs-*")
+            .iter()
+            .filter_map(|(_, d)| {
+                let m = d["message"].as_str()?;
+                let i = m.find("seq=")?;
+                m[i + 4..i + 12].parse().ok()
+            })
+            .collect()
+    })
+}
+
+/// Waits until `n` documents are indexed or `limit` passes; returns how many are.
+fn wait_indexed(es: &EsServer, n: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = es.with(|s| s.count("logs-*")) as u64;
+        if std::env::var_os("CHAOS_TRACE").is_some() {
+            eprintln!("{:?} indexed {c} of {n}", Instant::now());
+        }
+        if c >= n || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Missing and repeated sequence numbers out of `0..n`.
+fn loss_and_repeats(got: &[u64], n: u64) -> (Vec<u64>, Vec<u64>) {
+    let mut seen = vec![0u32; n as usize];
+    let mut outside = Vec::new();
+    for &s in got {
+        match seen.get_mut(s as usize) {
+            Some(c) => *c += 1,
+            None => outside.push(s),
+        }
+    }
+    let missing = (0..n).filter(|&i| seen[i as usize] == 0).collect();
+    let mut repeated: Vec<u64> = (0..n).filter(|&i| seen[i as usize] > 1).collect();
+    repeated.extend(outside);
+    (missing, repeated)
+}
+
+fn assert_all_once(es: &EsServer, n: u64, agent: &AgentProcess) {
+    let (missing, repeated) = loss_and_repeats(&indexed(es), n);
+    if std::env::var_os("CHAOS_TRACE").is_some() {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &m in &missing {
+            match runs.last_mut() {
+                Some(r) if r.1 + 1 == m => r.1 = m,
+                _ => runs.push((m, m)),
+            }
+        }
+        eprintln!("missing runs: {runs:?}");
+    }
+    assert!(
+        missing.is_empty() && repeated.is_empty(),
+        "{} missing (first {:?}), {} repeated (first {:?}) of {n}\nagent log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        repeated.len(),
+        &repeated[..repeated.len().min(10)],
+        agent.log_tail()
+    );
+}
+
+const DISK_BUFFER: &str = r#"[buffer]
+type = "disk"
+max_size = "4GiB"
+fsync = "interval"
+fsync_interval = "100ms"
+"#;
+
+pub fn disk_buffer_keeps_lines_whose_files_kubelet_deleted_during_an_outage(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    es.set_down(true);
+    let mut agent = AgentProcess::new(&tree, &es, DISK_BUFFER);
+    agent.start();
+    // 60,000 lines over 3 containers, rotated every 256 KiB, one rotated file kept: most
+    // files are gone before the cluster comes back.
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 3,
+            lines: 60_000 * scale,
+            per_second: 30_000,
+            rotate_bytes: 256 * 1024,
+            keep: 1,
+            rotation: Rotation::Rename,
+        },
+    );
+    let deleted = writer.deleted.clone();
+    let total = writer.finish();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        deleted.load(Ordering::Relaxed) >= 10,
+        "the test must delete rotated files during the outage"
+    );
+    assert_eq!(es.with(|s| s.count("logs-*")), 0, "the cluster was down");
+    es.set_down(false);
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn kill_9_while_spooling_then_the_files_vanish_and_the_buffer_still_delivers(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    es.set_down(true);
+    let mut agent = AgentProcess::new(&tree, &es, DISK_BUFFER);
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 40_000 * scale,
+            per_second: 40_000,
+            rotate_bytes: 1 << 30,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    // Killed at random moments while it reads into the buffer.
+    for _ in 0..4 {
+        agent.start();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(150 + rng % 400));
+        agent.kill9();
+    }
+    let total = writer.finish();
+    agent.start();
+    // Every file's checkpoint reaches its end once its lines are in the buffer.
+    let state = tree.state_dir().join("checkpoints.json");
+    let sizes: u64 = (0..4)
+        .map(|p| {
+            let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
+            fs::metadata(log).unwrap().len()
+        })
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed_bytes(&state) < sizes {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints never reached the end of the files"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.kill9();
+    // The log files are gone (pods deleted): the buffer alone holds the lines.
+    fs::remove_dir_all(tree.root.path().join("var/log/pods")).unwrap();
+    es.set_down(false);
+    agent.start();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
+
+/// The sum of the committed offsets in a checkpoint file.
+fn committed_bytes(path: &Path) -> u64 {
+    let Ok(data) = fs::read(path) else { return 0 };
+    let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+    v["files"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|e| e["offset"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Kills the agent at random moments while lines are written and rotated, restarts it with
+/// the same state, several times; then lets it finish.
+fn kill_9_at_random_points(extra: &str, seed: u64, scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, extra);
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 60_000 * scale,
+            per_second: 20_000,
+            rotate_bytes: 1 << 20,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    let mut rng = seed | 1;
+    while writer.written() < 50_000 * scale {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(200 + rng % 600));
+        agent.kill9();
+        std::thread::sleep(Duration::from_millis(rng % 200));
+        agent.start();
+    }
+    let total = writer.finish();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(
+        got,
+        total,
+        "after {} starts\n{}",
+        agent.starts,
+        agent.log_tail()
+    );
+    agent.stop();
+    assert!(agent.starts >= 4, "only {} starts", agent.starts);
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn kill_9_at_random_points_under_load_loses_and_repeats_nothing(scale: u64) {
+    kill_9_at_random_points("", 0x5eed_0001, scale);
+}
+
+pub fn kill_9_at_random_points_with_the_disk_buffer_loses_and_repeats_nothing(scale: u64) {
+    kill_9_at_random_points(DISK_BUFFER, 0x5eed_0002, scale);
+}
+
+pub fn throttling_by_items_and_whole_requests_loses_and_repeats_nothing(scale: u64) {
+    let es = EsServer::start();
+    es.faults(|f| {
+        f.item_429_ratio = 0.3;
+        f.request_fail_ratio = 0.2;
+    });
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let total = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 40_000 * scale,
+            per_second: 20_000,
+            rotate_bytes: 1 << 20,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    )
+    .finish();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    let (items_429, failed) = es.with(|s| (s.items_429, s.requests_failed));
+    assert!(
+        items_429 > 1000 && failed > 5,
+        "faults injected: {items_429} items, {failed} requests"
+    );
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn a_rotation_every_mebibyte_at_a_high_rate_loses_and_repeats_nothing(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 2,
+            lines: 120_000 * scale,
+            per_second: 60_000,
+            rotate_bytes: 1 << 20,
+            keep: 3,
+            rotation: Rotation::Rename,
+        },
+    );
+    let deleted = writer.deleted.clone();
+    let total = writer.finish();
+    assert!(deleted.load(Ordering::Relaxed) > 0);
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    if got < total {
+        assert_all_once(&es, total, &agent);
+    }
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn copytruncate_loses_at_most_the_unread_tail_of_each_copied_file(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let pods = 2u64;
+    let total = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: pods as usize,
+            lines: 60_000 * scale,
+            per_second: 20_000,
+            rotate_bytes: 1 << 20,
+            keep: 3,
+            rotation: Rotation::CopyTruncate,
+        },
+    )
+    .finish();
+    // Everything after the last truncation is in the live files and must all arrive.
+    wait_indexed(&es, total, Duration::from_secs(10));
+    agent.stop();
+    let (missing, repeated) = loss_and_repeats(&indexed(&es), total);
+    assert!(
+        repeated.is_empty(),
+        "repeated: {:?}",
+        &repeated[..repeated.len().min(10)]
+    );
+    // A truncation can only lose what was written to the file and not yet read: for each
+    // container, missing lines are runs that end where a copy was taken (the line after a
+    // run is the first of a new generation, never a line in the middle of one).
+    let line_len = seq_lines(0, 1).len() as u64;
+    let per_generation = (1u64 << 20).div_ceil(line_len);
+    for &m in &missing {
+        let p = m % pods;
+        let index_in_pod = m / pods;
+        let next_in_pod = (index_in_pod + 1) % per_generation;
+        let last_of_generation = next_in_pod == 0;
+        let next_missing = missing.binary_search(&(m + pods)).is_ok();
+        assert!(
+            last_of_generation || next_missing,
+            "seq {m} (container {p}) is lost in the middle of a file generation"
+        );
+    }
+    println!(
+        "copytruncate: {} of {total} lines lost in the copy window",
+        missing.len()
+    );
+}
+
+pub fn five_hundred_containers_at_once_lose_and_repeat_nothing(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 500,
+            lines: 50_000 * scale,
+            per_second: 50_000,
+            rotate_bytes: 1 << 30,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    agent.start();
+    let total = writer.finish();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_is_retried(
+    scale: u64,
+) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let first = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 2,
+            lines: 2_000 * scale,
+            per_second: 20_000,
+            rotate_bytes: 1 << 30,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    )
+    .finish();
+    assert_eq!(wait_indexed(&es, first, Duration::from_secs(30)), first);
+    let state = tree.state_dir().join("checkpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_bytes(&state) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = committed_bytes(&state);
+    // The temporary file's name taken by a directory: every checkpoint write fails (as on
+    // a full or read-only disk; root ignores permission bits).
+    let blocker = tree.state_dir().join("checkpoints.json.tmp");
+    fs::create_dir(&blocker).unwrap();
+    for p in 0..2u64 {
+        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
+        let mut data = String::new();
+        for i in 0..1_000u64 {
+            data.push_str(&seq_lines(first + i * 2 + p, 1));
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .unwrap()
+            .write_all(data.as_bytes())
+            .unwrap();
+    }
+    let total = first + 2_000;
+    assert_eq!(
+        wait_indexed(&es, total, Duration::from_secs(30)),
+        total,
+        "shipping goes on"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        committed_bytes(&state),
+        before,
+        "no checkpoint could be written"
+    );
+    assert!(
+        agent.log_tail().contains("cannot write checkpoints"),
+        "the failure is reported:\n{}",
+        agent.log_tail()
+    );
+    fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_bytes(&state) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint write was not retried"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
+
+pub fn the_kubernetes_api_down_and_its_watch_history_expired_lose_no_line_and_no_metadata(
+    scale: u64,
+) {
+    use logferry_testkit::kube_server::{KubeServer, PodSpec};
+    let api = KubeServer::start();
+    let pod = |name: &'static str, uid: &'static str| PodSpec {
+        namespace: "chaos",
+        name,
+        uid,
+        node: "node-a",
+        containers: &["app"],
+        labels: serde_json::json!({ "app": "chaos" }),
+        annotations: serde_json::json!({}),
+        owner: Some(("ReplicaSet", "chaos-rs")),
+    };
+    api.add_pod(pod("pod0", "uid-pod0"));
+    api.add_pod(pod("pod1", "uid-pod1"));
+    api.add_pod(pod("pod2", "uid-pod2"));
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let kubeconfig = api.kubeconfig(tree.root.path());
+    let mut agent = AgentProcess::new(
+        &tree,
+        &es,
+        &format!(
+            "[kubernetes]\nenabled = true\nnode_name = \"node-a\"\nkubeconfig = \"{}\"\nmetadata_wait = \"20s\"\n",
+            kubeconfig.display()
+        ),
+    );
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 3,
+            lines: 30_000 * scale,
+            per_second: 10_000,
+            rotate_bytes: 1 << 20,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Away for a while; when it is back, the history the watch resumes from is gone (410).
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(2));
+    api.expire_history();
+    api.set_down(false);
+    std::thread::sleep(Duration::from_millis(500));
+    api.expire_history();
+    let written = writer.finish();
+    // A pod that starts after the outage is known only through the watch made anew.
+    api.add_pod(pod("late", "uid-late"));
+    tree.container("chaos", "late", "app")
+        .append(seq_lines(written, 100).as_bytes());
+    let total = written + 100;
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    let without: u64 = es.with(|s| {
+        s.docs("logs-*")
+            .iter()
+            .filter(|(_, d)| d["kubernetes"]["labels"]["app"] != "chaos")
+            .count() as u64
+    });
+    assert_eq!(without, 0, "documents without their pod's metadata");
+    assert!(api.with(|s| s.lists) >= 2, "relisted after 410 Gone");
+}
+
+pub fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_after_restart(
+    scale: u64,
+) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    es.set_down(true);
+    let mut agent = AgentProcess::new(&tree, &es, DISK_BUFFER);
+    agent.start();
+    let total = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 2,
+            lines: 10_000 * scale,
+            per_second: 20_000,
+            rotate_bytes: 1 << 30,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    )
+    .finish();
+    std::thread::sleep(Duration::from_secs(1));
+    // Stops without waiting for the cluster: the documents are safe on disk.
+    agent.stop();
+    let log = agent.log_tail();
+    assert!(!log.contains("shutdown timed out"), "{log}");
+    assert!(log.contains("stay in the disk buffer"), "{log}");
+    es.set_down(false);
+    agent.start();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
