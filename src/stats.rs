@@ -34,6 +34,12 @@ pub struct Stats {
     pub files_excluded: AtomicU64,
     /// Links not followed because they lead out of the log directories.
     pub links_refused: AtomicU64,
+    /// Files that waited because `source.max_open_files` were followed.
+    pub files_deferred: AtomicU64,
+    /// Times the enrich stage held its most and stopped taking input.
+    pub enrich_full: AtomicU64,
+    /// Times a batch was ready and `max_in_flight` requests were already out.
+    pub es_in_flight_full: AtomicU64,
     /// Bytes in the disk buffer now (a gauge).
     pub buffer_bytes: AtomicU64,
     /// Times the disk buffer was full and reading paused.

@@ -548,3 +548,24 @@ fn the_byte_rate_cap_holds() {
     );
     assert_eq!(es.count(&index), 3);
 }
+
+#[test]
+fn a_slow_cluster_fills_the_request_slots_and_that_is_counted() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    server.faults(|f| f.latency = Duration::from_millis(100));
+    let tree = Tree::new();
+    tree.container("ns", "slow", "app")
+        .append(seq_lines(0, 2_000).as_bytes());
+    let ns = unique("slow");
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    cfg.output.elasticsearch.batch_max_events = 100;
+    cfg.output.elasticsearch.max_in_flight = 1;
+    let agent = Agent::start(cfg, None);
+    es.wait_count(&stream(&ns), 2_000);
+    let summary = agent.stop();
+    assert!(Stats::get(&summary.stats.es_in_flight_full) > 0);
+    assert_eq!(es.count(&stream(&ns)), 2_000);
+}

@@ -246,3 +246,30 @@ fn a_file_rotated_while_the_agent_was_down_is_finished_after_restart() {
     assert!(docs.len() >= 70);
     agent.stop();
 }
+
+#[test]
+fn past_max_open_files_new_files_wait_for_room_and_lose_nothing() {
+    let tree = Tree::new();
+    let logs: Vec<_> = (0..3)
+        .map(|p| tree.container("ns", &format!("p{p}"), "app"))
+        .collect();
+    for (p, log) in logs.iter().enumerate() {
+        log.append(seq_lines(p as u64 * 100, 100).as_bytes());
+    }
+    let mut cfg = test_config(vec![tree.glob()]);
+    cfg.source.max_open_files = 2;
+    let agent = Agent::start(cfg, None);
+    agent.wait_stat("a file deferred", |s| Stats::get(&s.files_deferred), 1);
+    let docs = agent.wait_until("two files", |d| d.len() == 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.docs().len(), 200, "the third file waits");
+    // One of the followed files goes away (its pod was deleted): the third gets its turn.
+    let read: Vec<u64> = seqs(&docs);
+    let gone = (0..3).find(|p| read.contains(&(p * 100))).unwrap() as usize;
+    fs::remove_file(&logs[gone].link).unwrap();
+    fs::remove_file(logs[gone].path()).unwrap();
+    let docs = agent.wait_until("the third file", |d| d.len() == 300);
+    assert_exactly_once(&seqs(&docs), 300);
+    let summary = agent.stop();
+    assert_eq!(Stats::get(&summary.stats.files_deferred), 1);
+}

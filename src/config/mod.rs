@@ -116,6 +116,8 @@ pub struct SourceConfig {
     /// fixed part (`/var/log` for `/var/log/containers/*.log`). A link leading elsewhere is
     /// not followed.
     pub symlink_roots: Vec<PathBuf>,
+    /// Files followed at once at most (each holds a descriptor); more wait, counted.
+    pub max_open_files: u64,
 }
 
 impl Default for SourceConfig {
@@ -135,6 +137,7 @@ impl Default for SourceConfig {
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
             symlink_roots: vec![PathBuf::from("/var/lib/docker/containers")],
+            max_open_files: 10_000,
         }
     }
 }
@@ -397,6 +400,9 @@ impl Config {
                 "source.max_read_bytes_per_file".into(),
                 "must be at least source.read_buffer_bytes".into(),
             ));
+        }
+        if s.max_open_files == 0 {
+            return Err(("source.max_open_files".into(), "must be at least 1".into()));
         }
         if s.multiline.max_lines < 2 {
             return Err((

@@ -95,6 +95,9 @@ impl Enricher {
                         for e in batch {
                             self.push(e, now, &mut out);
                         }
+                        if self.pending >= MAX_PENDING {
+                            Stats::add(&self.stats.enrich_full, 1);
+                        }
                     }
                     None => open = false,
                 },
@@ -276,17 +279,19 @@ mod tests {
             .collect()
     }
 
-    fn start(wait: Duration) -> (mpsc::Sender<Vec<LogEvent>>, mpsc::Receiver<Vec<LogEvent>>) {
+    type Started = (
+        mpsc::Sender<Vec<LogEvent>>,
+        mpsc::Receiver<Vec<LogEvent>>,
+        Arc<Stats>,
+    );
+
+    fn start(wait: Duration) -> Started {
         let cfg = KubernetesConfig {
             metadata_wait: wait,
             ..Default::default()
         };
-        let stage = Enricher::new(
-            SharedCache::default(),
-            &cfg,
-            "node-1".into(),
-            Arc::new(Stats::default()),
-        );
+        let stats = Arc::new(Stats::default());
+        let stage = Enricher::new(SharedCache::default(), &cfg, "node-1".into(), stats.clone());
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, out_rx) = mpsc::channel(4);
         let (changed_tx, changed_rx) = watch::channel(0u64);
@@ -294,12 +299,12 @@ mod tests {
             let _announcer = changed_tx;
             stage.run(in_rx, out_tx, changed_rx).await
         });
-        (in_tx, out_rx)
+        (in_tx, out_rx, stats)
     }
 
     #[tokio::test]
     async fn what_waits_for_metadata_is_capped_and_then_input_stops() {
-        let (tx, mut rx) = start(Duration::from_secs(60));
+        let (tx, mut rx, stats) = start(Duration::from_secs(60));
         let now = std::time::Instant::now();
         let mut sent = 0;
         // Feed until the stage has stopped taking input for a while.
@@ -321,12 +326,17 @@ mod tests {
             "{sent}"
         );
         assert!(rx.try_recv().is_err(), "nothing shipped while waiting");
+        assert_eq!(
+            Stats::get(&stats.enrich_full),
+            1,
+            "the cap was hit once, counted"
+        );
     }
 
     #[tokio::test]
     async fn a_file_that_already_waited_in_the_tailer_is_not_held_again() {
         let wait = Duration::from_millis(200);
-        let (tx, mut rx) = start(wait);
+        let (tx, mut rx, _) = start(wait);
         let found = std::time::Instant::now() - 2 * wait;
         tx.send(unknown_pod_events(3, found)).await.unwrap();
         let out = tokio::time::timeout(Duration::from_millis(100), rx.recv())

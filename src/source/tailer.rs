@@ -44,6 +44,8 @@ pub struct TailerSettings {
     pub rotate_wait: Duration,
     pub max_idle_poll: Duration,
     pub max_raw_line: usize,
+    /// Files followed (or held waiting for their pod) at most; more wait for room.
+    pub max_open_files: usize,
     pub host_name: String,
     /// Stop once every file is read to its end (`debug --once`).
     pub once: bool,
@@ -62,6 +64,7 @@ impl TailerSettings {
             max_idle_poll: s.max_idle_poll,
             // A raw line carries the runtime's prefix or JSON escaping around the content.
             max_raw_line: max_line.saturating_mul(2).max(max_line + 4096),
+            max_open_files: s.max_open_files as usize,
             host_name,
             once,
         }
@@ -122,6 +125,8 @@ pub struct Tailer {
     exclusion: Exclusion,
     /// Files whose pod is excluded, by device and inode.
     excluded: HashSet<(u64, u64)>,
+    /// Files found while `max_open_files` were followed: looked at again on each scan.
+    deferred: HashSet<(u64, u64)>,
     /// Files waiting for their pod's metadata before being read or skipped, since when.
     waiting: Vec<(Found, Instant, Option<File>)>,
 }
@@ -162,6 +167,7 @@ impl Tailer {
             watched: HashSet::new(),
             exclusion,
             excluded: HashSet::new(),
+            deferred: HashSet::new(),
             waiting: Vec::new(),
         }
     }
@@ -273,6 +279,7 @@ impl Tailer {
             }
         }
         self.excluded.retain(|k| present.contains(k));
+        self.deferred.retain(|k| present.contains(k));
         // A waiting file that vanished is held open: it stays until decided.
         for i in 0..self.files.len() {
             let f = &mut self.files[i];
@@ -366,6 +373,14 @@ impl Tailer {
         {
             return;
         }
+        if self.files.len() + self.waiting.len() >= self.settings.max_open_files {
+            if self.deferred.insert(key) {
+                Stats::add(&self.stats.files_deferred, 1);
+                tracing::warn!(path = %fd.path.display(), max_open_files = self.settings.max_open_files, "too many files followed; this one waits until another is let go");
+            }
+            return;
+        }
+        self.deferred.remove(&key);
         self.decide(fd, None, now, now);
     }
 

@@ -117,6 +117,9 @@ impl ElasticsearchSink {
                             let t = targets.get(e);
                             batch.push(e, &t, &self.encoder);
                             if batch.is_full(max_bytes, max_events) {
+                                if in_flight.len() >= cfg.max_in_flight {
+                                    Stats::add(&self.shared.stats.es_in_flight_full, 1);
+                                }
                                 while in_flight.len() >= cfg.max_in_flight {
                                     if let Some(Ok((acks, settled))) = in_flight.join_next().await {
                                         self.settle(acks, settled);
@@ -174,6 +177,8 @@ impl ElasticsearchSink {
         let mut in_flight: JoinSet<(crate::buffer::Ticket, Settled)> = JoinSet::new();
         // When records first waited for a batch to fill.
         let mut waiting_since: Option<Instant> = None;
+        // A batch is ready and every request slot is taken (counted once per wait).
+        let mut blocked = false;
         loop {
             let (available, closed) = reader.available();
             if closed && !drain {
@@ -201,7 +206,12 @@ impl ElasticsearchSink {
                 let ready = available >= max_bytes as u64
                     || closed
                     || since.elapsed() >= cfg.flush_interval;
+                if ready && !room && !blocked {
+                    blocked = true;
+                    Stats::add(&shared.stats.es_in_flight_full, 1);
+                }
                 if room && ready {
+                    blocked = false;
                     let mut batch = Batch::new(level);
                     match reader.read(max_bytes, max_events, |item| batch.push_encoded(item)) {
                         Ok(Some(ticket)) => {
