@@ -321,6 +321,11 @@ impl Config {
                     path: origin.to_string(),
                     message: e.to_string().trim().to_string(),
                 })?;
+        no_literal_credentials(&table).map_err(|(key, message)| ConfigError::Key {
+            path: origin.to_string(),
+            key,
+            message,
+        })?;
         interpolate_table(&mut table, "", env).map_err(|(key, message)| ConfigError::Key {
             path: origin.to_string(),
             key,
@@ -430,6 +435,31 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// Credentials come from the environment or from files, never from the config file
+/// itself (a ConfigMap anyone with read access to the namespace can see).
+fn no_literal_credentials(table: &toml::Table) -> Result<(), (String, String)> {
+    let Some(es) = table
+        .get("output")
+        .and_then(|o| o.get("elasticsearch"))
+        .and_then(|e| e.as_table())
+    else {
+        return Ok(());
+    };
+    for key in ["password", "api_key", "bearer_token"] {
+        if let Some(toml::Value::String(v)) = es.get(key) {
+            if !v.is_empty() && !v.contains("${") {
+                return Err((
+                    format!("output.elasticsearch.{key}"),
+                    format!(
+                        "a credential must not be written in the config file; use \"${{ENV_VAR}}\" or {key}_file"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string value; `$$` is a literal `$`.
@@ -614,6 +644,24 @@ mod tests {
         assert_eq!(c.source.rescan_interval, Duration::from_secs(5));
         assert_eq!(c.source.max_line_bytes, 1 << 20);
         assert_eq!(c.source.start_at, StartAt::Beginning);
+    }
+
+    #[test]
+    fn credentials_written_in_the_file_are_refused() {
+        let es = |line: &str| format!("[output.elasticsearch]\n{line}\n");
+        match parse(&es(r#"password = "hunter2""#)) {
+            Err(ConfigError::Key { key, message, .. }) => {
+                assert_eq!(key, "output.elasticsearch.password");
+                assert!(!message.contains("hunter2"), "the secret is not repeated");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&es(r#"api_key = "id:key""#)).is_err());
+        // From the environment, a file, or empty: fine.
+        let c = parse(&es(r#"password = "${NODE_NAME}""#)).unwrap();
+        assert_eq!(c.output.elasticsearch.password.expose(), "node-7");
+        assert!(parse(&es(r#"password = """#)).is_ok());
+        assert!(parse(&es(r#"bearer_token_file = "/run/secrets/token""#)).is_ok());
     }
 
     #[test]
