@@ -63,3 +63,8 @@ fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_afte
         1,
     );
 }
+
+#[test]
+fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after() {
+    chaos::a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(1);
+}

@@ -72,3 +72,9 @@ fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_afte
         20,
     );
 }
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after() {
+    chaos::a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(20);
+}

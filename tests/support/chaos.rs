@@ -762,3 +762,65 @@ pub fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_
     agent.stop();
     assert_all_once(&es, total, &agent);
 }
+
+/// Peak resident memory of a process, in KiB (its own `VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(scale: u64) {
+    let es = EsServer::start();
+    // Each bulk request takes 300 ms, one at a time: about a third of the write rate.
+    es.faults(|f| f.latency = Duration::from_millis(300));
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config).unwrap().replace(
+            "batch_max_events = 2000",
+            "batch_max_events = 2000\nmax_in_flight = 1",
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 60_000 * scale,
+            per_second: 15_000,
+            rotate_bytes: 4 << 20,
+            keep: 5,
+            rotation: Rotation::Rename,
+        },
+    );
+    let pid = agent.child.as_ref().unwrap().id();
+    let mut behind = 0;
+    while writer.written() < 60_000 * scale {
+        std::thread::sleep(Duration::from_millis(500));
+        let indexed = es.with(|s| s.count("logs-*")) as u64;
+        behind = behind.max(writer.written().saturating_sub(indexed));
+    }
+    let total = writer.finish();
+    let peak = peak_rss_kib(pid);
+    assert!(
+        behind > 10_000,
+        "the cluster was not slower than the writers ({behind} behind)"
+    );
+    assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
+    es.faults(|f| f.latency = Duration::ZERO);
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    println!(
+        "slow cluster: at most {behind} lines behind, peak RSS {} MiB",
+        peak / 1024
+    );
+}
