@@ -38,6 +38,8 @@ pub struct Stats {
     pub files_deferred: AtomicU64,
     /// Times the enrich stage held its most and stopped taking input.
     pub enrich_full: AtomicU64,
+    /// Dead-letter bytes deleted to stay under `dead_letter_max_bytes`.
+    pub dead_letter_evicted_bytes: AtomicU64,
     /// Times a batch was ready and `max_in_flight` requests were already out.
     pub es_in_flight_full: AtomicU64,
     /// Bytes in the disk buffer now (a gauge).

@@ -555,7 +555,12 @@ fn dead_letter(
     let (action, encoded) = batch.action_and_doc(i);
     let doc = rescued.map_or(encoded, |d| &d[..]);
     let mut dl = shared.dead_letter.lock().unwrap_or_else(|e| e.into_inner());
-    match dl.write(action, doc, status, kind, reason) {
+    let written = dl.write(action, doc, status, kind, reason);
+    shared
+        .stats
+        .dead_letter_evicted_bytes
+        .store(dl.evicted_bytes, std::sync::atomic::Ordering::Relaxed);
+    match written {
         Ok(()) => {
             tracing::warn!(status, error = kind, reason, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
             true
