@@ -41,6 +41,19 @@ struct WriterSpec {
     rotation: Rotation,
 }
 
+impl Default for WriterSpec {
+    fn default() -> Self {
+        WriterSpec {
+            pods: 2,
+            lines: 10_000,
+            per_second: 20_000,
+            rotate_bytes: 1 << 30,
+            keep: 5,
+            rotation: Rotation::Rename,
+        }
+    }
+}
+
 impl Writer {
     fn start(tree: &Tree, spec: WriterSpec) -> Writer {
         let logs: Vec<ContainerLog> = (0..spec.pods)
@@ -258,42 +271,11 @@ fn wait_indexed(es: &EsServer, n: u64, limit: Duration) -> u64 {
     }
 }
 
-/// Missing and repeated sequence numbers out of `0..n`.
-fn loss_and_repeats(got: &[u64], n: u64) -> (Vec<u64>, Vec<u64>) {
-    let mut seen = vec![0u32; n as usize];
-    let mut outside = Vec::new();
-    for &s in got {
-        match seen.get_mut(s as usize) {
-            Some(c) => *c += 1,
-            None => outside.push(s),
-        }
-    }
-    let missing = (0..n).filter(|&i| seen[i as usize] == 0).collect();
-    let mut repeated: Vec<u64> = (0..n).filter(|&i| seen[i as usize] > 1).collect();
-    repeated.extend(outside);
-    (missing, repeated)
-}
-
 fn assert_all_once(es: &EsServer, n: u64, agent: &AgentProcess) {
-    let (missing, repeated) = loss_and_repeats(&indexed(es), n);
-    if std::env::var_os("CHAOS_TRACE").is_some() {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &m in &missing {
-            match runs.last_mut() {
-                Some(r) if r.1 + 1 == m => r.1 = m,
-                _ => runs.push((m, m)),
-            }
-        }
-        eprintln!("missing runs: {runs:?}");
-    }
-    assert!(
-        missing.is_empty() && repeated.is_empty(),
-        "{} missing (first {:?}), {} repeated (first {:?}) of {n}\nagent log:\n{}",
-        missing.len(),
-        &missing[..missing.len().min(10)],
-        repeated.len(),
-        &repeated[..repeated.len().min(10)],
-        agent.log_tail()
+    assert_exactly_once_or(
+        &indexed(es),
+        n,
+        &format!("agent log:\n{}", agent.log_tail()),
     );
 }
 
@@ -320,7 +302,7 @@ pub fn disk_buffer_keeps_lines_whose_files_kubelet_deleted_during_an_outage(scal
             per_second: 30_000,
             rotate_bytes: 256 * 1024,
             keep: 1,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     let deleted = writer.deleted.clone();
@@ -349,9 +331,7 @@ pub fn kill_9_while_spooling_then_the_files_vanish_and_the_buffer_still_delivers
             pods: 4,
             lines: 40_000 * scale,
             per_second: 40_000,
-            rotate_bytes: 1 << 30,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     let mut rng = 0x9e3779b97f4a7c15u64;
@@ -415,10 +395,8 @@ fn kill_9_at_random_points(extra: &str, seed: u64, scale: u64) {
         WriterSpec {
             pods: 4,
             lines: 60_000 * scale,
-            per_second: 20_000,
             rotate_bytes: 1 << 20,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     let mut rng = seed | 1;
@@ -467,10 +445,8 @@ pub fn throttling_by_items_and_whole_requests_loses_and_repeats_nothing(scale: u
         WriterSpec {
             pods: 4,
             lines: 40_000 * scale,
-            per_second: 20_000,
             rotate_bytes: 1 << 20,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     )
     .finish();
@@ -493,12 +469,11 @@ pub fn a_rotation_every_mebibyte_at_a_high_rate_loses_and_repeats_nothing(scale:
     let writer = Writer::start(
         &tree,
         WriterSpec {
-            pods: 2,
             lines: 120_000 * scale,
             per_second: 60_000,
             rotate_bytes: 1 << 20,
             keep: 3,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     let deleted = writer.deleted.clone();
@@ -524,10 +499,10 @@ pub fn copytruncate_loses_at_most_the_unread_tail_of_each_copied_file(scale: u64
         WriterSpec {
             pods: pods as usize,
             lines: 60_000 * scale,
-            per_second: 20_000,
             rotate_bytes: 1 << 20,
             keep: 3,
             rotation: Rotation::CopyTruncate,
+            ..WriterSpec::default()
         },
     )
     .finish();
@@ -572,9 +547,7 @@ pub fn five_hundred_containers_at_once_lose_and_repeat_nothing(scale: u64) {
             pods: 500,
             lines: 50_000 * scale,
             per_second: 50_000,
-            rotate_bytes: 1 << 30,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     agent.start();
@@ -595,12 +568,8 @@ pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_
     let first = Writer::start(
         &tree,
         WriterSpec {
-            pods: 2,
             lines: 2_000 * scale,
-            per_second: 20_000,
-            rotate_bytes: 1 << 30,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     )
     .finish();
@@ -697,8 +666,7 @@ pub fn the_kubernetes_api_down_and_its_watch_history_expired_lose_no_line_and_no
             lines: 30_000 * scale,
             per_second: 10_000,
             rotate_bytes: 1 << 20,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -740,12 +708,8 @@ pub fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_
     let total = Writer::start(
         &tree,
         WriterSpec {
-            pods: 2,
             lines: 10_000 * scale,
-            per_second: 20_000,
-            rotate_bytes: 1 << 30,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     )
     .finish();
@@ -796,8 +760,7 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
             lines: 60_000 * scale,
             per_second: 15_000,
             rotate_bytes: 4 << 20,
-            keep: 5,
-            rotation: Rotation::Rename,
+            ..WriterSpec::default()
         },
     );
     let pid = agent.child.as_ref().unwrap().id();

@@ -320,33 +320,38 @@ pub fn sigterm(child: &std::process::Child) {
     assert!(status.success());
 }
 
-/// Asserts that `got` holds each of `0..n` exactly once.
-pub fn assert_exactly_once(got: &[u64], n: u64) {
-    let mut counts = vec![0u32; n as usize];
+/// The numbers of `0..n` missing from `got`, and those in it more than once (or outside).
+pub fn loss_and_repeats(got: &[u64], n: u64) -> (Vec<u64>, Vec<u64>) {
+    let mut seen = vec![0u32; n as usize];
+    let mut outside = Vec::new();
     for &s in got {
-        assert!(s < n, "unexpected seq {s}");
-        counts[s as usize] += 1;
+        match seen.get_mut(s as usize) {
+            Some(c) => *c += 1,
+            None => outside.push(s),
+        }
     }
-    let missing: Vec<usize> = counts
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c == 0)
-        .map(|(i, _)| i)
-        .collect();
-    let repeated: Vec<usize> = counts
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c > 1)
-        .map(|(i, _)| i)
-        .collect();
+    let missing = (0..n).filter(|&i| seen[i as usize] == 0).collect();
+    let mut repeated: Vec<u64> = (0..n).filter(|&i| seen[i as usize] > 1).collect();
+    repeated.extend(outside);
+    (missing, repeated)
+}
+
+/// Asserts that `got` holds each of `0..n` exactly once; `context` is shown on failure.
+pub fn assert_exactly_once_or(got: &[u64], n: u64, context: &str) {
+    let (missing, repeated) = loss_and_repeats(got, n);
     assert!(
         missing.is_empty() && repeated.is_empty(),
-        "{} missing (first {:?}), {} repeated (first {:?})",
+        "{} missing (first {:?}), {} repeated (first {:?}) of {n}\n{context}",
         missing.len(),
         &missing[..missing.len().min(10)],
         repeated.len(),
         &repeated[..repeated.len().min(10)]
     );
+}
+
+/// Asserts that `got` holds each of `0..n` exactly once.
+pub fn assert_exactly_once(got: &[u64], n: u64) {
+    assert_exactly_once_or(got, n, "");
 }
 
 #[allow(unused_imports)]
