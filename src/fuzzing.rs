@@ -130,9 +130,11 @@ fn context() -> Arc<FileContext> {
 pub fn json_lift(data: &[u8]) {
     if let Some(l) = lift(data) {
         assert!(!l.object.contains(&b'\n') && !l.object.contains(&b'\r'));
-        let v: serde_json::Value =
+        // Grammar, not range: `5e51110` is JSON (Elasticsearch refuses the field, and the
+        // sink's rescue takes that case).
+        let raw: &serde_json::value::RawValue =
             serde_json::from_slice(&l.object).expect("a lifted object is JSON");
-        assert!(v.is_object());
+        assert!(raw.get().starts_with('{'));
     }
 }
 
@@ -148,6 +150,10 @@ pub fn bulk_response(data: &[u8]) {
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(c) = Config::parse(text, "fuzz", &|_| None) {
+            let es = &c.output.elasticsearch;
+            if !(es.password.is_empty() && es.api_key.is_empty() && es.bearer_token.is_empty()) {
+                return; // printed as "<redacted>", which is not meant to be read back
+            }
             // What parses must print and parse again the same way.
             let again = Config::parse(&c.to_toml(), "fuzz-again", &|_| None)
                 .expect("printed config parses");
