@@ -270,6 +270,8 @@ pub struct Checkpointer {
     files: HashMap<FileKey, Tracked>,
     entries: HashMap<FileIdentity, Entry>,
     dirty: bool,
+    /// Where the committed offsets are shown (`/status`, `/metrics`).
+    publish: Option<std::sync::Arc<crate::http::Health>>,
 }
 
 impl Checkpointer {
@@ -283,7 +285,14 @@ impl Checkpointer {
                 .map(|e| (e.identity, e.clone()))
                 .collect(),
             dirty: false,
+            publish: None,
         }
+    }
+
+    /// Shows the committed offsets at every interval.
+    pub fn publishing(mut self, health: std::sync::Arc<crate::http::Health>) -> Self {
+        self.publish = Some(health);
+        self
     }
 
     pub fn handle(&mut self, msg: CheckpointMsg) {
@@ -395,6 +404,9 @@ impl Checkpointer {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    if let Some(h) = &self.publish {
+                        h.publish_checkpoints(self.committed());
+                    }
                     match self.persist() {
                         Ok(()) if failing => {
                             tracing::info!("checkpoints written again");

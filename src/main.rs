@@ -235,11 +235,16 @@ fn run_pipeline(
         .build()
         .context("cannot start the runtime")?;
     let health = std::sync::Arc::new(logferry::http::Health::default());
+    let stats = std::sync::Arc::new(Stats::default());
     if serve_http && cfg.http.enabled {
         let addr = rt
-            .block_on(logferry::http::serve(&cfg.http.listen, health.clone()))
+            .block_on(logferry::http::serve(
+                &cfg.http.listen,
+                health.clone(),
+                stats.clone(),
+            ))
             .with_context(|| format!("cannot listen on http.listen {}", cfg.http.listen))?;
-        tracing::info!(%addr, "serving /healthz and /readyz");
+        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");
     }
     let host_name = if cfg.host_name.is_empty() {
         logferry::host_name()
@@ -251,7 +256,7 @@ fn run_pipeline(
         state_dir,
         output: Box::new(std::io::stdout()),
         host_name,
-        stats: Default::default(),
+        stats,
         health: health.clone(),
     };
     let summary = rt.block_on(async {

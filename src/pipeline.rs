@@ -134,8 +134,11 @@ pub async fn run(
     }
     let exclusion = Exclusion::new(&config.kubernetes, kube_view);
     let (ck_tx, ck_rx) = mpsc::unbounded_channel();
-    let checkpointer =
-        tokio::spawn(Checkpointer::new(store, &loaded).run(ck_rx, config.checkpoint.interval));
+    let checkpointer = tokio::spawn(
+        Checkpointer::new(store, &loaded)
+            .publishing(opts.health.clone())
+            .run(ck_rx, config.checkpoint.interval),
+    );
     let sink = match config.output.kind {
         OutputKind::Stdout => {
             let sink = StdoutSink {

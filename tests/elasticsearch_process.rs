@@ -4,6 +4,7 @@
 mod support;
 
 use std::fs;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -189,23 +190,68 @@ fn sigterm_during_an_outage_exits_in_time_and_commits_nothing_undelivered() {
     assert!(child.wait().unwrap().success());
 }
 
-/// The status code of `GET path` on the agent's HTTP endpoint, read from its log.
 fn probe(log: &Path, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let text = fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
-    let addr = line
-        .split("addr=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != ':');
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    reply.split_whitespace().nth(1)?.parse().ok()
+    fetch(log, path).map(|(status, _)| status)
+}
+
+#[test]
+fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("metrics");
+    for f in 0..2u64 {
+        tree.container("ns", &format!("m{f}"), "app")
+            .append(seq_lines(f * 1_000, 1_000).as_bytes());
+    }
+    let config = write_config(&tree, &es, &ns);
+    let log = config.with_extension("log");
+    let mut child = spawn(&config);
+    es.wait_count(&format!("logs-kubernetes-{ns}"), 2_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (metrics, status) = loop {
+        let metrics = fetch(&log, "/metrics").map(|r| r.1).unwrap_or_default();
+        let status = fetch(&log, "/status").map(|r| r.1).unwrap_or_default();
+        let caught_up = sample(&metrics, "logferry_checkpoint_lag_bytes") == Some(0)
+            && sample(&metrics, "logferry_events_delivered_total") == Some(2_000);
+        if caught_up || Instant::now() > deadline {
+            break (metrics, status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        sample(&metrics, "logferry_events_delivered_total"),
+        Some(2_000),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "logferry_lines_read_total"), Some(2_000));
+    assert_eq!(sample(&metrics, "logferry_checkpoint_lag_bytes"), Some(0));
+    assert_eq!(sample(&metrics, "logferry_files_followed"), Some(2));
+    assert!(sample(&metrics, "logferry_elasticsearch_requests_total").unwrap_or(0) >= 1);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    let files = v["files"].as_array().expect("files");
+    assert_eq!(files.len(), 2);
+    for f in files {
+        assert_eq!(f["lag_bytes"], 0, "{f}");
+        assert_eq!(f["committed_offset"], f["size"]);
+        assert!(f["size"].as_u64().unwrap() > 0);
+    }
+    // More lines to a file: once they are delivered its lag is back at zero.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(tree.pods.join("ns_m0_uid-m0/app/0.log"))
+        .unwrap()
+        .write_all(seq_lines(2_000, 500).as_bytes())
+        .unwrap();
+    es.wait_count(&format!("logs-kubernetes-{ns}"), 2_500);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetch(&log, "/metrics").and_then(|(_, m)| sample(&m, "logferry_checkpoint_lag_bytes"))
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "the lag never went back to zero");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

@@ -764,11 +764,16 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
         },
     );
     let pid = agent.child.as_ref().unwrap().id();
-    let mut behind = 0;
+    let log = agent.config.with_extension("log");
+    let (mut behind, mut lag_shown) = (0, 0);
     while writer.written() < 60_000 * scale {
         std::thread::sleep(Duration::from_millis(500));
         let indexed = es.with(|s| s.count("logs-*")) as u64;
         behind = behind.max(writer.written().saturating_sub(indexed));
+        let lag = fetch(&log, "/metrics")
+            .and_then(|(_, m)| sample(&m, "logferry_checkpoint_lag_bytes"))
+            .unwrap_or(0);
+        lag_shown = lag_shown.max(lag);
     }
     let total = writer.finish();
     let peak = peak_rss_kib(pid);
@@ -777,13 +782,28 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
         "the cluster was not slower than the writers ({behind} behind)"
     );
     assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
+    // A line is about 100 bytes: the backlog shows in the agent's own metrics.
+    assert!(
+        lag_shown > 500_000,
+        "checkpoint lag seen: {lag_shown} bytes"
+    );
     es.faults(|f| f.latency = Duration::ZERO);
     let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
     assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(&log, "/metrics").and_then(|(_, m)| sample(&m, "logferry_checkpoint_lag_bytes"))
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never saw itself caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     agent.stop();
     assert_all_once(&es, total, &agent);
     println!(
-        "slow cluster: at most {behind} lines behind, peak RSS {} MiB",
+        "slow cluster: at most {behind} lines and {lag_shown} bytes behind, peak RSS {} MiB",
         peak / 1024
     );
 }

@@ -519,3 +519,32 @@ pub fn es_config(include: Vec<String>, es: &Es, namespace: &str) -> Config {
 }
 #[allow(dead_code)]
 pub mod chaos;
+
+/// `GET path` on the agent's HTTP endpoint (its address read from the agent's log):
+/// the status code and the body.
+pub fn fetch(log: &Path, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+    let addr = line
+        .split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != ':');
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// The value of an unlabelled sample in a Prometheus text exposition.
+pub fn sample(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

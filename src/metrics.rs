@@ -1,0 +1,357 @@
+//! What `/metrics` and `/status` show: the pipeline's counters in Prometheus' text format,
+//! and how far each followed file's committed offset is behind its size.
+
+use crate::checkpoint::Entry;
+use crate::http::Health;
+use crate::stats::Stats;
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+
+/// One followed file: where its checkpoint is, and how much is written past it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLag {
+    pub path: String,
+    pub committed: u64,
+    pub size: u64,
+    pub lag: u64,
+}
+
+/// The lag of every file still followed, from the published checkpoints and the sizes on
+/// disk now. A file that cannot be read any more counts as caught up.
+pub fn file_lags(entries: &[Entry]) -> Vec<FileLag> {
+    entries
+        .iter()
+        .filter(|e| e.released_at.is_none())
+        .map(|e| {
+            let on_disk = e.real_path.as_deref().unwrap_or(&e.path);
+            let size = std::fs::metadata(on_disk).map_or(e.offset, |m| m.len());
+            FileLag {
+                path: e.path.display().to_string(),
+                committed: e.offset,
+                size,
+                lag: size.saturating_sub(e.offset),
+            }
+        })
+        .collect()
+}
+
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Every counter of `Stats` with its metric name and help.
+fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
+    use Kind::*;
+    vec![
+        (
+            "bytes_read_total",
+            "Bytes read from log files.",
+            Counter,
+            &s.bytes_read,
+        ),
+        (
+            "lines_read_total",
+            "Raw lines read from log files.",
+            Counter,
+            &s.lines_read,
+        ),
+        (
+            "events_total",
+            "Events emitted after partial and multiline merging.",
+            Counter,
+            &s.events,
+        ),
+        (
+            "events_delivered_total",
+            "Events settled: indexed, duplicate (409) or dead-lettered.",
+            Counter,
+            &s.events_delivered,
+        ),
+        (
+            "events_truncated_total",
+            "Events cut at max_line_bytes.",
+            Counter,
+            &s.events_truncated,
+        ),
+        (
+            "events_malformed_total",
+            "Lines in neither runtime format, shipped as they were.",
+            Counter,
+            &s.events_malformed,
+        ),
+        (
+            "bytes_dropped_total",
+            "Bytes of over-long lines not kept.",
+            Counter,
+            &s.bytes_dropped,
+        ),
+        (
+            "files_opened_total",
+            "Log files opened.",
+            Counter,
+            &s.files_opened,
+        ),
+        (
+            "files_released_total",
+            "Log files read to their end and let go.",
+            Counter,
+            &s.files_released,
+        ),
+        (
+            "files_excluded_total",
+            "Files not read because their pod is excluded.",
+            Counter,
+            &s.files_excluded,
+        ),
+        (
+            "files_deferred_total",
+            "Files that waited because source.max_open_files were followed.",
+            Counter,
+            &s.files_deferred,
+        ),
+        (
+            "links_refused_total",
+            "Symlinks not followed because they lead out of the log roots.",
+            Counter,
+            &s.links_refused,
+        ),
+        (
+            "rotations_total",
+            "Files seen rotated away or deleted.",
+            Counter,
+            &s.rotations,
+        ),
+        (
+            "truncations_total",
+            "Files seen truncated (copytruncate).",
+            Counter,
+            &s.truncations,
+        ),
+        (
+            "read_errors_total",
+            "Errors opening or reading log files.",
+            Counter,
+            &s.read_errors,
+        ),
+        (
+            "enrich_full_total",
+            "Times the enrich stage held its most and paused reading.",
+            Counter,
+            &s.enrich_full,
+        ),
+        (
+            "kubernetes_watch_errors_total",
+            "Kubernetes watch errors and restarts.",
+            Counter,
+            &s.kube_watch_errors,
+        ),
+        (
+            "kubernetes_metadata_missing_total",
+            "Events shipped without API metadata after metadata_wait.",
+            Counter,
+            &s.kube_metadata_missing,
+        ),
+        (
+            "elasticsearch_requests_total",
+            "Bulk requests sent.",
+            Counter,
+            &s.es_requests,
+        ),
+        (
+            "elasticsearch_request_failures_total",
+            "Bulk requests that failed as a whole (retried).",
+            Counter,
+            &s.es_request_failures,
+        ),
+        (
+            "elasticsearch_items_retried_total",
+            "Bulk items sent again after 429/5xx.",
+            Counter,
+            &s.es_items_retried,
+        ),
+        (
+            "elasticsearch_duplicates_total",
+            "Bulk items answered 409: already indexed.",
+            Counter,
+            &s.es_duplicates,
+        ),
+        (
+            "elasticsearch_rescued_total",
+            "Refused documents sent again with their bad fields moved aside.",
+            Counter,
+            &s.es_rescued,
+        ),
+        (
+            "elasticsearch_dead_lettered_total",
+            "Documents kept in the dead-letter file.",
+            Counter,
+            &s.es_dead_lettered,
+        ),
+        (
+            "elasticsearch_bytes_raw_total",
+            "Bulk bodies before compression.",
+            Counter,
+            &s.es_bytes_raw,
+        ),
+        (
+            "elasticsearch_bytes_sent_total",
+            "Bulk bodies as sent (compressed).",
+            Counter,
+            &s.es_bytes_sent,
+        ),
+        (
+            "elasticsearch_in_flight_full_total",
+            "Times a batch waited for a request slot (max_in_flight).",
+            Counter,
+            &s.es_in_flight_full,
+        ),
+        (
+            "dead_letter_evicted_bytes",
+            "Dead-letter bytes deleted to stay under dead_letter_max_bytes.",
+            Gauge,
+            &s.dead_letter_evicted_bytes,
+        ),
+        (
+            "buffer_bytes",
+            "Bytes in the disk buffer.",
+            Gauge,
+            &s.buffer_bytes,
+        ),
+        (
+            "buffer_full_total",
+            "Times the disk buffer was full and reading paused.",
+            Counter,
+            &s.buffer_full,
+        ),
+        (
+            "buffer_corrupt_records_total",
+            "Damaged or torn disk buffer records skipped.",
+            Counter,
+            &s.buffer_corrupt_records,
+        ),
+        (
+            "buffer_corrupt_bytes_total",
+            "Bytes of damaged disk buffer records skipped.",
+            Counter,
+            &s.buffer_corrupt_bytes,
+        ),
+    ]
+}
+
+fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
+    let _ = writeln!(out, "# HELP logferry_{name} {help}");
+    let _ = writeln!(out, "# TYPE logferry_{name} {kind}");
+    let _ = writeln!(out, "logferry_{name} {value}");
+}
+
+/// The Prometheus text exposition of every counter and the lag gauges.
+pub fn render(stats: &Stats, files: &[FileLag]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    for (name, help, kind, v) in counters(stats) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        metric(&mut out, name, help, kind, Stats::get(v));
+    }
+    let total: u64 = files.iter().map(|f| f.lag).sum();
+    let max = files.iter().map(|f| f.lag).max().unwrap_or(0);
+    metric(
+        &mut out,
+        "files_followed",
+        "Files followed now.",
+        "gauge",
+        files.len() as u64,
+    );
+    metric(
+        &mut out,
+        "checkpoint_lag_bytes",
+        "Bytes written to followed files past their committed offsets.",
+        "gauge",
+        total,
+    );
+    metric(
+        &mut out,
+        "checkpoint_lag_max_file_bytes",
+        "The largest lag of one file.",
+        "gauge",
+        max,
+    );
+    out
+}
+
+/// `/status`: readiness, each file's offsets and lag, the buffer, the counters.
+pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
+    let files_json: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "path": f.path, "committed_offset": f.committed, "size": f.size, "lag_bytes": f.lag,
+            })
+        })
+        .collect();
+    let counters: serde_json::Map<String, serde_json::Value> = counters(stats)
+        .into_iter()
+        .map(|(name, _, _, v)| (name.to_string(), Stats::get(v).into()))
+        .collect();
+    serde_json::json!({
+        "alive": health.alive(),
+        "ready": health.ready(),
+        "lag_bytes": files.iter().map(|f| f.lag).sum::<u64>(),
+        "files": files_json,
+        "buffer_bytes": Stats::get(&stats.buffer_bytes),
+        "counters": counters,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FileIdentity;
+
+    #[test]
+    fn lag_is_what_was_written_past_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        std::fs::write(&p, vec![b'x'; 1000]).unwrap();
+        let entry = |offset, released_at| Entry {
+            identity: FileIdentity {
+                dev: 1,
+                inode: 2,
+                fingerprint: 3,
+            },
+            path: p.clone(),
+            real_path: Some(p.clone()),
+            offset,
+            released_at,
+        };
+        let lags = file_lags(&[entry(600, None), entry(1000, Some(5))]);
+        assert_eq!(lags.len(), 1, "a released file is not followed");
+        assert_eq!(
+            (lags[0].committed, lags[0].size, lags[0].lag),
+            (600, 1000, 400)
+        );
+        let stats = Stats::default();
+        Stats::add(&stats.events_delivered, 7);
+        let text = render(&stats, &lags);
+        assert!(text.contains("logferry_events_delivered_total 7\n"));
+        assert!(text.contains("logferry_checkpoint_lag_bytes 400\n"));
+        assert!(text.contains("# TYPE logferry_buffer_bytes gauge\n"));
+        // Every sample line is `name value` with a name Prometheus accepts.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = l.split_once(' ').unwrap();
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{l}"
+            );
+            value.parse::<u64>().unwrap();
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&status(&Health::default(), &stats, &lags)).unwrap();
+        assert_eq!(v["lag_bytes"], 400);
+        assert_eq!(v["files"][0]["committed_offset"], 600);
+        assert_eq!(v["counters"]["events_delivered_total"], 7);
+    }
+}
