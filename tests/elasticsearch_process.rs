@@ -204,8 +204,21 @@ fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
             .append(seq_lines(f * 1_000, 1_000).as_bytes());
     }
     let config = write_config(&tree, &es, &ns);
+    // With credentials, which neither endpoint may show.
+    let text = fs::read_to_string(&config).unwrap().replace(
+        "flush_interval = \"100ms\"",
+        "flush_interval = \"100ms\"\nusername = \"logferry\"\npassword = \"${ES_PASSWORD}\"",
+    );
+    fs::write(&config, text).unwrap();
     let log = config.with_extension("log");
-    let mut child = spawn(&config);
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ES_PASSWORD", "s3cret-passw0rd")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     es.wait_count(&format!("logs-kubernetes-{ns}"), 2_000);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (metrics, status) = loop {
@@ -227,6 +240,18 @@ fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
     assert_eq!(sample(&metrics, "logferry_checkpoint_lag_bytes"), Some(0));
     assert_eq!(sample(&metrics, "logferry_files_followed"), Some(2));
     assert!(sample(&metrics, "logferry_elasticsearch_requests_total").unwrap_or(0) >= 1);
+    if let Some(server) = es.in_tree() {
+        let auth = server
+            .with(|s| s.last_authorization.clone())
+            .unwrap_or_default();
+        assert!(
+            auth.starts_with("Basic "),
+            "the credentials were in use: {auth:?}"
+        );
+    }
+    for body in [&metrics, &status, &fs::read_to_string(&log).unwrap()] {
+        assert!(!body.contains("s3cret-passw0rd"), "a secret shown: {body}");
+    }
     let v: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
     let files = v["files"].as_array().expect("files");
     assert_eq!(files.len(), 2);
