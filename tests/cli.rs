@@ -165,7 +165,7 @@ fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
     let p = dir.path().join("es.toml");
     fs::write(
         &p,
-        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"https://es.example:9200\"]\nusername = \"elastic\"\npassword = \"hunter2\"\nretention_days = 30\n",
+        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"https://es.example:9200\"]\nusername = \"elastic\"\npassword = \"${LOGFERRY_TEST_PW:-hunter2}\"\nretention_days = 30\n",
     )
     .unwrap();
     let out = logferry(&["setup", "--config", p.to_str().unwrap(), "--dry-run"]);

@@ -431,9 +431,25 @@ impl Config {
         Ok(())
     }
 
-    /// The effective config as TOML, for `check-config`.
+    /// The effective config as TOML, for `check-config`. A `$` in a value is written `$$`,
+    /// so that the printed config, read again, means the same.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        fn escape(v: &mut toml::Value) {
+            match v {
+                toml::Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+                toml::Value::Array(a) => a.iter_mut().for_each(escape),
+                toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| escape(v)),
+                _ => {}
+            }
+        }
+        match toml::Value::try_from(self) {
+            Ok(mut v) => {
+                escape(&mut v);
+                toml::to_string_pretty(&v)
+                    .unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+            }
+            Err(e) => format!("# cannot print config: {e}\n"),
+        }
     }
 }
 
