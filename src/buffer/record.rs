@@ -55,9 +55,14 @@ pub fn decode(b: &[u8]) -> Decoded<'_> {
     }
 }
 
-/// The offset of the next magic at or after `from`, or the end of `b`.
+/// The offset of the next magic at or after `from`. Without one, the end of `b` less the
+/// bytes that could begin a magic cut by the end of a read window.
 fn resync(b: &[u8], from: usize) -> usize {
-    memchr::memmem::find(&b[from.min(b.len())..], &MAGIC).map_or(b.len(), |i| from + i)
+    let from = from.min(b.len());
+    match memchr::memmem::find(&b[from..], &MAGIC) {
+        Some(i) => from + i,
+        None => b.len().saturating_sub(MAGIC.len() - 1).max(from),
+    }
 }
 
 /// The length of the longest prefix of `b` that is whole records: where a torn segment
@@ -128,6 +133,29 @@ mod tests {
         let (got, skipped) = read_all(&b);
         assert_eq!(got, vec![b"alpha".to_vec(), b"charlie".to_vec()]);
         assert_eq!(skipped, 1);
+    }
+
+    #[test]
+    fn after_damage_a_header_cut_by_the_window_is_not_skipped() {
+        let mut b = vec![0xEEu8; 10];
+        b.extend(frame(&[b"kept"]));
+        // A window that ends two bytes into the record's magic.
+        let window = &b[..12];
+        let Decoded::Corrupt { skip } = decode(window) else {
+            panic!("damage first")
+        };
+        assert!(skip <= 10, "skip {skip} would pass the magic");
+        let mut pos = skip;
+        while let Decoded::Corrupt { skip } = decode(&b[pos..]) {
+            pos += skip;
+        }
+        assert_eq!(
+            decode(&b[pos..]),
+            Decoded::Record {
+                payload: b"kept",
+                len: HEADER + 4
+            }
+        );
     }
 
     proptest! {
