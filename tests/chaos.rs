@@ -68,3 +68,8 @@ fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_afte
 fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after() {
     chaos::a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(1);
 }
+
+#[test]
+fn a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried() {
+    chaos::a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried(1);
+}

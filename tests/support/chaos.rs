@@ -807,3 +807,108 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
         peak / 1024
     );
 }
+
+/// A small tmpfs mounted over a directory for the life of the value (needs root and mount
+/// rights; `None` where the machine does not allow it).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+pub fn a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried(_scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let Some(_disk) = SmallDisk::mount(&tree.state_dir(), "256k") else {
+        return eprintln!("skipped: cannot mount a tmpfs here");
+    };
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let first = Writer::start(
+        &tree,
+        WriterSpec {
+            lines: 2_000,
+            ..WriterSpec::default()
+        },
+    )
+    .finish();
+    assert_eq!(wait_indexed(&es, first, Duration::from_secs(30)), first);
+    let state = tree.state_dir().join("checkpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_bytes(&state) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = committed_bytes(&state);
+    // Fill the disk to the last byte.
+    let filler = tree.state_dir().join("filler");
+    {
+        let mut f = fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8]);
+    }
+    for p in 0..2u64 {
+        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
+        let data: String = (0..1_000u64)
+            .map(|i| seq_lines(first + i * 2 + p, 1))
+            .collect();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .unwrap()
+            .write_all(data.as_bytes())
+            .unwrap();
+    }
+    let total = first + 2_000;
+    assert_eq!(
+        wait_indexed(&es, total, Duration::from_secs(30)),
+        total,
+        "shipping goes on"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        committed_bytes(&state),
+        before,
+        "no checkpoint fitted on the full disk"
+    );
+    assert!(
+        agent.log_tail().contains("cannot write checkpoints"),
+        "the failure is reported:\n{}",
+        agent.log_tail()
+    );
+    fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_bytes(&state) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint write was not retried"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
