@@ -147,6 +147,18 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.kube_watch_errors,
         ),
         (
+            "kubernetes_cache_pods",
+            "Pods in the metadata cache.",
+            Gauge,
+            &s.kube_cache_pods,
+        ),
+        (
+            "kubernetes_cache_evicted_total",
+            "Deleted pods dropped before their TTL (over the cap).",
+            Counter,
+            &s.kube_cache_evicted,
+        ),
+        (
             "kubernetes_metadata_missing_total",
             "Events shipped without API metadata after metadata_wait.",
             Counter,

@@ -30,6 +30,10 @@ pub struct Stats {
     pub kube_watch_errors: AtomicU64,
     /// Events shipped without API metadata after `metadata_wait`.
     pub kube_metadata_missing: AtomicU64,
+    /// Pods in the metadata cache (a gauge, updated at each purge).
+    pub kube_cache_pods: AtomicU64,
+    /// Deleted pods dropped before their TTL because more than the cap were kept.
+    pub kube_cache_evicted: AtomicU64,
     /// Files not read because their pod is excluded.
     pub files_excluded: AtomicU64,
     /// Links not followed because they lead out of the log directories.

@@ -154,6 +154,45 @@ impl PodCache {
         expired.len()
     }
 
+    /// Keeps at most `cap` deleted pods: past it the longest-deleted ones whose files are
+    /// all read go first, before their TTL. Returns how many went.
+    pub fn evict_deleted_over(&mut self, cap: usize, now: Instant, open: &OpenPods) -> usize {
+        let mut deleted: Vec<(Instant, String)> = self
+            .pods
+            .iter()
+            .filter_map(|(uid, e)| e.deleted_at.map(|d| (d, uid.clone())))
+            .collect();
+        if deleted.len() <= cap {
+            return 0;
+        }
+        deleted.sort();
+        let mut excess = deleted.len() - cap;
+        let mut evicted = 0;
+        for (_, uid) in deleted {
+            if excess == 0 {
+                break;
+            }
+            let Some(e) = self.pods.get(&uid) else {
+                continue;
+            };
+            let name_key = format!("{}/{}", e.info.namespace, e.info.name);
+            if open.in_use(&uid, now) || open.in_use(&name_key, now) {
+                continue;
+            }
+            let key = (e.info.namespace.clone(), e.info.name.clone());
+            self.pods.remove(&uid);
+            if self.by_name.get(&key) == Some(&uid) {
+                self.by_name.remove(&key);
+            }
+            excess -= 1;
+            evicted += 1;
+        }
+        if evicted > 0 {
+            self.generation += 1;
+        }
+        evicted
+    }
+
     pub fn len(&self) -> usize {
         self.pods.len()
     }
@@ -206,6 +245,30 @@ mod tests {
         );
         assert_eq!(c.purge(t0 + ttl * 2 + RELEASE_GRACE, ttl, &open), 1);
         assert!(c.get(Some("u1"), Some("ns"), Some("a")).is_none());
+    }
+
+    #[test]
+    fn deleted_pods_over_the_cap_go_oldest_first_unless_their_files_are_open() {
+        let mut c = PodCache::default();
+        let open = OpenPods::default();
+        let t0 = Instant::now();
+        for i in 0..5u64 {
+            let uid = format!("u{i}");
+            c.apply(info(&uid, &format!("p{i}")));
+            c.delete(&uid, t0 + Duration::from_secs(i));
+        }
+        c.apply(info("live", "live"));
+        open.opened("u0"); // the oldest still has a file being read
+        assert_eq!(c.evict_deleted_over(2, t0, &open), 3);
+        let left: Vec<bool> = (0..5)
+            .map(|i| c.get(Some(&format!("u{i}")), None, None).is_some())
+            .collect();
+        assert_eq!(left, vec![true, false, false, false, true]);
+        assert!(
+            c.get(Some("live"), None, None).is_some(),
+            "live pods are never evicted"
+        );
+        assert_eq!(c.evict_deleted_over(2, t0, &open), 0);
     }
 
     #[test]

@@ -12,8 +12,13 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 use tokio::sync::watch as notify;
+
+/// Deleted pods kept for the last lines of their files at most (a node churning through
+/// CronJob pods could otherwise hold thousands for `deleted_pod_ttl`).
+const MAX_DELETED_PODS: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -127,8 +132,17 @@ pub async fn run(
                 }
             }
             _ = purge.tick() => {
-                let n = write(&cache).purge(Instant::now(), cfg.deleted_pod_ttl, &open);
-                if n > 0 {
+                let now = Instant::now();
+                let mut c = write(&cache);
+                let n = c.purge(now, cfg.deleted_pod_ttl, &open);
+                let evicted = c.evict_deleted_over(MAX_DELETED_PODS, now, &open);
+                stats.kube_cache_pods.store(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                drop(c);
+                Stats::add(&stats.kube_cache_evicted, evicted as u64);
+                if evicted > 0 {
+                    tracing::warn!(evicted, max = MAX_DELETED_PODS, "too many deleted pods kept for their last lines; the oldest were dropped early");
+                }
+                if n + evicted > 0 {
                     bump(&cache);
                 }
             }
