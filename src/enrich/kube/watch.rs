@@ -12,7 +12,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 use tokio::sync::watch as notify;
 
