@@ -558,17 +558,16 @@ pub fn five_hundred_containers_at_once_lose_and_repeat_nothing(scale: u64) {
     assert_all_once(&es, total, &agent);
 }
 
-pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_is_retried(
-    scale: u64,
-) {
+/// Checkpoint writes fail (`spoil`) while lines keep coming: the failure is reported,
+/// shipping goes on, and once `mend` runs the checkpoints catch up.
+fn checkpoints_fail_then_recover(tree: &Tree, spoil: impl FnOnce(), mend: impl FnOnce()) {
     let es = EsServer::start();
-    let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
+    let mut agent = AgentProcess::new(tree, &es, "");
     agent.start();
     let first = Writer::start(
-        &tree,
+        tree,
         WriterSpec {
-            lines: 2_000 * scale,
+            lines: 2_000,
             ..WriterSpec::default()
         },
     )
@@ -582,16 +581,12 @@ pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_
     }
     std::thread::sleep(Duration::from_millis(300));
     let before = committed_bytes(&state);
-    // The temporary file's name taken by a directory: every checkpoint write fails (as on
-    // a full or read-only disk; root ignores permission bits).
-    let blocker = tree.state_dir().join("checkpoints.json.tmp");
-    fs::create_dir(&blocker).unwrap();
+    spoil();
     for p in 0..2u64 {
         let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
-        let mut data = String::new();
-        for i in 0..1_000u64 {
-            data.push_str(&seq_lines(first + i * 2 + p, 1));
-        }
+        let data: String = (0..1_000u64)
+            .map(|i| seq_lines(first + i * 2 + p, 1))
+            .collect();
         fs::OpenOptions::new()
             .append(true)
             .open(log)
@@ -616,7 +611,7 @@ pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_
         "the failure is reported:\n{}",
         agent.log_tail()
     );
-    fs::remove_dir(&blocker).unwrap();
+    mend();
     let deadline = Instant::now() + Duration::from_secs(10);
     while committed_bytes(&state) <= before {
         assert!(
@@ -627,6 +622,20 @@ pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_
     }
     agent.stop();
     assert_all_once(&es, total, &agent);
+}
+
+pub fn an_unwritable_state_directory_is_reported_shipping_goes_on_and_the_write_is_retried(
+    _scale: u64,
+) {
+    let tree = Tree::new();
+    // The temporary file's name taken by a directory: every checkpoint write fails (as on
+    // a read-only disk; root ignores permission bits).
+    let blocker = tree.state_dir().join("checkpoints.json.tmp");
+    checkpoints_fail_then_recover(
+        &tree,
+        || fs::create_dir(&blocker).unwrap(),
+        || fs::remove_dir(&blocker).unwrap(),
+    );
 }
 
 pub fn the_kubernetes_api_down_and_its_watch_history_expired_lose_no_line_and_no_metadata(
@@ -839,76 +848,16 @@ impl Drop for SmallDisk {
 }
 
 pub fn a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried(_scale: u64) {
-    let es = EsServer::start();
     let tree = Tree::new();
     let Some(_disk) = SmallDisk::mount(&tree.state_dir(), "256k") else {
         return eprintln!("skipped: cannot mount a tmpfs here");
     };
-    let mut agent = AgentProcess::new(&tree, &es, "");
-    agent.start();
-    let first = Writer::start(
-        &tree,
-        WriterSpec {
-            lines: 2_000,
-            ..WriterSpec::default()
-        },
-    )
-    .finish();
-    assert_eq!(wait_indexed(&es, first, Duration::from_secs(30)), first);
-    let state = tree.state_dir().join("checkpoints.json");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while committed_bytes(&state) == 0 {
-        assert!(Instant::now() < deadline, "no checkpoint written");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let before = committed_bytes(&state);
-    // Fill the disk to the last byte.
     let filler = tree.state_dir().join("filler");
-    {
+    let fill = || {
         let mut f = fs::File::create(&filler).unwrap();
         let block = vec![0u8; 4096];
         while f.write_all(&block).is_ok() {}
         let _ = f.write_all(&[0u8]);
-    }
-    for p in 0..2u64 {
-        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
-        let data: String = (0..1_000u64)
-            .map(|i| seq_lines(first + i * 2 + p, 1))
-            .collect();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(log)
-            .unwrap()
-            .write_all(data.as_bytes())
-            .unwrap();
-    }
-    let total = first + 2_000;
-    assert_eq!(
-        wait_indexed(&es, total, Duration::from_secs(30)),
-        total,
-        "shipping goes on"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        committed_bytes(&state),
-        before,
-        "no checkpoint fitted on the full disk"
-    );
-    assert!(
-        agent.log_tail().contains("cannot write checkpoints"),
-        "the failure is reported:\n{}",
-        agent.log_tail()
-    );
-    fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while committed_bytes(&state) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the checkpoint write was not retried"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    agent.stop();
-    assert_all_once(&es, total, &agent);
+    };
+    checkpoints_fail_then_recover(&tree, fill, || fs::remove_file(&filler).unwrap());
 }
