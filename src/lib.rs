@@ -11,6 +11,7 @@ pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;

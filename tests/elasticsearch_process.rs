@@ -307,3 +307,32 @@ fn healthz_and_readyz_follow_the_agent_and_the_cluster() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_repeating_failure_is_logged_once_not_per_request() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    // Forty bulk requests in a row refused: credentials being rotated, say.
+    server.faults(|f| {
+        f.fail_requests = 40;
+        f.request_status = 401;
+    });
+    let tree = Tree::new();
+    let ns = unique("quiet");
+    tree.container("ns", "q", "app")
+        .append(seq_lines(0, 500).as_bytes());
+    let config = write_config(&tree, &es, &ns);
+    let mut child = spawn(&config);
+    es.wait_count(&format!("logs-kubernetes-{ns}"), 500);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let log = fs::read_to_string(config.with_extension("log")).unwrap();
+    let said = log.matches("refuses logferry's credentials").count();
+    assert!(server.with(|s| s.requests_failed) >= 40);
+    assert!(
+        (1..=2).contains(&said),
+        "logged {said} times for 40 refusals:\n{log}"
+    );
+}

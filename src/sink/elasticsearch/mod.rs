@@ -22,6 +22,7 @@ use crate::checkpoint::CheckpointMsg;
 use crate::config::ElasticsearchConfig;
 use crate::encode::DocumentEncoder;
 use crate::event::LogEvent;
+use crate::log_limit;
 use crate::stats::Stats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -427,7 +428,9 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
                     }
                 }
                 if let Some(reason) = unauthorized {
-                    tracing::error!(reason = %reason, "Elasticsearch refuses the documents' index for these credentials (401/403); retrying");
+                    if let Some(held_back) = log_limit::allow("es.index_forbidden") {
+                        tracing::error!(reason = %reason, held_back, "Elasticsearch refuses the documents' index for these credentials (401/403); retrying");
+                    }
                 }
                 let only_rescues =
                     retry.iter().all(|i| rescued.contains_key(i)) && !retry.is_empty();
@@ -468,7 +471,9 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
                 }
             }
             Reply::Status(status @ (401 | 403), body) => {
-                tracing::error!(status, body = %body, "Elasticsearch refuses logferry's credentials; retrying");
+                if let Some(held_back) = log_limit::allow("es.credentials") {
+                    tracing::error!(status, body = %body, held_back, "Elasticsearch refuses logferry's credentials; retrying");
+                }
                 retry = group;
             }
             Reply::Status(status @ (429 | 500..=599), body) => {
@@ -477,7 +482,9 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
             }
             Reply::Status(status, body) => {
                 // The request itself was refused (a 4xx a retry cannot change).
-                tracing::error!(status, body = %body, "Elasticsearch refused a bulk request; its documents go to the dead-letter file");
+                if let Some(held_back) = log_limit::allow("es.request_refused") {
+                    tracing::error!(status, body = %body, held_back, "Elasticsearch refused a bulk request; its documents go to the dead-letter file");
+                }
                 for &i in &group {
                     if dead_letter(
                         shared,
@@ -562,7 +569,10 @@ fn dead_letter(
         .store(dl.evicted_bytes, std::sync::atomic::Ordering::Relaxed);
     match written {
         Ok(()) => {
-            tracing::warn!(status, error = kind, reason, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
+            // The reason can quote the document: it stays in the dead-letter file.
+            if let Some(held_back) = log_limit::allow("es.dead_letter") {
+                tracing::warn!(status, error = kind, held_back, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
+            }
             true
         }
         Err(e) => {
