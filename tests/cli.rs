@@ -191,3 +191,39 @@ fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("output.elasticsearch.endpoints[0]"));
 }
+
+#[test]
+fn self_logs_in_json_are_one_object_a_line_and_carry_no_log_content() {
+    let out = logferry(&[
+        "--log-format",
+        "json",
+        "debug",
+        "--once",
+        "--from-beginning",
+        "examples/var/log/containers/*.log",
+    ]);
+    assert!(out.status.success());
+    let docs = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the agent logs something at info level");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    // No message of the shipped documents appears in the agent's own log.
+    for d in docs.lines() {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        let msg = v["message"].as_str().unwrap_or_default();
+        if msg.len() >= 12 {
+            assert!(
+                !stderr.contains(msg),
+                "log content in the agent's log: {msg}"
+            );
+        }
+    }
+}
