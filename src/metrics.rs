@@ -257,6 +257,26 @@ fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
     let _ = writeln!(out, "logferry_{name} {value}");
 }
 
+fn histogram(out: &mut String, name: &str, help: &str, h: &crate::stats::Histogram) {
+    let _ = writeln!(out, "# HELP logferry_{name} {help}");
+    let _ = writeln!(out, "# TYPE logferry_{name} histogram");
+    let (cumulative, sum) = h.snapshot();
+    let les = h
+        .bounds
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_string()]);
+    for (le, n) in les.zip(&cumulative) {
+        let _ = writeln!(out, "logferry_{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "logferry_{name}_sum {sum}");
+    let _ = writeln!(
+        out,
+        "logferry_{name}_count {}",
+        cumulative.last().copied().unwrap_or(0)
+    );
+}
+
 /// The Prometheus text exposition of every counter and the lag gauges.
 pub fn render(stats: &Stats, files: &[FileLag]) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -267,6 +287,34 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
         };
         metric(&mut out, name, help, kind, Stats::get(v));
     }
+    let _ = writeln!(
+        out,
+        "# HELP logferry_elasticsearch_bulk_requests_total Bulk requests by what came back.\n# TYPE logferry_elasticsearch_bulk_requests_total counter"
+    );
+    for (outcome, v) in [
+        ("items", &stats.es_outcome_items),
+        ("refused", &stats.es_outcome_refused),
+        ("throttled", &stats.es_outcome_throttled),
+        ("unreachable", &stats.es_outcome_unreachable),
+    ] {
+        let _ = writeln!(
+            out,
+            "logferry_elasticsearch_bulk_requests_total{{outcome=\"{outcome}\"}} {}",
+            Stats::get(v)
+        );
+    }
+    histogram(
+        &mut out,
+        "elasticsearch_bulk_duration_seconds",
+        "Time a bulk request took, answer included.",
+        &stats.es_bulk_seconds,
+    );
+    histogram(
+        &mut out,
+        "elasticsearch_batch_documents",
+        "Documents in a batch as first sent.",
+        &stats.es_batch_documents,
+    );
     let total: u64 = files.iter().map(|f| f.lag).sum();
     let max = files.iter().map(|f| f.lag).max().unwrap_or(0);
     metric(
@@ -351,14 +399,33 @@ mod tests {
         assert!(text.contains("logferry_events_delivered_total 7\n"));
         assert!(text.contains("logferry_checkpoint_lag_bytes 400\n"));
         assert!(text.contains("# TYPE logferry_buffer_bytes gauge\n"));
-        // Every sample line is `name value` with a name Prometheus accepts.
+        stats.es_bulk_seconds.observe(0.02);
+        stats.es_bulk_seconds.observe(0.3);
+        stats.es_bulk_seconds.observe(99.0);
+        let text = render(&stats, &lags);
+        let has = |l: &str| text.contains(&format!("logferry_{l}\n"));
+        assert!(has(
+            "elasticsearch_bulk_duration_seconds_bucket{le=\"0.025\"} 1"
+        ));
+        assert!(has(
+            "elasticsearch_bulk_duration_seconds_bucket{le=\"0.5\"} 2"
+        ));
+        assert!(has(
+            "elasticsearch_bulk_duration_seconds_bucket{le=\"+Inf\"} 3"
+        ));
+        assert!(has("elasticsearch_bulk_duration_seconds_count 3"));
+        assert!(has(
+            "elasticsearch_bulk_requests_total{outcome=\"items\"} 0"
+        ));
+        // Every sample line is `name{labels} value` with a name Prometheus accepts.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = l.split_once(' ').unwrap();
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            let name = name.split('{').next().unwrap();
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{l}"
             );
-            value.parse::<u64>().unwrap();
+            value.parse::<f64>().unwrap();
         }
         let v: serde_json::Value =
             serde_json::from_str(&status(&Health::default(), &stats, &lags)).unwrap();

@@ -3,7 +3,64 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Default)]
+/// A Prometheus histogram: counts per upper bound (cumulated when shown), sum and count.
+#[derive(Debug)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// One per bound, plus one for larger values.
+    buckets: Vec<AtomicU64>,
+    /// The sum in millionths, to keep it an integer.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is `+Inf`), and the sum.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (
+            cumulative,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Seconds a bulk request took, answer included.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Documents in a batch.
+pub const BATCH_BOUNDS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0,
+];
+
+#[derive(Debug)]
 pub struct Stats {
     pub bytes_read: AtomicU64,
     pub lines_read: AtomicU64,
@@ -46,6 +103,14 @@ pub struct Stats {
     pub dead_letter_evicted_bytes: AtomicU64,
     /// Times a batch was ready and `max_in_flight` requests were already out.
     pub es_in_flight_full: AtomicU64,
+    /// Bulk requests by what came back: items, a refusal (4xx), throttling or a server
+    /// error (429/5xx), no answer.
+    pub es_outcome_items: AtomicU64,
+    pub es_outcome_refused: AtomicU64,
+    pub es_outcome_throttled: AtomicU64,
+    pub es_outcome_unreachable: AtomicU64,
+    pub es_bulk_seconds: Histogram,
+    pub es_batch_documents: Histogram,
     /// Bytes in the disk buffer now (a gauge).
     pub buffer_bytes: AtomicU64,
     /// Times the disk buffer was full and reading paused.
@@ -53,6 +118,53 @@ pub struct Stats {
     /// Damaged or torn records found in the disk buffer, skipped, and their bytes.
     pub buffer_corrupt_records: AtomicU64,
     pub buffer_corrupt_bytes: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            bytes_read: AtomicU64::new(0),
+            lines_read: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            events_delivered: AtomicU64::new(0),
+            files_opened: AtomicU64::new(0),
+            files_released: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
+            bytes_dropped: AtomicU64::new(0),
+            events_truncated: AtomicU64::new(0),
+            events_malformed: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+            es_requests: AtomicU64::new(0),
+            es_request_failures: AtomicU64::new(0),
+            es_items_retried: AtomicU64::new(0),
+            es_duplicates: AtomicU64::new(0),
+            es_rescued: AtomicU64::new(0),
+            es_dead_lettered: AtomicU64::new(0),
+            es_bytes_raw: AtomicU64::new(0),
+            es_bytes_sent: AtomicU64::new(0),
+            kube_watch_errors: AtomicU64::new(0),
+            kube_metadata_missing: AtomicU64::new(0),
+            kube_cache_pods: AtomicU64::new(0),
+            kube_cache_evicted: AtomicU64::new(0),
+            files_excluded: AtomicU64::new(0),
+            links_refused: AtomicU64::new(0),
+            files_deferred: AtomicU64::new(0),
+            enrich_full: AtomicU64::new(0),
+            dead_letter_evicted_bytes: AtomicU64::new(0),
+            es_in_flight_full: AtomicU64::new(0),
+            es_outcome_items: AtomicU64::new(0),
+            es_outcome_refused: AtomicU64::new(0),
+            es_outcome_throttled: AtomicU64::new(0),
+            es_outcome_unreachable: AtomicU64::new(0),
+            es_bulk_seconds: Histogram::new(LATENCY_BOUNDS),
+            es_batch_documents: Histogram::new(BATCH_BOUNDS),
+            buffer_bytes: AtomicU64::new(0),
+            buffer_full: AtomicU64::new(0),
+            buffer_corrupt_records: AtomicU64::new(0),
+            buffer_corrupt_bytes: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Stats {

@@ -239,7 +239,23 @@ fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
     assert_eq!(sample(&metrics, "logferry_lines_read_total"), Some(2_000));
     assert_eq!(sample(&metrics, "logferry_checkpoint_lag_bytes"), Some(0));
     assert_eq!(sample(&metrics, "logferry_files_followed"), Some(2));
-    assert!(sample(&metrics, "logferry_elasticsearch_requests_total").unwrap_or(0) >= 1);
+    let requests = sample(&metrics, "logferry_elasticsearch_requests_total").unwrap_or(0);
+    assert!(requests >= 1);
+    assert_eq!(
+        sample(
+            &metrics,
+            "logferry_elasticsearch_bulk_duration_seconds_count"
+        ),
+        Some(requests),
+        "one latency per request"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "logferry_elasticsearch_bulk_requests_total{outcome=\"items\"}"
+        ),
+        Some(requests)
+    );
     for body in [&metrics, &status, &fs::read_to_string(&log).unwrap()] {
         assert!(!body.contains("s3cret-passw0rd"), "a secret shown: {body}");
     }

@@ -218,6 +218,7 @@ impl ElasticsearchSink {
                         Ok(Some(ticket)) => {
                             waiting_since = None;
                             let (sealed, _) = batch.seal();
+                            shared.stats.es_batch_documents.observe(sealed.len() as f64);
                             let shared = shared.clone();
                             in_flight.spawn(async move { (ticket, ship(&shared, sealed).await) });
                         }
@@ -248,6 +249,10 @@ impl ElasticsearchSink {
 
     fn dispatch(&self, set: &mut JoinSet<(Vec<crate::event::AckRange>, Settled)>, batch: Batch) {
         let (batch, acks) = batch.seal();
+        self.shared
+            .stats
+            .es_batch_documents
+            .observe(batch.len() as f64);
         let shared = self.shared.clone();
         set.spawn(async move {
             let settled = ship(&shared, batch).await;
@@ -367,6 +372,7 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
         let whole = group.len() == batch.len() && rescued.is_empty();
         attempts += 1;
         Stats::add(&st.es_requests, 1);
+        let started = Instant::now();
         let (reply, sent) = if whole {
             Stats::add(&st.es_bytes_raw, batch.raw_len as u64);
             shared.client.send(batch.payload.clone(), batch.gzip).await
@@ -387,6 +393,16 @@ async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
             shared.client.bulk(&body).await
         };
         Stats::add(&st.es_bytes_sent, sent as u64);
+        st.es_bulk_seconds.observe(started.elapsed().as_secs_f64());
+        Stats::add(
+            match &reply {
+                Reply::Items(_) => &st.es_outcome_items,
+                Reply::Status(429 | 500..=599, _) => &st.es_outcome_throttled,
+                Reply::Status(..) => &st.es_outcome_refused,
+                Reply::Unreachable(_) => &st.es_outcome_unreachable,
+            },
+            1,
+        );
         let mut retry = Vec::new();
         let mut fail_whole: Option<String> = None;
         match reply {
