@@ -257,6 +257,15 @@ fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
     let _ = writeln!(out, "logferry_{name} {value}");
 }
 
+/// A counter family with one label.
+fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP logferry_{name} {help}");
+    let _ = writeln!(out, "# TYPE logferry_{name} counter");
+    for (v, n) in values {
+        let _ = writeln!(out, "logferry_{name}{{{label}=\"{v}\"}} {n}");
+    }
+}
+
 fn histogram(out: &mut String, name: &str, help: &str, h: &crate::stats::Histogram) {
     let _ = writeln!(out, "# HELP logferry_{name} {help}");
     let _ = writeln!(out, "# TYPE logferry_{name} histogram");
@@ -287,22 +296,39 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
         };
         metric(&mut out, name, help, kind, Stats::get(v));
     }
-    let _ = writeln!(
-        out,
-        "# HELP logferry_elasticsearch_bulk_requests_total Bulk requests by what came back.\n# TYPE logferry_elasticsearch_bulk_requests_total counter"
+    let stderr = Stats::get(&stats.events_stderr);
+    let stdout = Stats::get(&stats.events).saturating_sub(stderr);
+    labelled(
+        &mut out,
+        "events_by_stream_total",
+        "Events by the container stream that wrote them.",
+        "stream",
+        &[("stdout", stdout), ("stderr", stderr)],
     );
-    for (outcome, v) in [
-        ("items", &stats.es_outcome_items),
-        ("refused", &stats.es_outcome_refused),
-        ("throttled", &stats.es_outcome_throttled),
-        ("unreachable", &stats.es_outcome_unreachable),
-    ] {
-        let _ = writeln!(
-            out,
-            "logferry_elasticsearch_bulk_requests_total{{outcome=\"{outcome}\"}} {}",
-            Stats::get(v)
-        );
-    }
+    labelled(
+        &mut out,
+        "events_assembled_total",
+        "Events joined from partial chunks or multiline groups, split from a too-long line, or without a runtime timestamp.",
+        "kind",
+        &[
+            ("partial", Stats::get(&stats.events_partial_merged)),
+            ("multiline", Stats::get(&stats.events_multiline)),
+            ("split", Stats::get(&stats.events_split)),
+            ("no_timestamp", Stats::get(&stats.events_no_timestamp)),
+        ],
+    );
+    labelled(
+        &mut out,
+        "elasticsearch_bulk_requests_total",
+        "Bulk requests by what came back.",
+        "outcome",
+        &[
+            ("items", Stats::get(&stats.es_outcome_items)),
+            ("refused", Stats::get(&stats.es_outcome_refused)),
+            ("throttled", Stats::get(&stats.es_outcome_throttled)),
+            ("unreachable", Stats::get(&stats.es_outcome_unreachable)),
+        ],
+    );
     histogram(
         &mut out,
         "elasticsearch_bulk_duration_seconds",

@@ -73,6 +73,14 @@ pub struct Stats {
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
+    /// Events of the stderr stream (the rest are stdout).
+    pub events_stderr: AtomicU64,
+    /// Events joined from runtime partial chunks, from multiline groups; pieces of a
+    /// too-long line; events without a runtime timestamp.
+    pub events_partial_merged: AtomicU64,
+    pub events_multiline: AtomicU64,
+    pub events_split: AtomicU64,
+    pub events_no_timestamp: AtomicU64,
     pub events_malformed: AtomicU64,
     pub read_errors: AtomicU64,
     pub es_requests: AtomicU64,
@@ -133,6 +141,11 @@ impl Default for Stats {
             truncations: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
+            events_stderr: AtomicU64::new(0),
+            events_partial_merged: AtomicU64::new(0),
+            events_multiline: AtomicU64::new(0),
+            events_split: AtomicU64::new(0),
+            events_no_timestamp: AtomicU64::new(0),
             events_malformed: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
             es_requests: AtomicU64::new(0),

@@ -2,6 +2,8 @@
 
 mod support;
 
+use logferry::stats::Stats;
+
 use serde_json::Value;
 use support::*;
 
@@ -381,4 +383,41 @@ fn a_stack_trace_still_in_the_file_is_not_cut_by_the_flush_timeout() {
     for t in traces {
         assert_eq!(t["message"].as_str().unwrap().lines().count(), 301);
     }
+}
+
+#[test]
+fn streams_merges_and_splits_are_counted_as_shipped() {
+    let tree = Tree::new();
+    let c = tree.container("ns", "count", "app");
+    c.append_lines(&[
+        cri("stdout", "F", "plain one"),
+        cri("stderr", "F", "an error line"),
+        cri("stdout", "P", "first half "),
+        cri("stdout", "F", "second half"),
+        cri(
+            "stderr",
+            "F",
+            "Exception in thread \"main\" java.lang.IllegalStateException: x",
+        ),
+        cri("stderr", "F", "\tat com.example.A.b(A.java:1)"),
+        cri("stderr", "F", "\tat com.example.A.main(A.java:2)"),
+        cri("stdout", "F", "plain two"),
+    ]);
+    let mut cfg = test_config(vec![tree.glob()]);
+    cfg.source.multiline.presets = vec!["java".into()];
+    let agent = Agent::start(cfg, None);
+    agent.wait_for(5);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let summary = agent.stop();
+    let s = &summary.stats;
+    assert_eq!(Stats::get(&s.events), 5);
+    assert_eq!(Stats::get(&s.events_stderr), 2);
+    assert_eq!(Stats::get(&s.events_partial_merged), 1);
+    assert_eq!(Stats::get(&s.events_multiline), 1);
+    let text = logferry::metrics::render(s, &[]);
+    assert!(
+        text.contains("logferry_events_by_stream_total{stream=\"stdout\"} 3\n"),
+        "{text}"
+    );
+    assert!(text.contains("logferry_events_assembled_total{kind=\"multiline\"} 1\n"));
 }

@@ -725,15 +725,19 @@ impl Tailer {
             return Ok(());
         }
         let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH_EVENTS));
-        let mut truncated = 0;
-        let mut malformed = 0;
-        for e in &batch {
-            truncated += u64::from(e.flags.contains(crate::event::Flags::TRUNCATED));
-            malformed += u64::from(e.flags.contains(crate::event::Flags::MALFORMED));
-        }
-        Stats::add(&self.stats.events, batch.len() as u64);
-        Stats::add(&self.stats.events_truncated, truncated);
-        Stats::add(&self.stats.events_malformed, malformed);
+        use crate::event::{Flags, Stream};
+        let st = &self.stats;
+        // Counted per batch, added once: the counters are shared with other threads.
+        let count = |f: Flags| batch.iter().filter(|e| e.flags.contains(f)).count() as u64;
+        let stderr = batch.iter().filter(|e| e.stream == Stream::Stderr).count() as u64;
+        Stats::add(&st.events, batch.len() as u64);
+        Stats::add(&st.events_stderr, stderr);
+        Stats::add(&st.events_truncated, count(Flags::TRUNCATED));
+        Stats::add(&st.events_malformed, count(Flags::MALFORMED));
+        Stats::add(&st.events_partial_merged, count(Flags::PARTIAL_MERGED));
+        Stats::add(&st.events_multiline, count(Flags::MULTILINE));
+        Stats::add(&st.events_split, count(Flags::SPLIT));
+        Stats::add(&st.events_no_timestamp, count(Flags::NO_TIMESTAMP));
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self
                 .events_tx
