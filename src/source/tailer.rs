@@ -420,7 +420,10 @@ impl Tailer {
         let file = match opened {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(path = %fd.path.display(), error = %e, "cannot open log file");
+                // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                if let Some(held_back) = crate::log_limit::allow("tail.open") {
+                    tracing::warn!(path = %fd.path.display(), error = %e, held_back, "cannot open log file");
+                }
                 Stats::add(&self.stats.read_errors, 1);
                 return;
             }
@@ -545,7 +548,10 @@ impl Tailer {
             let size = match f.file.metadata() {
                 Ok(m) => m.len(),
                 Err(e) => {
-                    tracing::warn!(path = %f.path.display(), error = %e, "cannot stat log file; will retry");
+                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                    if let Some(held_back) = crate::log_limit::allow("tail.stat") {
+                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "cannot stat log file; will retry");
+                    }
                     Stats::add(&self.stats.read_errors, 1);
                     f.at_eof = true;
                     continue;
@@ -562,7 +568,10 @@ impl Tailer {
             {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(path = %f.path.display(), error = %e, "read failed; will retry");
+                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                    if let Some(held_back) = crate::log_limit::allow("tail.read_retry") {
+                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "read failed; will retry");
+                    }
                     Stats::add(&self.stats.read_errors, 1);
                     0
                 }
