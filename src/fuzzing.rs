@@ -163,13 +163,15 @@ pub fn config(data: &[u8]) {
 }
 
 pub fn buffer_record(data: &[u8]) {
-    use crate::buffer::record::{decode, valid_prefix, Decoded};
-    let n = valid_prefix(data);
-    assert!(n <= data.len());
+    use crate::buffer::record::{decode, Decoded, HEADER};
     let mut pos = 0;
     while pos < data.len() {
         match decode(&data[pos..]) {
-            Decoded::Record { len, .. } => pos += len,
+            Decoded::Record { payload, len } => {
+                assert_eq!(len, HEADER + payload.len());
+                assert!(pos + len <= data.len());
+                pos += len;
+            }
             Decoded::Incomplete => break,
             Decoded::Corrupt { skip } => {
                 assert!(skip > 0, "progress on damage");

@@ -219,9 +219,9 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.es_in_flight_full,
         ),
         (
-            "dead_letter_evicted_bytes",
+            "dead_letter_evicted_bytes_total",
             "Dead-letter bytes deleted to stay under dead_letter_max_bytes.",
-            Gauge,
+            Counter,
             &s.dead_letter_evicted_bytes,
         ),
         (

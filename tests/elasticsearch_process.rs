@@ -93,17 +93,6 @@ fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
     }
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn memory_stays_bounded_while_elasticsearch_is_down() {
     let es = Es::new();

@@ -308,11 +308,6 @@ impl QueueReader {
         self.shared.data.notified().await
     }
 
-    /// Whether batches are read and not yet acknowledged.
-    pub fn has_unacked(&self) -> bool {
-        !self.tickets.is_empty()
-    }
-
     /// Reads records from the current position, up to about `max_bytes` of payload or
     /// `max_records`, handing each payload to `each`. `None` when nothing was there.
     /// Damaged records are skipped and counted.

@@ -735,18 +735,38 @@ impl Tailer {
         }
         let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH_EVENTS));
         use crate::event::{Flags, Stream};
+        const COUNTED: [Flags; 6] = [
+            Flags::TRUNCATED,
+            Flags::MALFORMED,
+            Flags::PARTIAL_MERGED,
+            Flags::MULTILINE,
+            Flags::SPLIT,
+            Flags::NO_TIMESTAMP,
+        ];
+        // One pass, added once per batch: the counters are shared with other threads.
+        let (mut stderr, mut flagged) = (0u64, [0u64; COUNTED.len()]);
+        for e in &batch {
+            stderr += u64::from(e.stream == Stream::Stderr);
+            if !e.flags.is_empty() {
+                for (n, f) in flagged.iter_mut().zip(COUNTED) {
+                    *n += u64::from(e.flags.contains(f));
+                }
+            }
+        }
         let st = &self.stats;
-        // Counted per batch, added once: the counters are shared with other threads.
-        let count = |f: Flags| batch.iter().filter(|e| e.flags.contains(f)).count() as u64;
-        let stderr = batch.iter().filter(|e| e.stream == Stream::Stderr).count() as u64;
         Stats::add(&st.events, batch.len() as u64);
         Stats::add(&st.events_stderr, stderr);
-        Stats::add(&st.events_truncated, count(Flags::TRUNCATED));
-        Stats::add(&st.events_malformed, count(Flags::MALFORMED));
-        Stats::add(&st.events_partial_merged, count(Flags::PARTIAL_MERGED));
-        Stats::add(&st.events_multiline, count(Flags::MULTILINE));
-        Stats::add(&st.events_split, count(Flags::SPLIT));
-        Stats::add(&st.events_no_timestamp, count(Flags::NO_TIMESTAMP));
+        let counters = [
+            &st.events_truncated,
+            &st.events_malformed,
+            &st.events_partial_merged,
+            &st.events_multiline,
+            &st.events_split,
+            &st.events_no_timestamp,
+        ];
+        for (c, n) in counters.into_iter().zip(flagged) {
+            Stats::add(c, n);
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self
                 .events_tx

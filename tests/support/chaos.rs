@@ -736,17 +736,6 @@ pub fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_
     assert_all_once(&es, total, &agent);
 }
 
-/// Peak resident memory of a process, in KiB (its own `VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(scale: u64) {
     let es = EsServer::start();
     // Each bulk request takes 300 ms, one at a time: about a third of the write rate.

@@ -13,12 +13,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 pub struct Spool {
-    pub writer: QueueWriter,
-    pub targets: Targets,
-    pub encoder: DocumentEncoder,
-    pub acks: mpsc::UnboundedSender<CheckpointMsg>,
-    pub fsync: Fsync,
-    pub fsync_interval: std::time::Duration,
+    writer: QueueWriter,
+    targets: Targets,
+    encoder: DocumentEncoder,
+    acks: mpsc::UnboundedSender<CheckpointMsg>,
+    fsync: Fsync,
+    fsync_interval: std::time::Duration,
 }
 
 impl Spool {
