@@ -58,7 +58,10 @@ impl Flags {
     /// The pod was not known to the API watch within `metadata_wait`: names from the path only.
     pub const NO_KUBE_METADATA: Flags = Flags(1 << 8);
 
-    const NAMES: [(Flags, &'static str); 9] = [
+    /// A summary of lines dropped over the container's rate limit, in place of the first.
+    pub const RATE_LIMIT_SUMMARY: Flags = Flags(1 << 9);
+
+    const NAMES: [(Flags, &'static str); 10] = [
         (Flags::PARTIAL_MERGED, "partial_merged"),
         (Flags::MULTILINE, "multiline"),
         (Flags::TRUNCATED, "truncated"),
@@ -68,6 +71,7 @@ impl Flags {
         (Flags::NO_TIMESTAMP, "no_timestamp"),
         (Flags::INCOMPLETE, "incomplete"),
         (Flags::NO_KUBE_METADATA, "no_kube_metadata"),
+        (Flags::RATE_LIMIT_SUMMARY, "rate_limit_summary"),
     ];
 
     pub const fn empty() -> Flags {

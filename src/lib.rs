@@ -11,9 +11,11 @@ pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod kibana;
 pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod sink;
 pub mod source;
 pub mod stats;

@@ -69,15 +69,32 @@ enum Command {
         /// Print the requests instead of sending them.
         #[arg(long)]
         dry_run: bool,
-        /// Replace a policy or template that differs from logferry's.
+        /// Replace a policy, template or Kibana object that differs from logferry's.
         #[arg(long)]
         overwrite: bool,
+        /// Also import the data view, searches and dashboard into this Kibana
+        /// (authenticated as for Elasticsearch).
+        #[arg(long, value_name = "URL")]
+        kibana_url: Option<String>,
+        /// The Kibana space to import into (the default space when absent).
+        #[arg(long, requires = "kibana_url")]
+        kibana_space: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    // The level comes from the config where there is one; RUST_LOG wins.
+    let config_level = match &cli.command {
+        Command::Run { config }
+        | Command::Debug {
+            config: Some(config),
+            ..
+        } => Config::load(config).ok().map(|c| c.log_level),
+        _ => None,
+    };
+    init_logging(log_format, config_level.as_deref().unwrap_or("info"));
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
@@ -90,8 +107,13 @@ fn main() -> ExitCode {
             config,
             dry_run,
             overwrite,
+            kibana_url,
+            kibana_space,
         } => match Config::load(&config) {
-            Ok(c) => setup(&c, dry_run, overwrite),
+            Ok(c) => {
+                let kibana = kibana_url.map(|url| (url, kibana_space));
+                setup(&c, dry_run, overwrite, kibana)
+            }
             Err(e) => config_error(e),
         },
         Command::Run { config } => {
@@ -169,8 +191,13 @@ fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>, serve_http: bool) ->
     }
 }
 
-fn setup(cfg: &Config, dry_run: bool, overwrite: bool) -> ExitCode {
-    use logferry::sink::elasticsearch::{client::BulkClient, setup};
+fn setup(
+    cfg: &Config,
+    dry_run: bool,
+    overwrite: bool,
+    kibana: Option<(String, Option<String>)>,
+) -> ExitCode {
+    use logferry::sink::elasticsearch::{client::BulkClient, setup, target::Router};
     let es = &cfg.output.elasticsearch;
     if let Err((key, msg)) = es.validate() {
         eprintln!("logferry: {key}: {msg}");
@@ -182,8 +209,22 @@ fn setup(cfg: &Config, dry_run: bool, overwrite: bool) -> ExitCode {
         ""
     };
     let resources = setup::resources(es, json_key);
+    let objects = match logferry::kibana::saved_objects(&Router::new(es).index_pattern()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("logferry: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if dry_run {
         print!("{}", setup::describe(&resources));
+        if let Some((url, space)) = &kibana {
+            let at = space
+                .as_ref()
+                .map(|s| format!("s/{s}/"))
+                .unwrap_or_default();
+            print!("# Kibana saved objects\nPOST {url}/{at}api/saved_objects/_import?overwrite={overwrite}\n{objects}");
+        }
         return ExitCode::SUCCESS;
     }
     let client = match BulkClient::new(es) {
@@ -203,23 +244,48 @@ fn setup(cfg: &Config, dry_run: bool, overwrite: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut incomplete = false;
     match rt.block_on(setup::apply(client.transport(), &resources, overwrite)) {
         Ok(changes) => {
-            let mut differs = false;
             for (r, c) in changes {
-                differs |= c == setup::Change::Differs;
+                incomplete |= c == setup::Change::Differs;
                 println!("{} {}: {c}", r.kind, r.name);
-            }
-            if differs {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
             }
         }
         Err(e) => {
             eprintln!("logferry: setup failed: {e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+    }
+    if let Some((url, space)) = kibana {
+        let imported = logferry::kibana::transport(&url, es).and_then(|t| {
+            rt.block_on(logferry::kibana::import(
+                &t,
+                space.as_deref(),
+                &objects,
+                overwrite,
+            ))
+        });
+        match imported {
+            Ok(items) => {
+                for i in items {
+                    incomplete |= !matches!(
+                        i.outcome,
+                        logferry::kibana::Outcome::Created | logferry::kibana::Outcome::Replaced
+                    );
+                    println!("Kibana {} {:?}: {}", i.kind, i.title, i.outcome);
+                }
+            }
+            Err(e) => {
+                eprintln!("logferry: Kibana import failed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if incomplete {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -285,9 +351,9 @@ fn run_pipeline(
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or container logs.
     let builder = tracing_subscriber::fmt()

@@ -248,6 +248,30 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             Counter,
             &s.buffer_corrupt_bytes,
         ),
+        (
+            "events_invalid_utf8_total",
+            "Events whose invalid UTF-8 was replaced with U+FFFD.",
+            Counter,
+            &s.events_invalid_utf8,
+        ),
+        (
+            "rate_limited_lines_total",
+            "Lines dropped over a container's rate limit.",
+            Counter,
+            &s.lines_rate_limited,
+        ),
+        (
+            "rate_limit_summaries_total",
+            "Summary events shipped for lines dropped over a rate limit.",
+            Counter,
+            &s.rate_limit_summaries,
+        ),
+        (
+            "elasticsearch_in_flight_bytes",
+            "Bytes of bulk requests sent and not yet answered.",
+            Gauge,
+            &s.es_in_flight_bytes,
+        ),
     ]
 }
 
@@ -304,6 +328,23 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
         "Events by the container stream that wrote them.",
         "stream",
         &[("stdout", stdout), ("stderr", stderr)],
+    );
+    labelled(
+        &mut out,
+        "events_by_format_total",
+        "Events by the runtime log format of their file.",
+        "format",
+        &[
+            ("cri", Stats::get(&stats.events_cri)),
+            ("docker", Stats::get(&stats.events_docker)),
+        ],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP logferry_backpressure_seconds_total Time the tailer waited for room in a full pipeline.\n\
+         # TYPE logferry_backpressure_seconds_total counter\n\
+         logferry_backpressure_seconds_total {}",
+        Stats::get(&stats.backpressure_micros) as f64 / 1e6
     );
     labelled(
         &mut out,

@@ -1,5 +1,6 @@
-//! Wires the stages: tailer → bounded channel → sink → acknowledgements → checkpointer,
-//! and takes them down in order at shutdown (stop reading, drain, flush, persist).
+//! Wires the stages: tailer → (enrich) → (rate limit) → sink → acknowledgements →
+//! checkpointer, and takes them down in order at shutdown (stop reading, drain, flush,
+//! persist).
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
 use crate::config::{BufferKind, Config, OutputKind};
@@ -8,6 +9,7 @@ use crate::enrich::exclude::Exclusion;
 use crate::enrich::kube::cache::{OpenPods, SharedCache};
 use crate::enrich::kube::watch;
 use crate::enrich::stage::Enricher;
+use crate::rate_limit::RateLimitStage;
 use crate::sink::elasticsearch::spool::Spool;
 use crate::sink::elasticsearch::target::Router;
 use crate::sink::elasticsearch::ElasticsearchSink;
@@ -132,6 +134,7 @@ pub async fn run(
         ev_rx = enriched_rx;
         kube_view = Some((cache, open));
     }
+    let pods = kube_view.as_ref().map(|(cache, _)| cache.clone());
     let exclusion = Exclusion::new(&config.kubernetes, kube_view);
     let (ck_tx, ck_rx) = mpsc::unbounded_channel();
     let checkpointer = tokio::spawn(
@@ -139,10 +142,17 @@ pub async fn run(
             .publishing(opts.health.clone())
             .run(ck_rx, config.checkpoint.interval),
     );
+    if let Some(limits) =
+        RateLimitStage::new(&config.rate_limit, pods, ck_tx.clone(), stats.clone())
+    {
+        let (limited_tx, limited_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+        tokio::spawn(limits.run(ev_rx, limited_tx));
+        ev_rx = limited_rx;
+    }
     let sink = match config.output.kind {
         OutputKind::Stdout => {
             let sink = StdoutSink {
-                encoder: DocumentEncoder::new(&src.json),
+                encoder: DocumentEncoder::new(&src.json).counting(stats.clone()),
                 format: config.output.stdout.format,
                 writer: opts.output,
                 acks: ck_tx.clone(),
@@ -182,7 +192,7 @@ pub async fn run(
                 let spool = Spool::new(
                     writer,
                     Router::new(&config.output.elasticsearch),
-                    DocumentEncoder::new(&src.json),
+                    DocumentEncoder::new(&src.json).counting(stats.clone()),
                     ck_tx.clone(),
                     &config.buffer,
                 );

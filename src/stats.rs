@@ -126,6 +126,18 @@ pub struct Stats {
     /// Damaged or torn records found in the disk buffer, skipped, and their bytes.
     pub buffer_corrupt_records: AtomicU64,
     pub buffer_corrupt_bytes: AtomicU64,
+    /// Events by the runtime format of their file.
+    pub events_cri: AtomicU64,
+    pub events_docker: AtomicU64,
+    /// Events whose invalid UTF-8 was replaced with U+FFFD when encoded.
+    pub events_invalid_utf8: AtomicU64,
+    /// Lines dropped over a container's rate limit, and the summary events that said so.
+    pub lines_rate_limited: AtomicU64,
+    pub rate_limit_summaries: AtomicU64,
+    /// Bytes of bulk bodies sent and not yet answered (a gauge).
+    pub es_in_flight_bytes: AtomicU64,
+    /// Microseconds the tailer waited for room in a full pipeline.
+    pub backpressure_micros: AtomicU64,
 }
 
 impl Default for Stats {
@@ -176,6 +188,13 @@ impl Default for Stats {
             buffer_full: AtomicU64::new(0),
             buffer_corrupt_records: AtomicU64::new(0),
             buffer_corrupt_bytes: AtomicU64::new(0),
+            events_cri: AtomicU64::new(0),
+            events_docker: AtomicU64::new(0),
+            events_invalid_utf8: AtomicU64::new(0),
+            lines_rate_limited: AtomicU64::new(0),
+            rate_limit_summaries: AtomicU64::new(0),
+            es_in_flight_bytes: AtomicU64::new(0),
+            backpressure_micros: AtomicU64::new(0),
         }
     }
 }

@@ -77,6 +77,8 @@ fn bad_config_exits_2_naming_the_key() {
             "source.multiline.presets[0]",
         ),
         ("[output]\ntype = \"kafka\"\n", "output.type"),
+        ("[rate_limit]\nburst = 10\n", "rate_limit.burst"),
+        ("log_level = \"info,x=loud\"\n", "log_level"),
     ];
     for (text, key) in cases {
         let p = dir.path().join("bad.toml");

@@ -403,21 +403,28 @@ fn streams_merges_and_splits_are_counted_as_shipped() {
         cri("stderr", "F", "\tat com.example.A.main(A.java:2)"),
         cri("stdout", "F", "plain two"),
     ]);
+    c.append(b"2024-01-01T00:00:00Z stdout F bad \xff byte\n");
+    let d = tree.container("ns", "count-docker", "app");
+    d.append_lines(&[docker("stdout", "one\n"), docker("stderr", "two\n")]);
     let mut cfg = test_config(vec![tree.glob()]);
     cfg.source.multiline.presets = vec!["java".into()];
     let agent = Agent::start(cfg, None);
-    agent.wait_for(5);
+    agent.wait_for(8);
     std::thread::sleep(std::time::Duration::from_millis(400));
     let summary = agent.stop();
     let s = &summary.stats;
-    assert_eq!(Stats::get(&s.events), 5);
-    assert_eq!(Stats::get(&s.events_stderr), 2);
+    assert_eq!(Stats::get(&s.events), 8);
+    assert_eq!(Stats::get(&s.events_stderr), 3);
     assert_eq!(Stats::get(&s.events_partial_merged), 1);
     assert_eq!(Stats::get(&s.events_multiline), 1);
+    assert_eq!(Stats::get(&s.events_invalid_utf8), 1);
     let text = logferry::metrics::render(s, &[]);
     assert!(
-        text.contains("logferry_events_by_stream_total{stream=\"stdout\"} 3\n"),
+        text.contains("logferry_events_by_stream_total{stream=\"stdout\"} 5\n"),
         "{text}"
     );
     assert!(text.contains("logferry_events_assembled_total{kind=\"multiline\"} 1\n"));
+    assert!(text.contains("logferry_events_by_format_total{format=\"cri\"} 6\n"));
+    assert!(text.contains("logferry_events_by_format_total{format=\"docker\"} 2\n"));
+    assert!(text.contains("logferry_events_invalid_utf8_total 1\n"));
 }

@@ -4,10 +4,12 @@
 mod buffer;
 mod elasticsearch;
 mod kubernetes;
+mod rate_limit;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
 pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
 pub use kubernetes::KubernetesConfig;
+pub use rate_limit::RateLimitConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,8 +45,12 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub output: OutputConfig,
     pub buffer: BufferConfig,
+    pub rate_limit: RateLimitConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
+    /// The agent's own log level, as `RUST_LOG` takes it (`info`, `logferry=debug,warn`);
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: String,
 }
 
 impl Default for Config {
@@ -57,8 +63,10 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             output: OutputConfig::default(),
             buffer: BufferConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
+            log_level: "info".into(),
         }
     }
 }
@@ -428,6 +436,13 @@ impl Config {
         }
         self.buffer
             .validate(self.output.kind == OutputKind::Elasticsearch)?;
+        self.rate_limit.validate()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            (
+                "log_level".to_string(),
+                format!("{:?}: {e}", self.log_level),
+            )
+        })?;
         Ok(())
     }
 

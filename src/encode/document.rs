@@ -40,6 +40,8 @@ pub struct DocumentEncoder {
     /// `"<target>":` when JSON messages are lifted and kept.
     json_key: Option<Vec<u8>>,
     lift_json: bool,
+    /// Where replaced invalid UTF-8 is counted.
+    stats: Option<std::sync::Arc<crate::stats::Stats>>,
 }
 
 impl DocumentEncoder {
@@ -53,7 +55,14 @@ impl DocumentEncoder {
         DocumentEncoder {
             json_key,
             lift_json: cfg.enabled,
+            stats: None,
         }
+    }
+
+    /// Counts events whose invalid UTF-8 was replaced in `stats`.
+    pub fn counting(mut self, stats: std::sync::Arc<crate::stats::Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Appends the event's document (no trailing newline) to `out`.
@@ -81,6 +90,9 @@ impl DocumentEncoder {
             None => {
                 if !write_bytes(out, &e.message) {
                     flags.insert(Flags::INVALID_UTF8);
+                    if let Some(s) = &self.stats {
+                        crate::stats::Stats::add(&s.events_invalid_utf8, 1);
+                    }
                 }
             }
         }

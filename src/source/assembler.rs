@@ -61,6 +61,11 @@ impl Assembler {
         self.next_seq
     }
 
+    /// The file's runtime format, once its first line was read.
+    pub fn format(&self) -> Option<super::format::Detected> {
+        self.format.detected()
+    }
+
     /// Whether lines are held back waiting for more.
     pub fn is_holding(&self) -> bool {
         self.held_min() != u64::MAX

@@ -39,6 +39,10 @@ impl FormatState {
         FormatState { detected }
     }
 
+    pub fn detected(&self) -> Option<Detected> {
+        self.detected
+    }
+
     /// Parses a line in the file's format, falling back to the other one.
     pub fn parse(&mut self, line: &Bytes) -> Option<RuntimeLine> {
         let primary = *self.detected.get_or_insert(if line.first() == Some(&b'{') {

@@ -79,6 +79,22 @@ pub struct ChannelClosed;
 struct Reading {
     reader: LineReader,
     asm: Assembler,
+    /// Events already added to their format's counter.
+    counted: u64,
+}
+
+impl Reading {
+    /// Adds the events emitted since the last call to their file format's counter.
+    fn count_format(&mut self, stats: &Stats) {
+        let emitted = self.asm.emitted();
+        let n = emitted - self.counted;
+        self.counted = emitted;
+        let counter = match self.asm.format() {
+            Some(crate::source::format::Detected::Docker) => &stats.events_docker,
+            _ => &stats.events_cri,
+        };
+        Stats::add(counter, n);
+    }
 }
 
 struct Followed {
@@ -527,6 +543,7 @@ impl Tailer {
         f.reading = Some(Reading {
             reader: LineReader::new(offset, self.settings.read_size, self.settings.max_raw_line),
             asm: Assembler::new(ctx, self.rules.clone()),
+            counted: 0,
         });
     }
 
@@ -630,6 +647,7 @@ impl Tailer {
         Stats::add(&self.stats.truncations, 1);
         if let Some(mut r) = f.reading.take() {
             r.asm.flush_all(now, &mut self.out);
+            r.count_format(&self.stats);
             self.seen.remove(&r.asm.context().identity);
             let _ = self.ckpt_tx.send(CheckpointMsg::Released {
                 key: r.asm.context().key,
@@ -712,6 +730,7 @@ impl Tailer {
                 r.asm.push(rest, now, &mut self.out);
             }
             r.asm.flush_all(now, &mut self.out);
+            r.count_format(&self.stats);
             Stats::add(&self.stats.bytes_dropped, r.reader.skipped_bytes);
             let ctx = r.asm.context();
             self.seen
@@ -767,11 +786,20 @@ impl Tailer {
         for (c, n) in counters.into_iter().zip(flagged) {
             Stats::add(c, n);
         }
+        for r in self.files.iter_mut().filter_map(|f| f.reading.as_mut()) {
+            r.count_format(&self.stats);
+        }
+        let started = Instant::now();
+        let waited = |stats: &Stats| {
+            Stats::add(
+                &stats.backpressure_micros,
+                started.elapsed().as_micros() as u64,
+            )
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self
-                .events_tx
-                .blocking_send(batch)
-                .map_err(|_| ChannelClosed);
+            let sent = self.events_tx.blocking_send(batch);
+            waited(&self.stats);
+            return sent.map_err(|_| ChannelClosed);
         };
         let tx = self.events_tx.clone();
         loop {
@@ -779,6 +807,7 @@ impl Tailer {
             match rt.block_on(wait) {
                 Ok(Ok(permit)) => {
                     permit.send(batch);
+                    waited(&self.stats);
                     return Ok(());
                 }
                 Ok(Err(_)) => return Err(ChannelClosed),

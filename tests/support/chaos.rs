@@ -763,15 +763,24 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
     );
     let pid = agent.child.as_ref().unwrap().id();
     let log = agent.config.with_extension("log");
-    let (mut behind, mut lag_shown) = (0, 0);
+    let (mut behind, mut lag_shown, mut in_flight, mut waited) = (0, 0, 0, 0.0f64);
     while writer.written() < 60_000 * scale {
         std::thread::sleep(Duration::from_millis(500));
         let indexed = es.with(|s| s.count("logs-*")) as u64;
         behind = behind.max(writer.written().saturating_sub(indexed));
-        let lag = fetch(&log, "/metrics")
-            .and_then(|(_, m)| sample(&m, "logferry_checkpoint_lag_bytes"))
-            .unwrap_or(0);
-        lag_shown = lag_shown.max(lag);
+        let Some((_, m)) = fetch(&log, "/metrics") else {
+            continue;
+        };
+        lag_shown = lag_shown.max(sample(&m, "logferry_checkpoint_lag_bytes").unwrap_or(0));
+        in_flight =
+            in_flight.max(sample(&m, "logferry_elasticsearch_in_flight_bytes").unwrap_or(0));
+        if let Some(s) = m.lines().find_map(|l| {
+            l.strip_prefix("logferry_backpressure_seconds_total ")?
+                .parse::<f64>()
+                .ok()
+        }) {
+            waited = waited.max(s);
+        }
     }
     let total = writer.finish();
     let peak = peak_rss_kib(pid);
@@ -785,6 +794,9 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
         lag_shown > 500_000,
         "checkpoint lag seen: {lag_shown} bytes"
     );
+    // A request is out most of the time, and the tailer waits on the full pipeline.
+    assert!(in_flight > 10_000, "in-flight bytes seen: {in_flight}");
+    assert!(waited > 1.0, "backpressure seconds seen: {waited}");
     es.faults(|f| f.latency = Duration::ZERO);
     let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
     assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());

@@ -60,23 +60,7 @@ impl BulkClient {
             .iter()
             .map(|e| Url::parse(e).map_err(|x| ClientError::Endpoint(format!("{e:?}: {x}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut b = TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
-            .timeout(cfg.request_timeout)
-            .disable_proxy();
-        if let Some(c) = credentials(cfg)? {
-            b = b.auth(c);
-        }
-        if cfg.insecure_skip_verify {
-            tracing::warn!("output.elasticsearch.insecure_skip_verify is on: the cluster's certificate is not checked (development only)");
-            b = b.cert_validation(CertificateValidation::None);
-        } else if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?;
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
-            b = b.cert_validation(CertificateValidation::Full(cert));
-        }
-        let transport = b.build().map_err(|e| ClientError::Build(e.to_string()))?;
+        let transport = transport(urls, cfg)?;
         let requests = NonZeroU32::new(cfg.max_requests_per_second)
             .map(|n| RateLimiter::direct(Quota::per_second(n)));
         let kibibytes =
@@ -160,6 +144,28 @@ impl BulkClient {
         };
         (reply, sent)
     }
+}
+
+/// A transport to `urls` with the cluster's credentials, CA and timeout: Kibana is reached
+/// with the same ones.
+pub fn transport(urls: Vec<Url>, cfg: &ElasticsearchConfig) -> Result<Transport, ClientError> {
+    let mut b = TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+        .timeout(cfg.request_timeout)
+        .disable_proxy();
+    if let Some(c) = credentials(cfg)? {
+        b = b.auth(c);
+    }
+    if cfg.insecure_skip_verify {
+        tracing::warn!("output.elasticsearch.insecure_skip_verify is on: the cluster's certificate is not checked (development only)");
+        b = b.cert_validation(CertificateValidation::None);
+    } else if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
+        b = b.cert_validation(CertificateValidation::Full(cert));
+    }
+    b.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
 fn excerpt(b: &[u8]) -> String {

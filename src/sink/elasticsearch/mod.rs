@@ -76,14 +76,14 @@ impl ElasticsearchSink {
                 client: BulkClient::new(cfg)?,
                 cfg: cfg.clone(),
                 json_key,
-                stats,
+                stats: stats.clone(),
                 dead_letter: Mutex::new(DeadLetter::new(
                     dead_letter_dir,
                     cfg.dead_letter_max_bytes,
                 )),
             }),
             router: Router::new(cfg),
-            encoder: DocumentEncoder::new(json),
+            encoder: DocumentEncoder::new(json).counting(stats),
             acks,
         })
     }
@@ -356,7 +356,19 @@ impl Backoff {
 }
 
 /// Sends a batch until every item is settled. Returns what happened to its items.
-async fn ship(shared: &Shared, mut batch: Sealed) -> Settled {
+async fn ship(shared: &Shared, batch: Sealed) -> Settled {
+    // Counted from the first send until settled, backoffs included.
+    let bytes = batch.raw_len as u64;
+    Stats::add(&shared.stats.es_in_flight_bytes, bytes);
+    let settled = ship_until_settled(shared, batch).await;
+    shared
+        .stats
+        .es_in_flight_bytes
+        .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    settled
+}
+
+async fn ship_until_settled(shared: &Shared, mut batch: Sealed) -> Settled {
     let cfg = &shared.cfg;
     let st = &shared.stats;
     let mut settled = Settled::default();

@@ -73,6 +73,9 @@ fn with_meta(mut body: Value, meta_at: &[&str]) -> (Value, String) {
     (body, version)
 }
 
+/// Fields of JSON messages that the Kibana objects compare as milliseconds.
+pub const DURATION_LEAVES: [&str; 2] = ["latency_ms", "duration_ms"];
+
 /// What `setup` installs for this config.
 pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
     let name = &cfg.template_name;
@@ -140,14 +143,28 @@ pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
         "event": { "properties": { "original": { "type": "keyword", "index": false, "doc_values": false } } },
         "error": { "properties": { "type": keyword, "message": { "type": "text" } } }
     });
+    let mut runtime = json!({});
     if !json_key.is_empty() {
         properties[json_key] = json!({ "type": "flattened", "ignore_above": 1024 });
+        // Flattened leaves are keywords, compared as text ("999" > "1000"): durations are
+        // read as numbers at search time, for "Slow requests" and range queries.
+        for leaf in DURATION_LEAVES {
+            runtime[format!("{json_key}.{leaf}")] = json!({
+                "type": "double",
+                "script": { "source": format!(
+                    "def j = params._source['{json_key}']; if (j instanceof Map) {{ \
+                     def v = j['{leaf}']; if (v instanceof Number) {{ emit(((Number) v).doubleValue()); }} \
+                     else if (v instanceof String) {{ try {{ emit(Double.parseDouble((String) v)); }} \
+                     catch (NumberFormatException e) {{}} }} }}") }
+            });
+        }
     }
     let (mappings, mv) = with_meta(
         json!({ "template": { "mappings": {
             "dynamic_templates": [ { "strings_as_keyword": {
                 "match_mapping_type": "string",
                 "mapping": { "type": "keyword", "ignore_above": 1024 } } } ],
+            "runtime": runtime,
             "properties": properties } } }),
         &[],
     );

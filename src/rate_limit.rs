@@ -1,0 +1,387 @@
+//! The rate-limit stage, between enrich and the sink: lines per second per container, from
+//! `[rate_limit]` or the pod annotation `logferry.io/rate-limit: "500/s"`. Lines over the
+//! limit are dropped, counted, and acknowledged so checkpoints move on. The first line
+//! dropped in a window is held and, when the window ends, shipped in place as a summary
+//! ("logferry dropped N lines from <pod>/<container> over its limit of 500/s"): the loss is
+//! visible in Kibana next to the container's own lines, under a deterministic id.
+
+use crate::checkpoint::CheckpointMsg;
+use crate::config::RateLimitConfig;
+use crate::enrich::kube::cache::SharedCache;
+use crate::event::{AckBuilder, FileKey, Flags, LogEvent};
+use crate::stats::Stats;
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub const ANNOTATION: &str = "logferry.io/rate-limit";
+/// A pod's annotation is looked at again this often (it may be edited on a running pod).
+const RECHECK: Duration = Duration::from_secs(30);
+/// Containers not seen for this long are forgotten.
+const IDLE_FORGET: Duration = Duration::from_secs(600);
+
+/// A limit and how it was written, for the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub quota: Quota,
+    pub label: String,
+}
+
+impl Limit {
+    /// The config's default, `None` when off.
+    pub fn from_config(cfg: &RateLimitConfig) -> Option<Limit> {
+        let rate = NonZeroU32::new(cfg.lines_per_second)?;
+        let burst = NonZeroU32::new(cfg.burst).unwrap_or(rate);
+        Some(Limit {
+            quota: Quota::per_second(rate).allow_burst(burst),
+            label: format!("{rate}/s"),
+        })
+    }
+
+    /// An annotation's value: `500/s`, `6000/m`, or `none` (unlimited). The burst is one
+    /// second's worth.
+    pub fn parse(value: &str) -> Result<Option<Limit>, String> {
+        let v = value.trim();
+        if v.eq_ignore_ascii_case("none") || v == "0" {
+            return Ok(None);
+        }
+        let (n, unit) = v
+            .split_once('/')
+            .ok_or_else(|| format!("{value:?} is not like \"500/s\", \"6000/m\" or \"none\""))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{value:?}: {n:?} is not a whole number"))?;
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(None);
+        };
+        let quota = match unit.trim() {
+            "s" => Quota::per_second(n),
+            "m" => Quota::per_minute(n)
+                .allow_burst(NonZeroU32::new(n.get().div_ceil(60)).expect("at least one")),
+            u => return Err(format!("{value:?}: unit {u:?} is not s or m")),
+        };
+        Ok(Some(Limit {
+            quota,
+            label: format!("{n}/{}", unit.trim()),
+        }))
+    }
+}
+
+struct Container {
+    /// `<pod>/<container>`, for the summary.
+    name: String,
+    limit: Option<(Limit, DefaultDirectRateLimiter)>,
+    checked_at: Instant,
+    /// The first line dropped in this window: it becomes the summary.
+    held: Option<LogEvent>,
+    dropped: u64,
+    due: Instant,
+    last_seen: Instant,
+}
+
+pub struct RateLimitStage {
+    default: Option<Limit>,
+    /// Pods' annotations, when Kubernetes metadata is on and annotations are honoured.
+    pods: Option<SharedCache>,
+    interval: Duration,
+    acks: mpsc::UnboundedSender<CheckpointMsg>,
+    stats: Arc<Stats>,
+    files: HashMap<FileKey, String>,
+    containers: HashMap<String, Container>,
+    next_due: Option<Instant>,
+}
+
+impl RateLimitStage {
+    /// `None` when no container can be limited: no default and no annotations to read.
+    pub fn new(
+        cfg: &RateLimitConfig,
+        pods: Option<SharedCache>,
+        acks: mpsc::UnboundedSender<CheckpointMsg>,
+        stats: Arc<Stats>,
+    ) -> Option<Self> {
+        let default = Limit::from_config(cfg);
+        let pods = pods.filter(|_| cfg.pod_annotation);
+        if default.is_none() && pods.is_none() {
+            return None;
+        }
+        Some(RateLimitStage {
+            default,
+            pods,
+            interval: cfg.summary_interval,
+            acks,
+            stats,
+            files: HashMap::new(),
+            containers: HashMap::new(),
+            next_due: None,
+        })
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<LogEvent>>,
+        tx: mpsc::Sender<Vec<LogEvent>>,
+    ) {
+        let mut forget = tokio::time::interval(IDLE_FORGET / 10);
+        loop {
+            let mut out = Vec::new();
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        out.reserve(batch.len());
+                        self.filter(batch, Instant::now(), &mut out);
+                    }
+                    None => {
+                        // Input ended: every held summary goes now.
+                        self.summarize(None, &mut out);
+                        if !out.is_empty() {
+                            let _ = tx.send(out).await;
+                        }
+                        return;
+                    }
+                },
+                _ = sleep_until(self.next_due) => self.summarize(Some(Instant::now()), &mut out),
+                _ = forget.tick() => self.forget_idle(Instant::now()),
+            }
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn filter(&mut self, batch: Vec<LogEvent>, now: Instant, out: &mut Vec<LogEvent>) {
+        let mut dropped = AckBuilder::default();
+        let (mut n_dropped, due) = (0, now + self.interval);
+        let mut held_any = false;
+        for e in batch {
+            let c = self.container(&e, now);
+            let Some((_, limiter)) = &c.limit else {
+                out.push(e);
+                continue;
+            };
+            if limiter.check().is_ok() {
+                out.push(e);
+                continue;
+            }
+            c.dropped += 1;
+            n_dropped += 1;
+            if c.held.is_none() {
+                c.held = Some(e);
+                c.due = due;
+                held_any = true;
+            } else {
+                dropped.push(&e);
+            }
+        }
+        Stats::add(&self.stats.lines_rate_limited, n_dropped);
+        if held_any {
+            self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
+        }
+        if !dropped.is_empty() {
+            let _ = self.acks.send(CheckpointMsg::Acked(dropped.finish()));
+        }
+    }
+
+    /// The event's container, its limit looked up again when due.
+    fn container(&mut self, e: &LogEvent, now: Instant) -> &mut Container {
+        let key = self.files.entry(e.file.key).or_insert_with(|| {
+            let k = &e.file.kube;
+            match (&k.namespace, &k.pod_name, &k.container_name) {
+                (Some(ns), Some(pod), Some(c)) => format!("{ns}/{pod}/{c}"),
+                _ => e.file.path.display().to_string(),
+            }
+        });
+        let c = self.containers.entry(key.clone()).or_insert_with(|| {
+            let k = &e.file.kube;
+            Container {
+                name: match (&k.pod_name, &k.container_name) {
+                    (Some(p), Some(c)) => format!("{p}/{c}"),
+                    _ => e.file.path.display().to_string(),
+                },
+                limit: None,
+                checked_at: now - RECHECK * 2,
+                held: None,
+                dropped: 0,
+                due: now,
+                last_seen: now,
+            }
+        });
+        c.last_seen = now;
+        if now.duration_since(c.checked_at) >= RECHECK {
+            c.checked_at = now;
+            let limit = match self.pods.as_ref().and_then(|p| annotation(p, e)) {
+                Some(Ok(l)) => l,
+                Some(Err(why)) => {
+                    if let Some(held_back) = crate::log_limit::allow("rate_limit.annotation") {
+                        tracing::warn!(pod = %c.name, held_back, "{ANNOTATION}: {why}; the default limit applies");
+                    }
+                    self.default.clone()
+                }
+                None => self.default.clone(),
+            };
+            if c.limit.as_ref().map(|(l, _)| l) != limit.as_ref() {
+                c.limit = limit.map(|l| {
+                    let limiter = RateLimiter::direct(l.quota);
+                    (l, limiter)
+                });
+            }
+        }
+        c
+    }
+
+    /// Ships the summaries that are due (all of them with `None`).
+    fn summarize(&mut self, now: Option<Instant>, out: &mut Vec<LogEvent>) {
+        self.next_due = None;
+        for c in self.containers.values_mut() {
+            if c.held.is_none() {
+                continue;
+            }
+            if now.is_some_and(|now| c.due > now) {
+                self.next_due = Some(self.next_due.map_or(c.due, |d| d.min(c.due)));
+                continue;
+            }
+            let mut e = c.held.take().expect("checked");
+            let label = c
+                .limit
+                .as_ref()
+                .map_or("its limit", |(l, _)| l.label.as_str());
+            e.message = Bytes::from(format!(
+                "logferry dropped {} lines from {} over its limit of {label}",
+                c.dropped, c.name
+            ));
+            e.flags = Flags::RATE_LIMIT_SUMMARY;
+            c.dropped = 0;
+            Stats::add(&self.stats.rate_limit_summaries, 1);
+            out.push(e);
+        }
+    }
+
+    fn forget_idle(&mut self, now: Instant) {
+        self.containers
+            .retain(|_, c| c.held.is_some() || now.duration_since(c.last_seen) < IDLE_FORGET);
+        let containers = &self.containers;
+        self.files.retain(|_, k| containers.contains_key(k));
+    }
+}
+
+/// The pod's annotation, when the pod is known and has one.
+fn annotation(pods: &SharedCache, e: &LogEvent) -> Option<Result<Option<Limit>, String>> {
+    let k = &e.file.kube;
+    let cache = pods.read().unwrap_or_else(|p| p.into_inner());
+    let pod = cache.get(
+        k.pod_uid.as_deref(),
+        k.namespace.as_deref(),
+        k.pod_name.as_deref(),
+    )?;
+    pod.annotations.get(ANNOTATION).map(|v| Limit::parse(v))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::document::tests::event;
+
+    #[test]
+    fn annotations_parse_or_say_what_is_wrong() {
+        let l = Limit::parse("500/s").unwrap().unwrap();
+        assert_eq!(l.label, "500/s");
+        assert_eq!(l.quota.burst_size().get(), 500);
+        let m = Limit::parse(" 600/m ").unwrap().unwrap();
+        assert_eq!(m.quota.burst_size().get(), 10);
+        assert_eq!(Limit::parse("none").unwrap(), None);
+        assert_eq!(Limit::parse("0/s").unwrap(), None);
+        for bad in ["500", "fast/s", "500/h", "-1/s"] {
+            let err = Limit::parse(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    /// Events of one container, seq 0..n.
+    fn events(n: u64) -> Vec<LogEvent> {
+        let e = event(b"line", Flags::empty());
+        (0..n)
+            .map(|seq| LogEvent {
+                seq,
+                offset: seq * 10,
+                safe_point: seq * 10 + 10,
+                ..e.clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn over_the_burst_lines_are_dropped_acked_and_summarized_once_per_window() {
+        let cfg = RateLimitConfig {
+            lines_per_second: 1,
+            burst: 5,
+            summary_interval: Duration::from_millis(200),
+            pod_annotation: false,
+        };
+        let stats = Arc::new(Stats::default());
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let stage = RateLimitStage::new(&cfg, None, ack_tx, stats.clone()).unwrap();
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        tokio::spawn(stage.run(in_rx, out_tx));
+        in_tx.send(events(100)).await.unwrap();
+        let passed = out_rx.recv().await.unwrap();
+        // The burst passes; within a second at most one more.
+        assert!((5..=6).contains(&passed.len()), "{}", passed.len());
+        assert_eq!(passed[0].seq, 0);
+        let dropped = 100 - passed.len() as u64;
+        assert_eq!(Stats::get(&stats.lines_rate_limited), dropped);
+        // All dropped lines but the held one are acknowledged at once.
+        let Some(CheckpointMsg::Acked(ranges)) = ack_rx.recv().await else {
+            panic!("no acks");
+        };
+        let acked: u64 = ranges.iter().map(|r| r.last_seq - r.first_seq + 1).sum();
+        assert_eq!(acked, dropped - 1);
+        // The summary comes when the window ends, in the held line's place.
+        let summary = tokio::time::timeout(Duration::from_secs(2), out_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.len(), 1);
+        let s = &summary[0];
+        assert_eq!(
+            s.seq,
+            passed.len() as u64,
+            "the first dropped line carries it"
+        );
+        assert_eq!(
+            std::str::from_utf8(&s.message).unwrap(),
+            format!(
+                "logferry dropped {dropped} lines from /var/log/containers/x.log over its limit of 1/s"
+            )
+        );
+        assert!(s.flags.contains(Flags::RATE_LIMIT_SUMMARY));
+        assert_eq!(Stats::get(&stats.rate_limit_summaries), 1);
+        // Every seq is either shipped (passed or summary) or acknowledged: none lost.
+        let mut seen: Vec<u64> = passed.iter().map(|e| e.seq).collect();
+        seen.push(s.seq);
+        for r in &ranges {
+            seen.extend(r.first_seq..=r.last_seq);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn off_by_default() {
+        let (ack_tx, _) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        assert!(RateLimitStage::new(&RateLimitConfig::default(), None, ack_tx, stats).is_none());
+    }
+}
