@@ -16,6 +16,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod reload;
 pub mod sink;
 pub mod source;
 pub mod stats;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use logferry::config::{Config, StartAt, StdoutFormat};
 use logferry::pipeline::{self, RunOptions};
+use logferry::reload::Loader;
 use logferry::stats::Stats;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
         } => Config::load(config).ok().map(|c| c.log_level),
         _ => None,
     };
-    init_logging(log_format, config_level.as_deref().unwrap_or("info"));
+    let set_level = init_logging(log_format, config_level.as_deref().unwrap_or("info"));
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
@@ -117,12 +118,32 @@ fn main() -> ExitCode {
             Err(e) => config_error(e),
         },
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
+            let first = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
-            let state_dir = Some(cfg.state_dir.clone());
-            run(cfg, false, state_dir, true)
+            let state_dir = first.state_dir.clone();
+            let path = config.clone();
+            let load: Loader = Box::new(move || {
+                let c = Config::load(&path).map_err(|e| e.to_string())?;
+                if c.state_dir != state_dir {
+                    return Err(format!(
+                        "state_dir: {} cannot change while running ({} is in use); restart the agent",
+                        c.state_dir.display(),
+                        state_dir.display()
+                    ));
+                }
+                Ok(c)
+            });
+            let state_dir = Some(first.state_dir.clone());
+            run(
+                first,
+                false,
+                state_dir,
+                true,
+                Some((config, load)),
+                set_level,
+            )
         }
         Command::Debug {
             config,
@@ -132,30 +153,47 @@ fn main() -> ExitCode {
             format,
             paths,
         } => {
-            let mut cfg = match config {
-                Some(path) => match Config::load(&path) {
+            let overrides = move |mut c: Config| -> Result<Config, (String, String)> {
+                c.source.include = paths.iter().map(|p| as_glob(p)).collect();
+                c.source.start_at = if from_beginning {
+                    StartAt::Beginning
+                } else {
+                    StartAt::End
+                };
+                if let Some(f) = format {
+                    c.output.stdout.format = match f {
+                        DocFormat::Document => StdoutFormat::Document,
+                        DocFormat::Bulk => StdoutFormat::Bulk,
+                    };
+                }
+                c.validate()?;
+                Ok(c)
+            };
+            let first = match &config {
+                Some(path) => match Config::load(path) {
                     Ok(c) => c,
                     Err(e) => return config_error(e),
                 },
                 None => debug_defaults(),
             };
-            cfg.source.include = paths.iter().map(|p| as_glob(p)).collect();
-            cfg.source.start_at = if from_beginning {
-                StartAt::Beginning
-            } else {
-                StartAt::End
+            let overrides = std::sync::Arc::new(overrides);
+            let cfg = match overrides(first) {
+                Ok(c) => c,
+                Err((key, msg)) => {
+                    eprintln!("logferry: {key}: {msg}");
+                    return ExitCode::from(2);
+                }
             };
-            if let Some(f) = format {
-                cfg.output.stdout.format = match f {
-                    DocFormat::Document => StdoutFormat::Document,
-                    DocFormat::Bulk => StdoutFormat::Bulk,
-                };
-            }
-            if let Err((key, msg)) = cfg.validate() {
-                eprintln!("logferry: {key}: {msg}");
-                return ExitCode::from(2);
-            }
-            run(cfg, once, state_dir, false)
+            // With a config file, SIGHUP and changes reload it, the command line still applied.
+            let reload = config.map(|path| {
+                let p = path.clone();
+                let load: Loader = Box::new(move || {
+                    let c = Config::load(&p).map_err(|e| e.to_string())?;
+                    overrides(c).map_err(|(k, m)| format!("{k}: {m}"))
+                });
+                (path, load)
+            });
+            run(cfg, once, state_dir, false, reload, set_level)
         }
     }
 }
@@ -180,8 +218,15 @@ fn config_error(e: logferry::config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(cfg: Config, once: bool, state_dir: Option<PathBuf>, serve_http: bool) -> ExitCode {
-    match run_pipeline(cfg, once, state_dir, serve_http) {
+fn run(
+    cfg: Config,
+    once: bool,
+    state_dir: Option<PathBuf>,
+    serve_http: bool,
+    reload: Option<(PathBuf, Loader)>,
+    set_level: SetLevel,
+) -> ExitCode {
+    match run_pipeline(cfg, once, state_dir, serve_http, reload, set_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logferry: {e:#}");
@@ -290,10 +335,12 @@ fn setup(
 }
 
 fn run_pipeline(
-    cfg: Config,
+    mut cfg: Config,
     once: bool,
     state_dir: Option<PathBuf>,
     serve_http: bool,
+    reload: Option<(PathBuf, Loader)>,
+    set_level: SetLevel,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -302,14 +349,15 @@ fn run_pipeline(
         .context("cannot start the runtime")?;
     let health = std::sync::Arc::new(logferry::http::Health::default());
     let stats = std::sync::Arc::new(Stats::default());
-    if serve_http && cfg.http.enabled {
+    let http = cfg.http.clone();
+    if serve_http && http.enabled {
         let addr = rt
             .block_on(logferry::http::serve(
-                &cfg.http.listen,
+                &http.listen,
                 health.clone(),
                 stats.clone(),
             ))
-            .with_context(|| format!("cannot listen on http.listen {}", cfg.http.listen))?;
+            .with_context(|| format!("cannot listen on http.listen {}", http.listen))?;
         tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");
     }
     let host_name = if cfg.host_name.is_empty() {
@@ -317,51 +365,122 @@ fn run_pipeline(
     } else {
         cfg.host_name.clone()
     };
-    let opts = RunOptions {
-        once,
-        state_dir,
-        output: Box::new(std::io::stdout()),
-        host_name,
-        stats,
-        health: health.clone(),
+    let mut reloads = match reload.filter(|_| !once) {
+        Some((path, load)) => {
+            let _entered = rt.enter();
+            Some(
+                logferry::reload::spawn(path, load, &cfg.reload, stats.clone())
+                    .context("cannot watch for config reloads")?,
+            )
+        }
+        None => None,
     };
-    let summary = rt.block_on(async {
-        let stop = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let mut term = {
+        let _entered = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot handle SIGTERM")?
+    };
+    let mut resume = None;
+    loop {
+        let opts = RunOptions {
+            once,
+            state_dir: state_dir.clone(),
+            output: Box::new(std::io::stdout()),
+            host_name: if cfg.host_name.is_empty() {
+                host_name.clone()
+            } else {
+                cfg.host_name.clone()
+            },
+            stats: stats.clone(),
+            health: health.clone(),
+            resume: resume.take(),
         };
-        pipeline::run(&cfg, opts, stop).await
-    })?;
-    let s = &summary.stats;
-    tracing::info!(
-        events = Stats::get(&s.events),
-        delivered = Stats::get(&s.events_delivered),
-        files = Stats::get(&s.files_opened),
-        truncated = Stats::get(&s.events_truncated),
-        malformed = Stats::get(&s.events_malformed),
-        bytes_dropped = Stats::get(&s.bytes_dropped),
-        "stopped"
-    );
+        let mut next = None;
+        let summary = rt.block_on(async {
+            let stop = async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                    Some(c) = async {
+                        match reloads.as_mut() {
+                            Some(r) => r.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => next = Some(c),
+                }
+            };
+            pipeline::run(&cfg, opts, stop).await
+        })?;
+        let Some(new) = next else {
+            let s = &summary.stats;
+            tracing::info!(
+                events = Stats::get(&s.events),
+                delivered = Stats::get(&s.events_delivered),
+                files = Stats::get(&s.files_opened),
+                truncated = Stats::get(&s.events_truncated),
+                malformed = Stats::get(&s.events_malformed),
+                bytes_dropped = Stats::get(&s.bytes_dropped),
+                "stopped"
+            );
+            break;
+        };
+        if summary.timed_out {
+            tracing::warn!("the old config's pipeline did not drain in time; what it had not delivered is read again (same ids)");
+        }
+        if new.http.listen != http.listen || new.http.enabled != http.enabled {
+            tracing::warn!("http settings change at the next restart, not on reload");
+        }
+        if new.log_level != cfg.log_level {
+            set_level(&new.log_level);
+        }
+        // Without a state directory the committed offsets carry over in memory.
+        resume = state_dir.is_none().then_some(summary.committed);
+        cfg = new;
+        Stats::add(&stats.config_reloads, 1);
+        tracing::info!("config reloaded");
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+/// Changes the agent's own log level (a reload); a no-op when `RUST_LOG` decides it.
+type SetLevel = Box<dyn Fn(&str)>;
+
+fn init_logging(format: LogFormat, level: &str) -> SetLevel {
+    use tracing_subscriber::EnvFilter;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or container logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let reload: Box<dyn Fn(EnvFilter) -> Result<(), String>> = match format {
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+    };
+    Box::new(move |level: &str| {
+        if fixed {
+            return;
+        }
+        match EnvFilter::try_new(level)
+            .map_err(|e| e.to_string())
+            .and_then(&reload)
+        {
+            Ok(()) => tracing::info!(level, "log level changed"),
+            Err(e) => tracing::warn!(level, error = %e, "log level not changed"),
+        }
+    })
 }

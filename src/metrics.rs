@@ -267,6 +267,18 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.rate_limit_summaries,
         ),
         (
+            "config_reloads_total",
+            "Config reloads taken (SIGHUP or a changed file).",
+            Counter,
+            &s.config_reloads,
+        ),
+        (
+            "config_reload_failures_total",
+            "New configs refused; the running one was kept.",
+            Counter,
+            &s.config_reload_failures,
+        ),
+        (
             "elasticsearch_in_flight_bytes",
             "Bytes of bulk requests sent and not yet answered.",
             Gauge,

@@ -50,6 +50,15 @@ fn segment_size(max_size: u64) -> u64 {
     (max_size / 8).clamp(64 * 1024, 64 * 1024 * 1024)
 }
 
+/// Aborts a background task when the run that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct RunOptions {
     /// Stop when every file is read to its end.
     pub once: bool,
@@ -61,6 +70,9 @@ pub struct RunOptions {
     pub stats: Arc<Stats>,
     /// What `/healthz` and `/readyz` report.
     pub health: Arc<crate::http::Health>,
+    /// Without a state directory: the offsets a previous run in this process committed
+    /// (a config reload), so the next run resumes there.
+    pub resume: Option<Vec<Entry>>,
 }
 
 #[derive(Debug)]
@@ -86,8 +98,8 @@ pub async fn run(
         None => (
             None,
             Loaded {
-                first_start: true,
-                entries: vec![],
+                first_start: opts.resume.is_none(),
+                entries: opts.resume.clone().unwrap_or_default(),
             },
         ),
     };
@@ -108,6 +120,8 @@ pub async fn run(
     // With Kubernetes metadata: tailer → enricher → sink; without: tailer → sink.
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
     let mut kube_view = None;
+    // The watch runs until this run ends (a reload starts another).
+    let mut watch_task = None;
     if config.kubernetes.enabled {
         let client = watch::client(&config.kubernetes)
             .await
@@ -115,14 +129,14 @@ pub async fn run(
         let cache = SharedCache::default();
         let open = Arc::new(OpenPods::default());
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(watch::run(
+        watch_task = Some(AbortOnDrop(tokio::spawn(watch::run(
             client,
             config.kubernetes.clone(),
             cache.clone(),
             open.clone(),
             changed_tx,
             stats.clone(),
-        ));
+        ))));
         let (enriched_tx, enriched_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
         let enricher = Enricher::new(
             cache.clone(),
@@ -241,7 +255,13 @@ pub async fn run(
 
     tokio::pin!(stop);
     let tailer_result = tokio::select! {
-        r = &mut tailer => Some(r),
+        r = &mut tailer => {
+            // Reading stops by itself only in a `once` run; otherwise the pipeline broke.
+            if !opts.once {
+                opts.health.set_alive(false);
+            }
+            Some(r)
+        }
         _ = &mut stop => {
             tracing::info!("stopping: draining in-flight events");
             wake.stop();
@@ -257,7 +277,9 @@ pub async fn run(
         let committed = checkpointer.await;
         (tailer_result, sink_result, committed)
     };
-    match tokio::time::timeout(config.shutdown.timeout, drain).await {
+    let drained = tokio::time::timeout(config.shutdown.timeout, drain).await;
+    drop(watch_task);
+    match drained {
         Ok((tailer_result, sink_result, committed)) => {
             let committed = committed.map_err(|e| PipelineError::Task(e.to_string()))?;
             match sink_result.map_err(|e| PipelineError::Task(e.to_string()))? {

@@ -138,6 +138,9 @@ pub struct Stats {
     pub es_in_flight_bytes: AtomicU64,
     /// Microseconds the tailer waited for room in a full pipeline.
     pub backpressure_micros: AtomicU64,
+    /// Config reloads taken, and new configs refused (the running one kept).
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
 }
 
 impl Default for Stats {
@@ -195,6 +198,8 @@ impl Default for Stats {
             rate_limit_summaries: AtomicU64::new(0),
             es_in_flight_bytes: AtomicU64::new(0),
             backpressure_micros: AtomicU64::new(0),
+            config_reloads: AtomicU64::new(0),
+            config_reload_failures: AtomicU64::new(0),
         }
     }
 }

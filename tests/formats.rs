@@ -297,6 +297,7 @@ fn bulk_format_prints_deterministic_ids() {
             host_name: "h".into(),
             stats: Default::default(),
             health: Default::default(),
+            resume: None,
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(logferry::pipeline::run(&cfg, opts, std::future::pending()))

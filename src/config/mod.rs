@@ -47,6 +47,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub rate_limit: RateLimitConfig,
     pub http: HttpConfig,
+    pub reload: ReloadConfig,
     pub shutdown: ShutdownConfig,
     /// The agent's own log level, as `RUST_LOG` takes it (`info`, `logferry=debug,warn`);
     /// `RUST_LOG`, when set, wins.
@@ -65,6 +66,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             rate_limit: RateLimitConfig::default(),
             http: HttpConfig::default(),
+            reload: ReloadConfig::default(),
             shutdown: ShutdownConfig::default(),
             log_level: "info".into(),
         }
@@ -289,6 +291,26 @@ impl Default for HttpConfig {
     }
 }
 
+/// Taking a changed config without a restart: at SIGHUP, and when the file changes (a
+/// ConfigMap update) if `watch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    pub watch: bool,
+    /// How often the file is read to see whether it changed.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -390,6 +412,7 @@ impl Config {
             ("source.multiline.flush_timeout", s.multiline.flush_timeout),
             ("checkpoint.interval", self.checkpoint.interval),
             ("shutdown.timeout", self.shutdown.timeout),
+            ("reload.interval", self.reload.interval),
         ];
         for (key, d) in positive {
             if d.is_zero() {

@@ -204,6 +204,7 @@ impl Agent {
             host_name: cfg.host_name.clone(),
             stats: stats.clone(),
             health: Default::default(),
+            resume: None,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
