@@ -434,12 +434,28 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
         .into_iter()
         .map(|(name, _, _, v)| (name.to_string(), Stats::get(v).into()))
         .collect();
+    let last_bulk = ["none", "items", "refused", "throttled", "unreachable"]
+        .get(Stats::get(&stats.es_last_outcome) as usize)
+        .copied()
+        .unwrap_or("none");
     serde_json::json!({
         "alive": health.alive(),
         "ready": health.ready(),
         "lag_bytes": files.iter().map(|f| f.lag).sum::<u64>(),
         "files": files_json,
         "buffer_bytes": Stats::get(&stats.buffer_bytes),
+        "sink": {
+            "last_bulk_outcome": last_bulk,
+            "in_flight_bytes": Stats::get(&stats.es_in_flight_bytes),
+            "delivered": Stats::get(&stats.events_delivered),
+            "retried": Stats::get(&stats.es_items_retried),
+            "dead_lettered": Stats::get(&stats.es_dead_lettered),
+        },
+        "kubernetes": {
+            "cache_pods": Stats::get(&stats.kube_cache_pods),
+            "watch_errors": Stats::get(&stats.kube_watch_errors),
+            "metadata_missing": Stats::get(&stats.kube_metadata_missing),
+        },
         "counters": counters,
     })
     .to_string()

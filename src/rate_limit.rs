@@ -145,7 +145,7 @@ impl RateLimitStage {
                         return;
                     }
                 },
-                _ = sleep_until(self.next_due) => self.summarize(Some(Instant::now()), &mut out),
+                _ = crate::time::sleep_until(self.next_due) => self.summarize(Some(Instant::now()), &mut out),
                 _ = forget.tick() => self.forget_idle(Instant::now()),
             }
             if !out.is_empty() && tx.send(out).await.is_err() {
@@ -279,13 +279,6 @@ fn annotation(pods: &SharedCache, e: &LogEvent) -> Option<Result<Option<Limit>, 
         k.pod_name.as_deref(),
     )?;
     pod.annotations.get(ANNOTATION).map(|v| Limit::parse(v))
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

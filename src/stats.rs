@@ -141,6 +141,9 @@ pub struct Stats {
     /// Config reloads taken, and new configs refused (the running one kept).
     pub config_reloads: AtomicU64,
     pub config_reload_failures: AtomicU64,
+    /// What the last bulk request came to: 0 none yet, then as `es_outcome_*` in order
+    /// (items, refused, throttled, unreachable).
+    pub es_last_outcome: AtomicU64,
 }
 
 impl Default for Stats {
@@ -200,6 +203,7 @@ impl Default for Stats {
             backpressure_micros: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             config_reload_failures: AtomicU64::new(0),
+            es_last_outcome: AtomicU64::new(0),
         }
     }
 }

@@ -3,6 +3,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Sleeps until `deadline`; without one, forever (a `select!` arm that never fires).
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// True for `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, the shape CRI and Docker write.
 pub fn is_rfc3339(b: &[u8]) -> bool {
     fn digits(b: &[u8]) -> bool {

@@ -249,6 +249,10 @@ fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
         assert!(!body.contains("s3cret-passw0rd"), "a secret shown: {body}");
     }
     let v: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    assert_eq!(v["sink"]["last_bulk_outcome"], "items", "{v}");
+    assert_eq!(v["sink"]["delivered"], 2_000);
+    assert_eq!(v["sink"]["in_flight_bytes"], 0);
+    assert_eq!(v["kubernetes"]["metadata_missing"], 0);
     let files = v["files"].as_array().expect("files");
     assert_eq!(files.len(), 2);
     for f in files {

@@ -105,7 +105,7 @@ impl Enricher {
                     self.resolver.announced = *changed.borrow_and_update();
                     self.release_ready(Instant::now(), &mut out);
                 }
-                _ = sleep_until(deadline) => self.release_ready(Instant::now(), &mut out),
+                _ = crate::time::sleep_until(deadline) => self.release_ready(Instant::now(), &mut out),
                 _ = forget.tick() => {
                     let now = Instant::now();
                     self.files.retain(|_, f| !f.pending.is_empty() || now.duration_since(f.last_seen) < IDLE_FORGET);
@@ -248,13 +248,6 @@ enum Resolved {
     Enriched,
     NotKubernetes,
     Unknown,
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -165,15 +165,10 @@ impl EsServer {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+use crate::serve::Resp;
 
 fn reply(status: u16, body: Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("x-elastic-product", "Elasticsearch")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    crate::serve::json_reply(status, body, &[("x-elastic-product", "Elasticsearch")])
 }
 
 fn error(status: u16, kind: &str, reason: &str) -> Resp {

@@ -5,10 +5,9 @@
 //! (401). Objects whose id exists answer `conflict` unless `overwrite`; objects whose
 //! references resolve neither in the file nor in the space answer `missing_references`.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::Request;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -57,14 +56,10 @@ impl KibanaServer {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+use crate::serve::Resp;
 
 fn reply(status: u16, body: Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+    crate::serve::json_reply(status, body, &[])
 }
 
 fn http_error(status: u16, error: &str, message: &str) -> Resp {

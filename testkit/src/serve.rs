@@ -1,5 +1,7 @@
 //! Accepting connections for the in-tree servers, in plain HTTP or TLS.
 
+use bytes::Bytes;
+use http_body_util::Full;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,4 +84,17 @@ pub fn tls_acceptor(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
         )
         .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+pub type Resp = hyper::Response<Full<Bytes>>;
+
+/// A JSON answer with `headers` besides its content type.
+pub fn json_reply(status: u16, body: serde_json::Value, headers: &[(&str, &str)]) -> Resp {
+    let mut b = hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }

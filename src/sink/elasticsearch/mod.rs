@@ -132,7 +132,7 @@ impl ElasticsearchSink {
                     }
                     None => open = false,
                 },
-                _ = sleep_until(deadline), if room && !batch.is_empty() => {
+                _ = crate::time::sleep_until(deadline), if room && !batch.is_empty() => {
                     self.dispatch(&mut in_flight, std::mem::replace(&mut batch, Batch::new(level)));
                 }
                 _ = std::future::ready(()), if !open && room && !batch.is_empty() => {
@@ -242,7 +242,7 @@ impl ElasticsearchSink {
                     }
                 }
                 _ = reader.appended(), if room => {}
-                _ = sleep_until(deadline), if room => {}
+                _ = crate::time::sleep_until(deadline), if room => {}
             }
         }
     }
@@ -309,13 +309,6 @@ async fn ensure_setup(shared: &Shared) {
                 tokio::time::sleep(wait).await;
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -406,15 +399,15 @@ async fn ship_until_settled(shared: &Shared, mut batch: Sealed) -> Settled {
         };
         Stats::add(&st.es_bytes_sent, sent as u64);
         st.es_bulk_seconds.observe(started.elapsed().as_secs_f64());
-        Stats::add(
-            match &reply {
-                Reply::Items(_) => &st.es_outcome_items,
-                Reply::Status(429 | 500..=599, _) => &st.es_outcome_throttled,
-                Reply::Status(..) => &st.es_outcome_refused,
-                Reply::Unreachable(_) => &st.es_outcome_unreachable,
-            },
-            1,
-        );
+        let (outcome, counter) = match &reply {
+            Reply::Items(_) => (1, &st.es_outcome_items),
+            Reply::Status(429 | 500..=599, _) => (3, &st.es_outcome_throttled),
+            Reply::Status(..) => (2, &st.es_outcome_refused),
+            Reply::Unreachable(_) => (4, &st.es_outcome_unreachable),
+        };
+        Stats::add(counter, 1);
+        st.es_last_outcome
+            .store(outcome, std::sync::atomic::Ordering::Relaxed);
         let mut retry = Vec::new();
         let mut fail_whole: Option<String> = None;
         match reply {
