@@ -345,3 +345,59 @@ fn a_repeating_failure_is_logged_once_not_per_request() {
         "logged {said} times for 40 refusals:\n{log}"
     );
 }
+
+/// A reload that sends the lines to another data stream: each line lands once, in one of
+/// them, with no gap and no repeat across the restart of the pipeline.
+fn a_reload_moves_shipping_without_loss_or_repeat(buffer: &str) {
+    let es = Es::new();
+    let tree = Tree::new();
+    let (before, after) = (unique("before"), unique("after"));
+    let c = tree.container("ns", "r", "app");
+    c.append(seq_lines(0, 2_000).as_bytes());
+    let config = write_config(&tree, &es, &before);
+    let text = fs::read_to_string(&config).unwrap() + &format!("[buffer]\ntype = \"{buffer}\"\n");
+    fs::write(&config, &text).unwrap();
+    let mut child = spawn(&config);
+    let (s1, s2) = (
+        format!("logs-kubernetes-{before}"),
+        format!("logs-kubernetes-{after}"),
+    );
+    es.wait_count(&s1, 2_000);
+    fs::write(&config, text.replace(&before, &after)).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    for from in (2_000..4_000).step_by(50) {
+        c.append(seq_lines(from, 50).as_bytes());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + WAIT;
+    while es.count(&s1) + es.count(&s2) < 4_000 {
+        assert!(Instant::now() < deadline, "not all shipped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = config.with_extension("log");
+    let reloads = fetch(&log, "/metrics")
+        .and_then(|(_, m)| sample(&m, "logferry_config_reloads_total"))
+        .unwrap_or(0);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let (old, new) = (es.docs(&s1), es.docs(&s2));
+    let mut all = seqs(&old);
+    all.extend(seqs(&new));
+    assert_exactly_once(&all, 4_000);
+    assert!(
+        seqs(&new).contains(&3_999),
+        "the last lines went to the new stream"
+    );
+    assert!(reloads >= 1, "{}", fs::read_to_string(&log).unwrap());
+}
+
+#[test]
+fn a_reload_moves_shipping_without_loss_or_repeat_memory_buffer() {
+    a_reload_moves_shipping_without_loss_or_repeat("memory");
+}
+
+#[test]
+fn a_reload_moves_shipping_without_loss_or_repeat_disk_buffer() {
+    a_reload_moves_shipping_without_loss_or_repeat("disk");
+}

@@ -146,6 +146,12 @@ fn the_daemonset_keeps_its_promises() {
     assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
     let mounts = c.volume_mounts.clone().unwrap();
     let varlog = mounts.iter().find(|m| m.mount_path == "/var/log").unwrap();
+    // A subPath mount never sees ConfigMap updates: the config would not reload.
+    let config = mounts
+        .iter()
+        .find(|m| m.mount_path == "/etc/logferry")
+        .unwrap();
+    assert_eq!(config.sub_path, None);
     assert_eq!(varlog.read_only, Some(true));
     assert!(mounts
         .iter()
@@ -215,6 +221,8 @@ fn kustomize_renders_the_base() {
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let cm_name = config_map["metadata"]["name"].as_str().unwrap();
+    // No hash suffix: an edit updates the mounted file in place, and the agent reloads it.
+    assert_eq!(cm_name, "logferry-config");
     let volumes = ds["spec"]["template"]["spec"]["volumes"]
         .as_sequence()
         .unwrap();
