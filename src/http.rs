@@ -17,6 +17,8 @@ pub struct Health {
     ready: AtomicBool,
     /// The committed offsets as the checkpointer last published them.
     checkpoints: std::sync::Mutex<Vec<crate::checkpoint::Entry>>,
+    /// The running pipeline's tasks: one that ended makes `/healthz` fail.
+    tasks: std::sync::Mutex<Vec<(&'static str, tokio::task::AbortHandle)>>,
 }
 
 impl Health {
@@ -30,6 +32,29 @@ impl Health {
 
     pub fn alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Watches a pipeline task until `untrack_all`.
+    pub fn track(&self, name: &'static str, task: tokio::task::AbortHandle) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, task));
+    }
+
+    /// The run is over (shutdown or reload): its tasks end on purpose.
+    pub fn untrack_all(&self) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The first pipeline task that ended while it should run.
+    pub fn stopped_task(&self) -> Option<&'static str> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, t)| t.is_finished())
+            .map(|(n, _)| *n)
     }
 
     pub fn ready(&self) -> bool {
@@ -95,9 +120,18 @@ fn route(path: &str, health: &Health, stats: &Stats) -> Response<Full<Bytes>> {
         }
         _ => {}
     }
+    if path == "/healthz" {
+        return match (health.alive(), health.stopped_task()) {
+            (true, None) => reply(200, "text/plain", "ok\n".into()),
+            (_, Some(task)) => reply(
+                503,
+                "text/plain",
+                format!("pipeline task stopped: {task}\n"),
+            ),
+            (false, None) => reply(503, "text/plain", "pipeline stopped\n".into()),
+        };
+    }
     let (status, body) = match path {
-        "/healthz" if health.alive() => (200, "ok\n"),
-        "/healthz" => (503, "pipeline stopped\n"),
         "/readyz" if health.ready() => (200, "ready\n"),
         "/readyz" => (503, "starting\n"),
         _ => (404, "not found\n"),
@@ -111,4 +145,41 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>>
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("valid response parts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn get(path: &str, health: &Health) -> (u16, String) {
+        let r = route(path, health, &Stats::default());
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_a_pipeline_task_ends_and_not_after_a_stop() {
+        let health = Health::default();
+        health.set_alive(true);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        health.track("enrich", running.abort_handle());
+        assert_eq!(get("/healthz", &health).await.0, 200);
+        // The task dies (a panic, a closed channel): the probe says which.
+        drop(tx);
+        running.await.unwrap();
+        assert_eq!(
+            get("/healthz", &health).await,
+            (503, "pipeline task stopped: enrich\n".to_string())
+        );
+        // A stop (shutdown, reload) lets tasks end without failing the probe.
+        health.untrack_all();
+        assert_eq!(get("/healthz", &health).await.0, 200);
+        health.set_alive(false);
+        assert_eq!(get("/healthz", &health).await.0, 503);
+    }
 }

@@ -9,7 +9,7 @@ use crate::enrich::exclude::Exclusion;
 use crate::enrich::kube::cache::{OpenPods, SharedCache};
 use crate::enrich::kube::watch;
 use crate::enrich::stage::Enricher;
-use crate::rate_limit::RateLimitStage;
+use crate::rate_limit::{self, RateLimits};
 use crate::sink::elasticsearch::spool::Spool;
 use crate::sink::elasticsearch::target::Router;
 use crate::sink::elasticsearch::ElasticsearchSink;
@@ -117,8 +117,10 @@ pub async fn run(
     let stats = opts.stats.clone();
     let wake = Arc::new(Wake::default());
 
-    // With Kubernetes metadata: tailer → enricher → sink; without: tailer → sink.
+    // With Kubernetes metadata: tailer → enricher (and rate limits) → sink; without:
+    // tailer → (rate limits) → sink.
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+    let (ck_tx, ck_rx) = mpsc::unbounded_channel();
     let mut kube_view = None;
     // The watch runs until this run ends (a reload starts another).
     let mut watch_task = None;
@@ -129,38 +131,49 @@ pub async fn run(
         let cache = SharedCache::default();
         let open = Arc::new(OpenPods::default());
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
-        watch_task = Some(AbortOnDrop(tokio::spawn(watch::run(
+        let task = tokio::spawn(watch::run(
             client,
             config.kubernetes.clone(),
             cache.clone(),
             open.clone(),
             changed_tx,
             stats.clone(),
-        ))));
+        ));
+        opts.health.track("kubernetes watch", task.abort_handle());
+        watch_task = Some(AbortOnDrop(task));
         let (enriched_tx, enriched_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
+        let limits = RateLimits::new(
+            &config.rate_limit,
+            Some(cache.clone()),
+            ck_tx.clone(),
+            stats.clone(),
+        );
         let enricher = Enricher::new(
             cache.clone(),
             &config.kubernetes,
             opts.host_name.clone(),
             stats.clone(),
-        );
-        tokio::spawn(enricher.run(ev_rx, enriched_tx, changed_rx));
+        )
+        .with_rate_limits(limits);
+        let task = tokio::spawn(enricher.run(ev_rx, enriched_tx, changed_rx));
+        opts.health.track("enrich", task.abort_handle());
         ev_rx = enriched_rx;
         kube_view = Some((cache, open));
     }
-    let pods = kube_view.as_ref().map(|(cache, _)| cache.clone());
+    let enriching = kube_view.is_some();
     let exclusion = Exclusion::new(&config.kubernetes, kube_view);
-    let (ck_tx, ck_rx) = mpsc::unbounded_channel();
     let checkpointer = tokio::spawn(
         Checkpointer::new(store, &loaded)
             .publishing(opts.health.clone())
             .run(ck_rx, config.checkpoint.interval),
     );
-    if let Some(limits) =
-        RateLimitStage::new(&config.rate_limit, pods, ck_tx.clone(), stats.clone())
-    {
+    let limits = (!enriching)
+        .then(|| RateLimits::new(&config.rate_limit, None, ck_tx.clone(), stats.clone()))
+        .flatten();
+    if let Some(limits) = limits {
         let (limited_tx, limited_rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
-        tokio::spawn(limits.run(ev_rx, limited_tx));
+        let task = tokio::spawn(rate_limit::run(limits, ev_rx, limited_tx));
+        opts.health.track("rate limit", task.abort_handle());
         ev_rx = limited_rx;
     }
     let sink = match config.output.kind {
@@ -252,6 +265,9 @@ pub async fn run(
         exclusion,
     );
     let mut tailer = tokio::task::spawn_blocking(move || tailer.run());
+    opts.health.track("checkpoint", checkpointer.abort_handle());
+    opts.health.track("output", sink.abort_handle());
+    opts.health.track("tail", tailer.abort_handle());
 
     tokio::pin!(stop);
     let tailer_result = tokio::select! {
@@ -264,6 +280,8 @@ pub async fn run(
         }
         _ = &mut stop => {
             tracing::info!("stopping: draining in-flight events");
+            // Tasks now end on purpose: a reload's drain is not a failure to report.
+            opts.health.untrack_all();
             wake.stop();
             None
         }
@@ -278,6 +296,7 @@ pub async fn run(
         (tailer_result, sink_result, committed)
     };
     let drained = tokio::time::timeout(config.shutdown.timeout, drain).await;
+    opts.health.untrack_all();
     drop(watch_task);
     match drained {
         Ok((tailer_result, sink_result, committed)) => {

@@ -74,6 +74,8 @@ impl Limit {
 }
 
 struct Container {
+    /// `<namespace>/<pod>/<container>`, or the file's path outside Kubernetes.
+    key: String,
     /// `<pod>/<container>`, for the summary.
     name: String,
     limit: Option<(Limit, DefaultDirectRateLimiter)>,
@@ -85,19 +87,23 @@ struct Container {
     last_seen: Instant,
 }
 
-pub struct RateLimitStage {
+/// Per-container limits over batches of events. Hosted by the enrich stage when there is
+/// one (no extra hop), else by a stage of its own (`run`).
+pub struct RateLimits {
     default: Option<Limit>,
     /// Pods' annotations, when Kubernetes metadata is on and annotations are honoured.
     pods: Option<SharedCache>,
     interval: Duration,
     acks: mpsc::UnboundedSender<CheckpointMsg>,
     stats: Arc<Stats>,
-    files: HashMap<FileKey, String>,
-    containers: HashMap<String, Container>,
+    /// Each file's container, an index into `containers`.
+    files: HashMap<FileKey, usize>,
+    by_key: HashMap<String, usize>,
+    containers: Vec<Container>,
     next_due: Option<Instant>,
 }
 
-impl RateLimitStage {
+impl RateLimits {
     /// `None` when no container can be limited: no default and no annotations to read.
     pub fn new(
         cfg: &RateLimitConfig,
@@ -110,56 +116,43 @@ impl RateLimitStage {
         if default.is_none() && pods.is_none() {
             return None;
         }
-        Some(RateLimitStage {
+        Some(RateLimits {
             default,
             pods,
             interval: cfg.summary_interval,
             acks,
             stats,
             files: HashMap::new(),
-            containers: HashMap::new(),
+            by_key: HashMap::new(),
+            containers: Vec::new(),
             next_due: None,
         })
     }
 
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Vec<LogEvent>>,
-        tx: mpsc::Sender<Vec<LogEvent>>,
-    ) {
-        let mut forget = tokio::time::interval(IDLE_FORGET / 10);
-        loop {
-            let mut out = Vec::new();
-            tokio::select! {
-                batch = rx.recv() => match batch {
-                    Some(batch) => {
-                        out.reserve(batch.len());
-                        self.filter(batch, Instant::now(), &mut out);
-                    }
-                    None => {
-                        // Input ended: every held summary goes now.
-                        self.summarize(None, &mut out);
-                        if !out.is_empty() {
-                            let _ = tx.send(out).await;
-                        }
-                        return;
-                    }
-                },
-                _ = crate::time::sleep_until(self.next_due) => self.summarize(Some(Instant::now()), &mut out),
-                _ = forget.tick() => self.forget_idle(Instant::now()),
-            }
-            if !out.is_empty() && tx.send(out).await.is_err() {
-                return;
-            }
-        }
+    /// When the next summary is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_due
     }
 
-    fn filter(&mut self, batch: Vec<LogEvent>, now: Instant, out: &mut Vec<LogEvent>) {
+    /// Moves the events within their container's limit to `out`; holds or acknowledges
+    /// the others.
+    pub fn filter(&mut self, batch: Vec<LogEvent>, now: Instant, out: &mut Vec<LogEvent>) {
         let mut dropped = AckBuilder::default();
         let (mut n_dropped, due) = (0, now + self.interval);
         let mut held_any = false;
+        // Batches come in runs of one file: look its container up once a run.
+        let mut last: Option<(FileKey, usize)> = None;
         for e in batch {
-            let c = self.container(&e, now);
+            let i = match last {
+                Some((key, i)) if key == e.file.key => i,
+                _ => {
+                    let i = self.container(&e, now);
+                    last = Some((e.file.key, i));
+                    i
+                }
+            };
+            let c = &mut self.containers[i];
+            c.last_seen = now;
             let Some((_, limiter)) = &c.limit else {
                 out.push(e);
                 continue;
@@ -178,7 +171,9 @@ impl RateLimitStage {
                 dropped.push(&e);
             }
         }
-        Stats::add(&self.stats.lines_rate_limited, n_dropped);
+        if n_dropped > 0 {
+            Stats::add(&self.stats.lines_rate_limited, n_dropped);
+        }
         if held_any {
             self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
         }
@@ -187,31 +182,40 @@ impl RateLimitStage {
         }
     }
 
-    /// The event's container, its limit looked up again when due.
-    fn container(&mut self, e: &LogEvent, now: Instant) -> &mut Container {
-        let key = self.files.entry(e.file.key).or_insert_with(|| {
-            let k = &e.file.kube;
-            match (&k.namespace, &k.pod_name, &k.container_name) {
-                (Some(ns), Some(pod), Some(c)) => format!("{ns}/{pod}/{c}"),
-                _ => e.file.path.display().to_string(),
+    /// The index of the event's container, its limit looked up again when due.
+    fn container(&mut self, e: &LogEvent, now: Instant) -> usize {
+        let i = match self.files.get(&e.file.key) {
+            Some(&i) => i,
+            None => {
+                let k = &e.file.kube;
+                let (key, name) = match (&k.namespace, &k.pod_name, &k.container_name) {
+                    (Some(ns), Some(pod), Some(c)) => {
+                        (format!("{ns}/{pod}/{c}"), format!("{pod}/{c}"))
+                    }
+                    _ => {
+                        let p = e.file.path.display().to_string();
+                        (p.clone(), p)
+                    }
+                };
+                let containers = &mut self.containers;
+                let i = *self.by_key.entry(key.clone()).or_insert_with(|| {
+                    containers.push(Container {
+                        key,
+                        name,
+                        limit: None,
+                        checked_at: now - RECHECK * 2,
+                        held: None,
+                        dropped: 0,
+                        due: now,
+                        last_seen: now,
+                    });
+                    containers.len() - 1
+                });
+                self.files.insert(e.file.key, i);
+                i
             }
-        });
-        let c = self.containers.entry(key.clone()).or_insert_with(|| {
-            let k = &e.file.kube;
-            Container {
-                name: match (&k.pod_name, &k.container_name) {
-                    (Some(p), Some(c)) => format!("{p}/{c}"),
-                    _ => e.file.path.display().to_string(),
-                },
-                limit: None,
-                checked_at: now - RECHECK * 2,
-                held: None,
-                dropped: 0,
-                due: now,
-                last_seen: now,
-            }
-        });
-        c.last_seen = now;
+        };
+        let c = &mut self.containers[i];
         if now.duration_since(c.checked_at) >= RECHECK {
             c.checked_at = now;
             let limit = match self.pods.as_ref().and_then(|p| annotation(p, e)) {
@@ -231,13 +235,13 @@ impl RateLimitStage {
                 });
             }
         }
-        c
+        i
     }
 
     /// Ships the summaries that are due (all of them with `None`).
-    fn summarize(&mut self, now: Option<Instant>, out: &mut Vec<LogEvent>) {
+    pub fn summarize(&mut self, now: Option<Instant>, out: &mut Vec<LogEvent>) {
         self.next_due = None;
-        for c in self.containers.values_mut() {
+        for c in &mut self.containers {
             if c.held.is_none() {
                 continue;
             }
@@ -261,11 +265,60 @@ impl RateLimitStage {
         }
     }
 
-    fn forget_idle(&mut self, now: Instant) {
+    /// Forgets containers not seen for a while (and nothing held).
+    pub fn forget_idle(&mut self, now: Instant) {
+        let before = self.containers.len();
         self.containers
-            .retain(|_, c| c.held.is_some() || now.duration_since(c.last_seen) < IDLE_FORGET);
-        let containers = &self.containers;
-        self.files.retain(|_, k| containers.contains_key(k));
+            .retain(|c| c.held.is_some() || now.duration_since(c.last_seen) < IDLE_FORGET);
+        if self.containers.len() == before {
+            return;
+        }
+        let old: HashMap<usize, String> = self.by_key.drain().map(|(k, i)| (i, k)).collect();
+        self.by_key = self
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key.clone(), i))
+            .collect();
+        let by_key = &self.by_key;
+        self.files = self
+            .files
+            .drain()
+            .filter_map(|(f, i)| Some((f, *by_key.get(old.get(&i)?)?)))
+            .collect();
+    }
+}
+
+/// The stage of its own, when there is no enrich stage to host the limits.
+pub async fn run(
+    mut limits: RateLimits,
+    mut rx: mpsc::Receiver<Vec<LogEvent>>,
+    tx: mpsc::Sender<Vec<LogEvent>>,
+) {
+    let mut forget = tokio::time::interval(IDLE_FORGET / 10);
+    loop {
+        let mut out = Vec::new();
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    out.reserve(batch.len());
+                    limits.filter(batch, Instant::now(), &mut out);
+                }
+                None => {
+                    // Input ended: every held summary goes now.
+                    limits.summarize(None, &mut out);
+                    if !out.is_empty() {
+                        let _ = tx.send(out).await;
+                    }
+                    return;
+                }
+            },
+            _ = crate::time::sleep_until(limits.next_due()) => limits.summarize(Some(Instant::now()), &mut out),
+            _ = forget.tick() => limits.forget_idle(Instant::now()),
+        }
+        if !out.is_empty() && tx.send(out).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -324,10 +377,10 @@ mod tests {
         };
         let stats = Arc::new(Stats::default());
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let stage = RateLimitStage::new(&cfg, None, ack_tx, stats.clone()).unwrap();
+        let limits = RateLimits::new(&cfg, None, ack_tx, stats.clone()).unwrap();
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, mut out_rx) = mpsc::channel(4);
-        tokio::spawn(stage.run(in_rx, out_tx));
+        tokio::spawn(run(limits, in_rx, out_tx));
         in_tx.send(events(100)).await.unwrap();
         let passed = out_rx.recv().await.unwrap();
         // The burst passes; within a second at most one more.
@@ -371,10 +424,61 @@ mod tests {
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
     }
 
+    /// `n` events of a file of its own, `key`, at `path`.
+    fn file_events(key: u64, path: &str, n: u64) -> Vec<LogEvent> {
+        let e = event(b"line", Flags::empty());
+        let mut ctx = e.file.with_metadata(e.file.metadata.clone());
+        ctx.key = key;
+        ctx.path = path.into();
+        let ctx = Arc::new(ctx);
+        (0..n)
+            .map(|seq| LogEvent {
+                file: ctx.clone(),
+                seq,
+                ..e.clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forgetting_idle_containers_keeps_the_others_limits() {
+        let cfg = RateLimitConfig {
+            lines_per_second: 1,
+            burst: 2,
+            ..Default::default()
+        };
+        let (ack_tx, _acks) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let mut limits = RateLimits::new(&cfg, None, ack_tx, stats).unwrap();
+        let t0 = Instant::now();
+        let passed = |limits: &mut RateLimits, batch, at| {
+            let mut out = vec![];
+            limits.filter(batch, at, &mut out);
+            out.len()
+        };
+        assert_eq!(passed(&mut limits, file_events(1, "/a.log", 2), t0), 2);
+        assert_eq!(passed(&mut limits, file_events(2, "/b.log", 5), t0), 2);
+        let mut summaries = vec![];
+        limits.summarize(None, &mut summaries);
+        assert_eq!(summaries.len(), 1, "b's drops summarized");
+        // Later, only b was seen lately: a is forgotten, b keeps its spent burst.
+        let later = t0 + IDLE_FORGET - Duration::from_secs(1);
+        assert_eq!(passed(&mut limits, file_events(2, "/b.log", 1), later), 0);
+        limits.forget_idle(t0 + IDLE_FORGET + Duration::from_secs(1));
+        assert_eq!(limits.containers.len(), 1);
+        assert_eq!(limits.containers[0].key, "/b.log");
+        assert_eq!(limits.files.len(), 1);
+        assert_eq!(limits.files[&2], 0);
+        assert_eq!(limits.by_key["/b.log"], 0);
+        assert_eq!(passed(&mut limits, file_events(2, "/b.log", 1), later), 0);
+        // a comes back as a new container with a full burst.
+        assert_eq!(passed(&mut limits, file_events(1, "/a.log", 3), later), 2);
+    }
+
     #[tokio::test]
     async fn off_by_default() {
         let (ack_tx, _) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        assert!(RateLimitStage::new(&RateLimitConfig::default(), None, ack_tx, stats).is_none());
+        assert!(RateLimits::new(&RateLimitConfig::default(), None, ack_tx, stats).is_none());
     }
 }

@@ -39,6 +39,8 @@ pub struct Enricher {
     files: HashMap<FileKey, FileState>,
     /// Events in all files' `pending`.
     pending: usize,
+    /// Per-container rate limits, applied to what leaves (no stage hop of their own).
+    limits: Option<crate::rate_limit::RateLimits>,
 }
 
 /// What turns a file's path names into its pod's metadata.
@@ -74,7 +76,13 @@ impl Enricher {
             stats,
             files: HashMap::new(),
             pending: 0,
+            limits: None,
         }
+    }
+
+    pub fn with_rate_limits(mut self, limits: Option<crate::rate_limit::RateLimits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub async fn run(
@@ -87,7 +95,9 @@ impl Enricher {
         let mut forget = tokio::time::interval(Duration::from_secs(60));
         while open {
             let deadline = self.files.values().filter_map(|f| f.deadline).min();
+            let summary_due = self.limits.as_ref().and_then(|l| l.next_due());
             let mut out = Vec::new();
+            let mut summaries = Vec::new();
             tokio::select! {
                 batch = rx.recv(), if self.pending < MAX_PENDING => match batch {
                     Some(batch) => {
@@ -106,9 +116,17 @@ impl Enricher {
                     self.release_ready(Instant::now(), &mut out);
                 }
                 _ = crate::time::sleep_until(deadline) => self.release_ready(Instant::now(), &mut out),
+                _ = crate::time::sleep_until(summary_due) => {
+                    if let Some(l) = &mut self.limits {
+                        l.summarize(Some(Instant::now()), &mut summaries);
+                    }
+                }
                 _ = forget.tick() => {
                     let now = Instant::now();
                     self.files.retain(|_, f| !f.pending.is_empty() || now.duration_since(f.last_seen) < IDLE_FORGET);
+                    if let Some(l) = &mut self.limits {
+                        l.forget_idle(now);
+                    }
                 }
             }
             if !open {
@@ -119,6 +137,18 @@ impl Enricher {
                 }
                 self.release_ready(now, &mut out);
             }
+            if let Some(l) = &mut self.limits {
+                if !out.is_empty() {
+                    let mut kept = Vec::with_capacity(out.len());
+                    l.filter(out, Instant::now(), &mut kept);
+                    out = kept;
+                }
+                if !open {
+                    l.summarize(None, &mut summaries);
+                }
+            }
+            // Summaries are over the limit already: they are not filtered again.
+            out.append(&mut summaries);
             if !out.is_empty() && tx.send(out).await.is_err() {
                 return;
             }
