@@ -180,6 +180,19 @@ fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
     assert!(text.contains("PUT /_ilm/policy/logferry"));
     assert!(text.contains("\"min_age\": \"30d\""));
     assert!(text.contains("PUT /_index_template/logferry"));
+    let with_kibana = logferry(&[
+        "setup",
+        "--config",
+        p.to_str().unwrap(),
+        "--dry-run",
+        "--kibana-url",
+        "https://kibana.example:5601",
+    ]);
+    let text = String::from_utf8(with_kibana.stdout).unwrap();
+    assert!(
+        text.contains("POST https://kibana.example:5601/api/saved_objects/_import?overwrite=false")
+    );
+    assert!(text.contains("\"title\":\"Kubernetes logs\""), "{text}");
     let printed = logferry(&["check-config", p.to_str().unwrap()]);
     let printed = String::from_utf8(printed.stdout).unwrap();
     assert!(printed.contains("password = \"<redacted>\""), "{printed}");

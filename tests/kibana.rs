@@ -565,3 +565,55 @@ async fn raw_post(base: &str, headers: &[(&str, String)], body: &str) -> u16 {
     s.read_to_string(&mut out).await.unwrap();
     out.split(' ').nth(1).unwrap().parse().unwrap()
 }
+
+/// With `LOGFERRY_TEST_KIBANA_URL` (and the cluster of `LOGFERRY_TEST_ES_URL`, or the
+/// in-tree one), the import runs against that Kibana: every object is created or replaced
+/// and the dashboard can be read back.
+#[test]
+fn setup_against_a_real_kibana_when_one_is_given() {
+    let Ok(url) = std::env::var("LOGFERRY_TEST_KIBANA_URL") else {
+        return eprintln!("skipped: LOGFERRY_TEST_KIBANA_URL is not set");
+    };
+    let es = support::Es::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("logferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"{}\"]\n",
+            es.url()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = logferry(&[
+        "setup",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--kibana-url",
+        &url,
+        "--overwrite",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let imported = out.lines().filter(|l| l.starts_with("Kibana ")).count();
+    assert_eq!(imported, objects().len(), "{out}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let t = logferry::kibana::transport(&url, &ElasticsearchConfig::default()).unwrap();
+        t.send(
+            elasticsearch::http::Method::Get,
+            "api/saved_objects/dashboard/logferry-kubernetes-logs",
+            elasticsearch::http::headers::HeaderMap::new(),
+            None::<&()>,
+            None::<String>,
+            None,
+        )
+        .await
+        .unwrap()
+        .status_code()
+        .as_u16()
+    });
+    assert_eq!(status, 200);
+}
