@@ -1,4 +1,5 @@
-//! The rate-limit stage, between enrich and the sink: lines per second per container, from
+//! Per-container rate limits, applied as events leave the enrich stage (or, without one, in
+//! a stage of their own before the sink): lines per second per container, from
 //! `[rate_limit]` or the pod annotation `logferry.io/rate-limit: "500/s"`. Lines over the
 //! limit are dropped, counted, and acknowledged so checkpoints move on. The first line
 //! dropped in a window is held and, when the window ends, shipped in place as a summary
