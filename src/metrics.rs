@@ -147,6 +147,18 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.kube_watch_errors,
         ),
         (
+            "kubernetes_api_requests_total",
+            "Requests sent to the Kubernetes API (lists and watches).",
+            Counter,
+            &s.kube_api_requests,
+        ),
+        (
+            "kubernetes_relists_total",
+            "Full lists of the node's pods: at start, after 410 Gone or an error.",
+            Counter,
+            &s.kube_relists,
+        ),
+        (
             "kubernetes_cache_pods",
             "Pods in the metadata cache.",
             Gauge,
@@ -454,6 +466,8 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
         "kubernetes": {
             "cache_pods": Stats::get(&stats.kube_cache_pods),
             "watch_errors": Stats::get(&stats.kube_watch_errors),
+            "relists": Stats::get(&stats.kube_relists),
+            "api_requests": Stats::get(&stats.kube_api_requests),
             "metadata_missing": Stats::get(&stats.kube_metadata_missing),
         },
         "counters": counters,

@@ -125,7 +125,7 @@ pub async fn run(
     // The watch runs until this run ends (a reload starts another).
     let mut watch_task = None;
     if config.kubernetes.enabled {
-        let client = watch::client(&config.kubernetes)
+        let client = watch::client(&config.kubernetes, stats.clone())
             .await
             .map_err(|e| PipelineError::Config(e.to_string()))?;
         let cache = SharedCache::default();

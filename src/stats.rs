@@ -144,6 +144,10 @@ pub struct Stats {
     /// What the last bulk request came to: 0 none yet, then as `es_outcome_*` in order
     /// (items, refused, throttled, unreachable).
     pub es_last_outcome: AtomicU64,
+    /// Requests sent to the Kubernetes API, and full lists of the node's pods (at start,
+    /// after 410 Gone or an error).
+    pub kube_api_requests: AtomicU64,
+    pub kube_relists: AtomicU64,
 }
 
 impl Default for Stats {
@@ -204,6 +208,8 @@ impl Default for Stats {
             config_reloads: AtomicU64::new(0),
             config_reload_failures: AtomicU64::new(0),
             es_last_outcome: AtomicU64::new(0),
+            kube_api_requests: AtomicU64::new(0),
+            kube_relists: AtomicU64::new(0),
         }
     }
 }

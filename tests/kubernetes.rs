@@ -184,6 +184,11 @@ fn a_410_and_an_outage_are_survived_with_the_cache_intact() {
     let docs = agent.wait_until("the new pod's line", |d| d.len() == 2);
     assert_eq!(by_seq(&docs, 100)["kubernetes"]["labels"]["app"], "web");
     assert!(api.with(|s| s.lists) > lists_before, "relisted after 410");
+    // The agent counts its relists as the server saw them.
+    assert_eq!(
+        logferry::stats::Stats::get(&agent.stats.kube_relists),
+        api.with(|s| s.lists)
+    );
 
     // The API server goes away: known pods are still enriched, and shipping goes on.
     api.set_down(true);
@@ -239,6 +244,18 @@ fn requests_stay_flat_while_pods_churn_and_exclusion_skips_pods() {
         api.with(|s| s.requests())
     );
     assert_eq!(api.with(|s| s.gets), 0);
+    // What the agent reports as sent is what the server received (a watch may be on its way).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while logferry::stats::Stats::get(&agent.stats.kube_api_requests) != api.with(|s| s.requests())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent counted {}, server saw {}",
+            logferry::stats::Stats::get(&agent.stats.kube_api_requests),
+            api.with(|s| s.requests())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let summary = agent.stop();
     assert_eq!(
         logferry::stats::Stats::get(&summary.stats.files_excluded),

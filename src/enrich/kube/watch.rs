@@ -30,8 +30,8 @@ pub enum KubeError {
 }
 
 /// In-cluster config (service account; its token is re-read as it rotates), or the
-/// configured kubeconfig.
-pub async fn client(cfg: &KubernetesConfig) -> Result<Client, KubeError> {
+/// configured kubeconfig. Every request it sends is counted in `stats`.
+pub async fn client(cfg: &KubernetesConfig, stats: Arc<Stats>) -> Result<Client, KubeError> {
     let config = match &cfg.kubeconfig {
         Some(path) => {
             let kc =
@@ -50,7 +50,14 @@ pub async fn client(cfg: &KubernetesConfig) -> Result<Client, KubeError> {
             .await
             .map_err(|e| KubeError::Infer(e.to_string()))?,
     };
-    Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
+    let counting =
+        tower::util::MapRequestLayer::new(move |req: hyper::Request<kube::client::Body>| {
+            Stats::add(&stats.kube_api_requests, 1);
+            req
+        });
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| KubeError::Client(e.to_string()))?;
+    Ok(builder.with_layer(&counting).build())
 }
 
 /// Runs the watches until the process ends, keeping `cache` current and bumping `changed`.
@@ -88,7 +95,10 @@ pub async fn run(
                 let Some(ev) = ev else { break };
                 let now = Instant::now();
                 match ev {
-                    Ok(Event::Init) => listing.clear(),
+                    Ok(Event::Init) => {
+                        Stats::add(&stats.kube_relists, 1);
+                        listing.clear();
+                    }
                     Ok(Event::InitApply(p)) => listing.extend(PodInfo::from_pod(&p)),
                     Ok(Event::InitDone) => {
                         let n = listing.len();
