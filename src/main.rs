@@ -314,10 +314,8 @@ fn setup(
         match imported {
             Ok(items) => {
                 for i in items {
-                    incomplete |= !matches!(
-                        i.outcome,
-                        logferry::kibana::Outcome::Created | logferry::kibana::Outcome::Replaced
-                    );
+                    // An object that exists may well be ours unchanged: Kibana cannot tell.
+                    incomplete |= matches!(i.outcome, logferry::kibana::Outcome::Failed(_));
                     println!("Kibana {} {:?}: {}", i.kind, i.title, i.outcome);
                 }
             }

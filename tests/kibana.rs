@@ -484,7 +484,7 @@ fn setup_imports_the_kibana_objects_with_the_clusters_credentials() {
     let (code, out, _) = run(&[]);
     assert_eq!(
         code,
-        Some(1),
+        Some(0),
         "objects that exist are reported, not replaced"
     );
     assert_eq!(out.matches("exists (left as it is").count(), n, "{out}");
