@@ -246,3 +246,45 @@ fn the_check_catches_an_unknown_field() {
     let caught = std::panic::catch_unwind(|| strict::<Namespace>(doc, "typo"));
     assert!(caught.is_err(), "a misspelt field must fail the check");
 }
+
+#[test]
+fn alerting_rules_use_only_metrics_the_agent_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yaml");
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exported = logferry::metrics::render(&logferry::stats::Stats::default(), &[]);
+    let names: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let metric = regex::Regex::new(r"logferry_[a-z0-9_]+").unwrap();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().expect("every rule is an alert");
+            let expr = rule["expr"].as_str().unwrap();
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&rule["labels"]["severity"].as_str().unwrap()),
+                "{name}: severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{name}: summary"
+            );
+            assert_eq!(
+                expr.matches('(').count(),
+                expr.matches(')').count(),
+                "{name}: unbalanced"
+            );
+            let used: Vec<&str> = metric.find_iter(expr).map(|m| m.as_str()).collect();
+            assert!(!used.is_empty(), "{name} uses no logferry metric");
+            for m in used {
+                assert!(names.contains(m), "{name}: {m} is not exported");
+            }
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 8);
+}
