@@ -349,7 +349,7 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: origin.to_string(),
-                    message: e.to_string().trim().to_string(),
+                    message: redact_snippet(e.to_string().trim()),
                 })?;
         no_literal_credentials(&table).map_err(|(key, message)| ConfigError::Key {
             path: origin.to_string(),
@@ -493,6 +493,30 @@ impl Config {
 
 /// Credentials come from the environment or from files, never from the config file
 /// itself (a ConfigMap anyone with read access to the namespace can see).
+/// A TOML error quotes the line at fault: a credential on it must not reach the logs.
+fn redact_snippet(message: &str) -> String {
+    message
+        .lines()
+        .map(|l| {
+            let quoted = l
+                .split_once(" | ")
+                .filter(|(n, _)| n.trim().parse::<u32>().is_ok());
+            match quoted {
+                Some((n, text))
+                    if ["password", "api_key", "bearer_token", "token"]
+                        .iter()
+                        .any(|k| text.contains(k)) =>
+                {
+                    let key = text.split('=').next().unwrap_or("").trim_end();
+                    format!("{n} | {key} = <redacted>")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn no_literal_credentials(table: &toml::Table) -> Result<(), (String, String)> {
     let Some(es) = table
         .get("output")
@@ -698,6 +722,20 @@ mod tests {
         assert_eq!(c.source.rescan_interval, Duration::from_secs(5));
         assert_eq!(c.source.max_line_bytes, 1 << 20);
         assert_eq!(c.source.start_at, StartAt::Beginning);
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_credential_line_does_not_quote_it() {
+        let text = "[output.elasticsearch]\nendpoints = [\"http://x\"]\npassword = \"hunter2\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("password = <redacted>"), "{e}");
+        // Other lines are quoted as they are, to show what is wrong.
+        let e = parse("[source]\ninclude = [\"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("include = [\"a\""), "{e}");
     }
 
     #[test]
