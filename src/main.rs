@@ -378,7 +378,7 @@ fn run_pipeline(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot handle SIGTERM")?
     };
-    let mut resume = None;
+    let (mut resume, mut pods) = (None, None);
     loop {
         let opts = RunOptions {
             once,
@@ -392,6 +392,7 @@ fn run_pipeline(
             stats: stats.clone(),
             health: health.clone(),
             resume: resume.take(),
+            pods: pods.take(),
         };
         let mut next = None;
         let summary = rt.block_on(async {
@@ -431,8 +432,14 @@ fn run_pipeline(
         if new.log_level != cfg.log_level {
             set_level(&new.log_level);
         }
-        // Without a state directory the committed offsets carry over in memory.
+        // Without a state directory the committed offsets carry over in memory. The pod
+        // metadata does too, deleted pods included, while the API server is asked the same.
         resume = state_dir.is_none().then_some(summary.committed);
+        if new.kubernetes.kubeconfig == cfg.kubernetes.kubeconfig
+            && new.kubernetes.node_name == cfg.kubernetes.node_name
+        {
+            pods = summary.pods;
+        }
         cfg = new;
         Stats::add(&stats.config_reloads, 1);
         tracing::info!("config reloaded");

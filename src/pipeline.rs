@@ -73,11 +73,16 @@ pub struct RunOptions {
     /// Without a state directory: the offsets a previous run in this process committed
     /// (a config reload), so the next run resumes there.
     pub resume: Option<Vec<Entry>>,
+    /// The pod metadata a previous run in this process gathered (a config reload): deleted
+    /// pods whose last lines are still being read keep their metadata.
+    pub pods: Option<SharedCache>,
 }
 
 #[derive(Debug)]
 pub struct Summary {
     pub committed: Vec<Entry>,
+    /// The pod metadata cache, for the next run after a reload.
+    pub pods: Option<SharedCache>,
     pub stats: Arc<Stats>,
     /// The shutdown deadline passed before everything was drained.
     pub timed_out: bool,
@@ -128,7 +133,7 @@ pub async fn run(
         let client = watch::client(&config.kubernetes, stats.clone())
             .await
             .map_err(|e| PipelineError::Config(e.to_string()))?;
-        let cache = SharedCache::default();
+        let cache = opts.pods.clone().unwrap_or_default();
         let open = Arc::new(OpenPods::default());
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(watch::run(
@@ -161,6 +166,7 @@ pub async fn run(
         kube_view = Some((cache, open));
     }
     let enriching = kube_view.is_some();
+    let pods = kube_view.as_ref().map(|(cache, _)| cache.clone());
     let exclusion = Exclusion::new(&config.kubernetes, kube_view);
     let checkpointer = tokio::spawn(
         Checkpointer::new(store, &loaded)
@@ -309,6 +315,7 @@ pub async fn run(
             let _ = tailer_result.map_err(|e| PipelineError::Task(e.to_string()))?;
             Ok(Summary {
                 committed,
+                pods,
                 stats,
                 timed_out: false,
             })
@@ -320,6 +327,7 @@ pub async fn run(
             );
             Ok(Summary {
                 committed: vec![],
+                pods,
                 stats,
                 timed_out: true,
             })

@@ -298,6 +298,7 @@ fn bulk_format_prints_deterministic_ids() {
             stats: Default::default(),
             health: Default::default(),
             resume: None,
+            pods: None,
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(logferry::pipeline::run(&cfg, opts, std::future::pending()))

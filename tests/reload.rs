@@ -229,3 +229,52 @@ fn a_configmap_update_is_picked_up_without_a_signal() {
         .unwrap();
     assert_eq!(host_of(last), "v2");
 }
+
+#[test]
+fn a_deleted_pods_last_lines_keep_their_metadata_across_a_reload() {
+    use support::kube_server::{KubeServer, PodSpec};
+    let api = KubeServer::start();
+    api.add_pod(PodSpec {
+        namespace: "batch",
+        name: "job-1",
+        uid: "uid-job-1",
+        node: "node-a",
+        containers: &["app"],
+        labels: serde_json::json!({ "app": "nightly" }),
+        annotations: serde_json::json!({}),
+        owner: Some(("Job", "nightly-1")),
+    });
+    let tree = Tree::new();
+    let c = tree.container("batch", "job-1", "app");
+    c.append(seq_lines(0, 100).as_bytes());
+    let kube = format!(
+        "[kubernetes]\nenabled = true\nnode_name = \"node-a\"\nkubeconfig = \"{}\"\nmetadata_wait = \"1s\"\n[reload]\nwatch = false",
+        api.kubeconfig(tree.root.path()).display()
+    );
+    let cfg = tree.root.path().join("logferry.toml");
+    std::fs::write(&cfg, config("before", &kube)).unwrap();
+    let agent = Running::start(&[
+        "debug",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--from-beginning",
+        &tree.glob(),
+    ]);
+    agent.wait_docs(100);
+    // The job's pod is deleted while its last lines are still to come.
+    api.delete_pod("uid-job-1");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&cfg, config("after", &kube)).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait("the reload", |r| r.log().contains("config reloaded"));
+    c.append(seq_lines(100, 50).as_bytes());
+    agent.wait_docs(150);
+    let (docs, _) = agent.stop();
+    assert_exactly_once(&seqs(&docs), 150);
+    for d in &docs {
+        assert_eq!(d["kubernetes"]["labels"]["app"], "nightly", "{d}");
+        assert_eq!(d["kubernetes"]["job"]["name"], "nightly-1");
+        assert!(d["log"].get("flags").is_none(), "{d}");
+    }
+    assert!(docs.iter().any(|d| host_of(d) == "after"));
+}

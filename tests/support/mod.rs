@@ -205,6 +205,7 @@ impl Agent {
             stats: stats.clone(),
             health: Default::default(),
             resume: None,
+            pods: None,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
