@@ -368,3 +368,38 @@ fn a_backlog_is_not_read_before_its_pod_is_known_and_then_all_of_it_gets_metadat
     );
     agent.stop();
 }
+
+#[test]
+fn a_file_whose_pod_is_gone_at_restart_is_read_once() {
+    let api = KubeServer::start();
+    api.add_pod(pod(
+        "batch",
+        "job-7d4b9c5f8-jjjjj",
+        "uid-job-7d4b9c5f8-jjjjj",
+    ));
+    let tree = Tree::new();
+    let c = tree.container("batch", "job-7d4b9c5f8-jjjjj", "app");
+    c.append(seq_lines(0, 100).as_bytes());
+    let state = tree.state_dir();
+    let mut cfg = kube_config(&tree, &api);
+    cfg.kubernetes.metadata_wait = Duration::from_millis(500);
+    let agent = Agent::start(cfg.clone(), Some(&state));
+    agent.wait_for(100);
+    agent.stop();
+    // Down meanwhile: the pod is deleted, its file keeps 50 more lines.
+    api.delete_pod("uid-job-7d4b9c5f8-jjjjj");
+    c.append(seq_lines(100, 50).as_bytes());
+    let agent = Agent::start(cfg, Some(&state));
+    agent.wait_for(50);
+    // Long enough for the wait for its pod to end and a second reading to show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let docs = agent.docs();
+    let summary = agent.stop();
+    let mut got = seqs(&docs);
+    got.sort();
+    assert_eq!(got, (100..150).collect::<Vec<_>>(), "each line once");
+    assert_eq!(logferry::stats::Stats::get(&summary.stats.files_opened), 1);
+    assert!(docs
+        .iter()
+        .all(|d| d["log"]["flags"] == serde_json::json!(["no_kube_metadata"])));
+}

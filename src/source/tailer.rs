@@ -311,20 +311,23 @@ impl Tailer {
         self.seen
             .retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
         if !self.first_scan_done {
-            self.recover_unfinished(now);
+            self.recover_unfinished(&present, now);
         }
         self.first_scan_done = true;
     }
 
     /// Finds the files of the last run that no glob matches now, typically rotated to
-    /// `0.log.<time>` while we were down, and drains them from their checkpoint.
-    fn recover_unfinished(&mut self, now: Instant) {
+    /// `0.log.<time>` while we were down, and drains them from their checkpoint. A file the
+    /// globs still match (`present`) is left to discovery, even while it waits for its pod
+    /// or is excluded: recovering it too would read it twice.
+    fn recover_unfinished(&mut self, present: &HashSet<(u64, u64)>, now: Instant) {
         for entry in std::mem::take(&mut self.recover) {
             let id = entry.identity;
-            if self
-                .files
-                .iter()
-                .any(|f| (f.dev, f.inode) == (id.dev, id.inode))
+            if present.contains(&(id.dev, id.inode))
+                || self
+                    .files
+                    .iter()
+                    .any(|f| (f.dev, f.inode) == (id.dev, id.inode))
             {
                 continue;
             }
