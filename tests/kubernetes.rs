@@ -403,3 +403,33 @@ fn a_file_whose_pod_is_gone_at_restart_is_read_once() {
         .iter()
         .all(|d| d["log"]["flags"] == serde_json::json!(["no_kube_metadata"])));
 }
+
+#[test]
+fn a_namespace_excluded_at_restart_is_not_read_on() {
+    let api = KubeServer::start();
+    api.add_pod(pod(
+        "noisy",
+        "web-7d4b9c5f8-kkkkk",
+        "uid-web-7d4b9c5f8-kkkkk",
+    ));
+    let tree = Tree::new();
+    let c = tree.container("noisy", "web-7d4b9c5f8-kkkkk", "app");
+    c.append(seq_lines(0, 10).as_bytes());
+    let state = tree.state_dir();
+    let mut cfg = kube_config(&tree, &api);
+    let agent = Agent::start(cfg.clone(), Some(&state));
+    agent.wait_for(10);
+    agent.stop();
+    // Restarted (or reloaded) with the namespace excluded: its file had a checkpoint.
+    cfg.kubernetes.exclude_namespaces = vec!["noisy".into()];
+    c.append(seq_lines(10, 10).as_bytes());
+    let agent = Agent::start(cfg, Some(&state));
+    agent.wait_stat(
+        "the exclusion",
+        |s| logferry::stats::Stats::get(&s.files_excluded),
+        1,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.docs().is_empty(), "an excluded file was read");
+    agent.stop();
+}
