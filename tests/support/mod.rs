@@ -300,9 +300,12 @@ impl Drop for Agent {
     }
 }
 
-/// NDJSON documents; `{"create":…}` action lines of the bulk format are skipped.
+/// NDJSON documents; `{"create":…}` action lines of the bulk format are skipped, and so is
+/// a last line without its newline (still being written by a running agent).
 pub fn parse_docs(data: &[u8]) -> Vec<Value> {
-    data.split(|&b| b == b'\n')
+    let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    data[..complete]
+        .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
             serde_json::from_slice::<Value>(l)
