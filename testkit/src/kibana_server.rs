@@ -227,8 +227,7 @@ async fn handle(
 /// The `file` part of a multipart body: its file name and content.
 fn file_part(body: &[u8], boundary: &str) -> Option<(String, Vec<u8>)> {
     let delimiter = format!("--{boundary}");
-    let text = body;
-    let mut parts = split(text, delimiter.as_bytes());
+    let mut parts = split(body, delimiter.as_bytes());
     parts.next()?; // the preamble
     for part in parts {
         if part.starts_with(b"--") {
