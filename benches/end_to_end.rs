@@ -10,6 +10,10 @@
 //! cargo bench --bench end_to_end -- --pods 500 --runs 1
 //! cargo bench --bench end_to_end -- --live 20000 --seconds 60
 //! cargo bench --bench end_to_end -- --idle 600 --pods 500
+//! # Pressure: a cluster that rejects, one with a write capacity, an outage.
+//! cargo bench --bench end_to_end -- --live 5000 --item-429 0.3 --request-429 0.2
+//! cargo bench --bench end_to_end -- --live 6000 --capacity 4000
+//! cargo bench --bench end_to_end -- --live 10000 --outage-at 5 --outage-seconds 15
 //! ```
 //! Under `cargo test` (no `--bench` argument) it runs each mode once on a small scale and
 //! fails on any lost or repeated document, so it cannot rot.
@@ -62,6 +66,21 @@ struct Args {
     /// is 10 MiB and 5 files).
     #[arg(long, default_value_t = 10 * 1024)]
     rotate_kib: u64,
+    /// Live mode: share of bulk items the cluster answers 429 `es_rejected_execution_exception`.
+    #[arg(long, default_value_t = 0.0)]
+    item_429: f64,
+    /// Live mode: share of bulk requests answered 429 or 503 as a whole.
+    #[arg(long, default_value_t = 0.0)]
+    request_429: f64,
+    /// Live mode: the cluster's write capacity in documents a second (items beyond: 429).
+    #[arg(long, default_value_t = 0)]
+    capacity: u32,
+    /// Live mode: the cluster goes away (connections refused) this many seconds in…
+    #[arg(long)]
+    outage_at: Option<u64>,
+    /// …for this long.
+    #[arg(long, default_value_t = 15)]
+    outage_seconds: u64,
     /// Idle mode: follow the files without writing for this many seconds, and report CPU
     /// and memory growth.
     #[arg(long, value_name = "SECONDS")]
@@ -117,6 +136,17 @@ fn quick_check() {
     args.seconds = 3;
     args.rotate_kib = 256;
     live(&args, 2_000);
+    // Each pressure once, small: the exactly-once check holds through them.
+    let mut pressed = args.clone();
+    pressed.item_429 = 0.3;
+    pressed.request_429 = 0.2;
+    live(&pressed, 2_000);
+    let mut pressed = args.clone();
+    pressed.capacity = 1_500;
+    live(&pressed, 2_000);
+    let mut pressed = args.clone();
+    (pressed.outage_at, pressed.outage_seconds) = (Some(1), 1);
+    live(&pressed, 2_000);
     idle(&args, 1);
 }
 
@@ -544,6 +574,11 @@ fn live(args: &Args, rate: u64) -> Value {
     let (dir, _tmp) = work_dir(args);
     let mut pods = workload::layout(&dir, args.pods);
     let servers = start_servers(args, &dir, &pods, true);
+    servers.es.faults(|f| {
+        f.item_429_ratio = args.item_429;
+        f.request_fail_ratio = args.request_429;
+        f.write_capacity = args.capacity;
+    });
     let config = write_config(args, &dir, &servers);
     let agent = Agent::spawn(args, &config);
     // Let it start and find the (empty) files before the clock starts.
@@ -571,7 +606,33 @@ fn live(args: &Args, rate: u64) -> Value {
     let start = Instant::now();
     let duration = Duration::from_secs(args.seconds);
     let mut buf = Vec::new();
+    let outage = args.outage_at.map(|at| {
+        (
+            Duration::from_secs(at),
+            Duration::from_secs(at + args.outage_seconds),
+        )
+    });
+    // When the cluster came back, and how many documents were written by then.
+    let mut back: Option<(Instant, u64)> = None;
+    let mut recovered_s: Option<f64> = None;
+    let watch_recovery = |back: Option<(Instant, u64)>, recovered_s: &mut Option<f64>| {
+        if let Some((at, backlog)) = back {
+            if recovered_s.is_none() && servers.tracker.lock().unwrap().docs >= backlog {
+                *recovered_s = Some(at.elapsed().as_secs_f64());
+            }
+        }
+    };
     while start.elapsed() < duration {
+        if let Some((down_at, up_at)) = outage {
+            let t = start.elapsed();
+            if t >= down_at && t < up_at && back.is_none() {
+                servers.es.set_down(true);
+            } else if t >= up_at && back.is_none() {
+                servers.es.set_down(false);
+                back = Some((Instant::now(), docs));
+            }
+        }
+        watch_recovery(back, &mut recovered_s);
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         gen.set_clock(workload::now_nanos());
         while lines < due {
@@ -601,6 +662,15 @@ fn live(args: &Args, rate: u64) -> Value {
         std::thread::sleep(Duration::from_millis(5));
     }
     let wrote_for = start.elapsed().as_secs_f64();
+    if back.is_none() && outage.is_some() {
+        servers.es.set_down(false);
+        back = Some((Instant::now(), docs));
+    }
+    while back.is_some() && recovered_s.is_none() {
+        watch_recovery(back, &mut recovered_s);
+        assert!(agent.alive(), "the agent exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     wait_delivered(&agent, &servers, docs, &dir);
     let drained = start.elapsed().as_secs_f64();
     let (cpu1, _, _) = agent.sample();
@@ -614,9 +684,22 @@ fn live(args: &Args, rate: u64) -> Value {
             .map_or(0.0, |&us| us as f64 / 1e6)
     };
     let cpu = cpu1 - cpu0;
+    let (items_sent, items_429) = servers.es.with(|s| (s.bulk_items, s.items_429));
+    let bound = (args.capacity > 0).then(|| docs as f64 / f64::from(args.capacity));
     let r = json!({
         "mode": "live",
         "rate": rate,
+        "pressure": {
+            "item_429": args.item_429, "request_429": args.request_429,
+            "capacity": args.capacity, "outage_at": args.outage_at,
+            "outage_seconds": args.outage_at.map(|_| args.outage_seconds),
+        },
+        "seconds_after_writing": drained - wrote_for,
+        "items_sent_per_document": items_sent as f64 / docs.max(1) as f64,
+        "items_429": items_429,
+        "capacity_bound_s": bound,
+        "time_over_capacity_bound": bound.map(|b| drained / b),
+        "recovery_after_outage_s": recovered_s,
         "seconds_writing": wrote_for,
         "seconds_until_drained": drained,
         "lines": lines,
@@ -634,7 +717,8 @@ fn live(args: &Args, rate: u64) -> Value {
     println!(
         "live: {rate} lines/s for {wrote_for:.0} s, {lines} lines, {docs} documents, {rotations} rotations\n\
          lag write → accepted: p50 {:.3} s, p95 {:.3} s, max {:.3} s\n\
-         CPU {:.2} s = {:.4} s per 1,000 lines ({:.1}% of a core); peak RSS {:.1} MiB",
+         CPU {:.2} s = {:.4} s per 1,000 lines ({:.1}% of a core); peak RSS {:.1} MiB\n\
+         drained {:.1} s after writing ended; {:.3} items sent per document ({} answered 429){}{}",
         r["lag_p50_s"].as_f64().unwrap(),
         r["lag_p95_s"].as_f64().unwrap(),
         r["lag_max_s"].as_f64().unwrap(),
@@ -642,6 +726,16 @@ fn live(args: &Args, rate: u64) -> Value {
         r["cpu_s_per_1000_lines"].as_f64().unwrap(),
         100.0 * r["cpu_share_of_core"].as_f64().unwrap(),
         r["peak_rss_mib"].as_f64().unwrap(),
+        drained - wrote_for,
+        r["items_sent_per_document"].as_f64().unwrap(),
+        items_429,
+        bound.map_or(String::new(), |b| format!(
+            "; done in {drained:.1} s = {:.3} × the capacity's {b:.1} s",
+            drained / b
+        )),
+        recovered_s.map_or(String::new(), |s| format!(
+            "; backlog indexed {s:.2} s after the cluster came back"
+        )),
     );
     r
 }

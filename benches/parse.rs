@@ -231,7 +231,7 @@ fn bulk(c: &mut Criterion) {
                 for e in &events {
                     batch.push(e, &target, &enc);
                 }
-                black_box(batch.seal().0.payload.len())
+                black_box(batch.seal().payload.len())
             })
         });
     }

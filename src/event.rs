@@ -201,19 +201,23 @@ pub struct AckBuilder {
 
 impl AckBuilder {
     pub fn push(&mut self, event: &LogEvent) {
-        let key = event.file.key;
+        self.push_parts(event.file.key, event.seq, event.safe_point);
+    }
+
+    /// An event by its file, sequence number and safe point.
+    pub fn push_parts(&mut self, key: FileKey, seq: u64, safe_point: u64) {
         if let Some(last) = self.ranges.iter_mut().rev().find(|r| r.key == key) {
-            if last.last_seq + 1 == event.seq {
-                last.last_seq = event.seq;
-                last.safe_point = event.safe_point;
+            if last.last_seq + 1 == seq {
+                last.last_seq = seq;
+                last.safe_point = safe_point;
                 return;
             }
         }
         self.ranges.push(AckRange {
             key,
-            first_seq: event.seq,
-            last_seq: event.seq,
-            safe_point: event.safe_point,
+            first_seq: seq,
+            last_seq: seq,
+            safe_point,
         });
     }
 

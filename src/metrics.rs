@@ -296,6 +296,36 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             Gauge,
             &s.es_in_flight_bytes,
         ),
+        (
+            "elasticsearch_items_sent_total",
+            "Bulk items sent, resends included.",
+            Counter,
+            &s.es_items_sent,
+        ),
+        (
+            "elasticsearch_retry_queue_documents",
+            "Documents waiting to be sent again (refused for load, or a failed request).",
+            Gauge,
+            &s.es_retry_queue_documents,
+        ),
+        (
+            "elasticsearch_retry_queue_bytes",
+            "Bytes of the documents waiting to be sent again.",
+            Gauge,
+            &s.es_retry_queue_bytes,
+        ),
+        (
+            "elasticsearch_concurrency_limit",
+            "Bulk requests allowed in flight now (adaptive, up to max_in_flight).",
+            Gauge,
+            &s.es_concurrency_limit,
+        ),
+        (
+            "elasticsearch_rate_limit_documents_per_second",
+            "The send rate cap learnt from the cluster's refusals; 0 when unpaced.",
+            Gauge,
+            &s.es_rate_limit,
+        ),
     ]
 }
 
@@ -370,6 +400,17 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
          logferry_backpressure_seconds_total {}",
         Stats::get(&stats.backpressure_micros) as f64 / 1e6
     );
+    let _ = writeln!(
+        out,
+        "# HELP logferry_elasticsearch_rejected_share Share of recent bulk items refused for load (429), smoothed.\n\
+         # TYPE logferry_elasticsearch_rejected_share gauge\n\
+         logferry_elasticsearch_rejected_share {}\n\
+         # HELP logferry_elasticsearch_backoff_seconds Time left before the next bulk request after a failure.\n\
+         # TYPE logferry_elasticsearch_backoff_seconds gauge\n\
+         logferry_elasticsearch_backoff_seconds {}",
+        Stats::get_f64(&stats.es_rejected_share),
+        Stats::get_f64(&stats.es_backoff_seconds),
+    );
     labelled(
         &mut out,
         "events_assembled_total",
@@ -403,7 +444,7 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
     histogram(
         &mut out,
         "elasticsearch_batch_documents",
-        "Documents in a batch as first sent.",
+        "Documents per bulk request built (resends included).",
         &stats.es_batch_documents,
     );
     let total: u64 = files.iter().map(|f| f.lag).sum();
@@ -459,6 +500,12 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
         "sink": {
             "last_bulk_outcome": last_bulk,
             "in_flight_bytes": Stats::get(&stats.es_in_flight_bytes),
+            "concurrency_limit": Stats::get(&stats.es_concurrency_limit),
+            "rate_limit_documents_per_second": Stats::get(&stats.es_rate_limit),
+            "rejected_share": Stats::get_f64(&stats.es_rejected_share),
+            "backoff_seconds": Stats::get_f64(&stats.es_backoff_seconds),
+            "retry_queue_documents": Stats::get(&stats.es_retry_queue_documents),
+            "retry_queue_bytes": Stats::get(&stats.es_retry_queue_bytes),
             "delivered": Stats::get(&stats.events_delivered),
             "retried": Stats::get(&stats.es_items_retried),
             "dead_lettered": Stats::get(&stats.es_dead_lettered),

@@ -136,6 +136,19 @@ pub struct Stats {
     pub rate_limit_summaries: AtomicU64,
     /// Bytes of bulk bodies sent and not yet answered (a gauge).
     pub es_in_flight_bytes: AtomicU64,
+    /// Bulk items sent, resends included.
+    pub es_items_sent: AtomicU64,
+    /// Documents waiting to be sent again, and their bytes (gauges).
+    pub es_retry_queue_documents: AtomicU64,
+    pub es_retry_queue_bytes: AtomicU64,
+    /// Requests allowed in flight now, and the send rate cap in documents per second
+    /// (0: none) (gauges).
+    pub es_concurrency_limit: AtomicU64,
+    pub es_rate_limit: AtomicU64,
+    /// Smoothed share of bulk items refused for load (an `f64`'s bits).
+    pub es_rejected_share: AtomicU64,
+    /// Seconds until the next request after a failure (an `f64`'s bits).
+    pub es_backoff_seconds: AtomicU64,
     /// Microseconds the tailer waited for room in a full pipeline.
     pub backpressure_micros: AtomicU64,
     /// Config reloads taken, and new configs refused (the running one kept).
@@ -204,6 +217,13 @@ impl Default for Stats {
             lines_rate_limited: AtomicU64::new(0),
             rate_limit_summaries: AtomicU64::new(0),
             es_in_flight_bytes: AtomicU64::new(0),
+            es_items_sent: AtomicU64::new(0),
+            es_retry_queue_documents: AtomicU64::new(0),
+            es_retry_queue_bytes: AtomicU64::new(0),
+            es_concurrency_limit: AtomicU64::new(0),
+            es_rate_limit: AtomicU64::new(0),
+            es_rejected_share: AtomicU64::new(0),
+            es_backoff_seconds: AtomicU64::new(0),
             backpressure_micros: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             config_reload_failures: AtomicU64::new(0),
@@ -221,5 +241,10 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// A gauge stored as an `f64`'s bits.
+    pub fn get_f64(gauge: &AtomicU64) -> f64 {
+        f64::from_bits(gauge.load(Ordering::Relaxed))
     }
 }

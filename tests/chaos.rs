@@ -73,3 +73,13 @@ fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after
 fn a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried() {
     chaos::a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried(1);
 }
+
+#[test]
+fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends() {
+    chaos::a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends(1);
+}
+
+#[test]
+fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff() {
+    chaos::the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff(1);
+}

@@ -78,3 +78,9 @@ fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_afte
 fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after() {
     chaos::a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(20);
 }
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends() {
+    chaos::a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends(20);
+}

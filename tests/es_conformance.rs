@@ -118,3 +118,39 @@ fn filter_path_keeps_only_what_the_sink_reads() {
     );
     assert!(v["items"][1]["create"]["error"]["reason"].is_string());
 }
+
+#[test]
+fn a_write_capacity_refuses_the_items_beyond_it_with_429_and_refills_over_time() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: the write capacity is the test server's");
+    };
+    server.faults(|f| f.write_capacity = 50);
+    let ds = format!("logs-conformance-{}", unique("cap"));
+    let body = |from: usize| -> String {
+        (from..from + 80)
+            .map(|i| {
+                format!(
+                    "{{\"create\":{{\"_index\":\"{ds}\",\"_id\":\"{i}\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\"}}\n"
+                )
+            })
+            .collect()
+    };
+    let (status, v) = es.bulk_raw(&body(0));
+    assert_eq!(status, 200, "{v}");
+    let statuses: Vec<u64> = (0..80).map(|i| item_status(&v, i)).collect();
+    let took = statuses.iter().filter(|&&s| s == 201).count();
+    // A bucket of one second's worth: 50 at once, the rest refused as ES's write pool does.
+    assert!((50..=52).contains(&took), "{took} taken");
+    assert_eq!(item_status(&v, 79), 429);
+    assert_eq!(item_error(&v, 79), "es_rejected_execution_exception");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let (_, v) = es.bulk_raw(&body(80));
+    let again = (0..80).filter(|&i| item_status(&v, i) == 201).count();
+    assert!(
+        (15..=50).contains(&again),
+        "{again} taken after 400 ms or more at 50/s"
+    );
+    server.faults(|f| f.write_capacity = 0);
+    assert_eq!(es.count(&ds), (took + again) as u64);
+}

@@ -265,6 +265,13 @@ impl Drop for QueueWriter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
 
+impl Ticket {
+    /// The ticket numbered `id` (see `QueueReader::next_ticket`).
+    pub fn from_id(id: u64) -> Ticket {
+        Ticket(id)
+    }
+}
+
 pub struct QueueReader {
     shared: Arc<Shared>,
     /// The next record to read.
@@ -301,6 +308,11 @@ impl QueueReader {
             })
             .sum();
         (bytes, st.closed)
+    }
+
+    /// The number of the ticket the next successful `read` returns.
+    pub fn next_ticket(&self) -> u64 {
+        self.next_ticket
     }
 
     /// Resolves when something was appended (or the writer closed) since the last call.

@@ -86,8 +86,14 @@ pub struct ElasticsearchConfig {
     /// gzip level 0–9; 0 sends bodies uncompressed.
     pub compression_level: u32,
     pub max_in_flight: usize,
-    /// Attempts per batch before its undelivered documents go to the dead-letter file;
-    /// 0 retries without limit.
+    /// Adapt the requests in flight (up to `max_in_flight`) and the send rate to what the
+    /// cluster answers; off: always `max_in_flight`, unpaced.
+    pub adaptive_concurrency: bool,
+    /// While the cluster is away, how often a cheap request checks whether it is back.
+    #[serde(with = "duration_str")]
+    pub outage_probe_interval: Duration,
+    /// Attempts per document before it goes to the dead-letter file; 0 retries without
+    /// limit.
     pub max_retries: u32,
     #[serde(with = "duration_str")]
     pub retry_initial_backoff: Duration,
@@ -135,7 +141,9 @@ impl Default for ElasticsearchConfig {
             batch_max_events: 20_000,
             flush_interval: Duration::from_secs(1),
             compression_level: 1,
-            max_in_flight: 2,
+            max_in_flight: 4,
+            adaptive_concurrency: true,
+            outage_probe_interval: Duration::from_millis(500),
             max_retries: 0,
             retry_initial_backoff: Duration::from_millis(250),
             retry_max_backoff: Duration::from_secs(30),
@@ -234,6 +242,9 @@ impl ElasticsearchConfig {
         }
         if self.max_in_flight == 0 {
             return Err(err("max_in_flight", "must be at least 1"));
+        }
+        if self.outage_probe_interval < Duration::from_millis(10) {
+            return Err(err("outage_probe_interval", "must be at least 10ms"));
         }
         if self.retry_initial_backoff.is_zero()
             || self.retry_max_backoff < self.retry_initial_backoff

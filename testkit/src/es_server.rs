@@ -29,6 +29,10 @@ pub struct Faults {
     pub latency: Duration,
     /// Requests above this many (decompressed) bytes are answered 413. 0 = 100 MB.
     pub max_content_length: usize,
+    /// Write capacity in documents a second (a token bucket holding one second's worth);
+    /// items beyond it are answered 429 `es_rejected_execution_exception`, as a node with
+    /// a full write queue answers. 0 = unlimited.
+    pub write_capacity: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +79,17 @@ pub struct State {
     pub bulk_bytes_decoded: u64,
     pub items_409: u64,
     pub items_429: u64,
+    /// Of `items_429`, those refused over `write_capacity`.
+    pub items_over_capacity: u64,
     pub items_400: u64,
     pub requests_failed: u64,
     pub requests_413: u64,
     /// The `Authorization` header of the last request.
     pub last_authorization: Option<String>,
     rng: u64,
+    /// The write capacity's bucket: tokens, and when it was last filled.
+    capacity_tokens: f64,
+    capacity_at: Option<std::time::Instant>,
 }
 
 impl State {
@@ -89,6 +98,26 @@ impl State {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng % 1_000_000) as f64 / 1_000_000.0
+    }
+
+    /// Takes one document's worth of write capacity; false when none is left.
+    fn take_capacity(&mut self) -> bool {
+        let cap = f64::from(self.faults.write_capacity);
+        if cap == 0.0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let since = self
+            .capacity_at
+            .map_or(1.0, |t| now.duration_since(t).as_secs_f64());
+        self.capacity_tokens = (self.capacity_tokens + cap * since).min(cap);
+        self.capacity_at = Some(now);
+        if self.capacity_tokens >= 1.0 {
+            self.capacity_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Documents of an index or data stream (or a `*` pattern).
@@ -822,6 +851,17 @@ fn index_one(
             Some((
                 "es_rejected_execution_exception".into(),
                 "rejected execution of coordinating operation [injected]".into(),
+            )),
+        );
+    }
+    if !s.take_capacity() {
+        s.items_429 += 1;
+        s.items_over_capacity += 1;
+        return (
+            429,
+            Some((
+                "es_rejected_execution_exception".into(),
+                "rejected execution of primary operation [coordinating_and_primary_bytes=0, replica_bytes=0, all_bytes=0] on EsThreadPoolExecutor[name = in-tree/write, queue capacity = 10000]".into(),
             )),
         );
     }

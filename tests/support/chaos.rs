@@ -862,3 +862,130 @@ pub fn a_full_state_disk_is_reported_shipping_goes_on_and_the_write_is_retried(_
     };
     checkpoints_fail_then_recover(&tree, fill, || fs::remove_file(&filler).unwrap());
 }
+
+pub fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends(
+    scale: u64,
+) {
+    let es = EsServer::start();
+    // A node that indexes 3,000 documents a second and refuses the rest with 429.
+    es.faults(|f| f.write_capacity = 3_000);
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 45_000 * scale,
+            per_second: 4_500,
+            rotate_bytes: 1 << 20,
+            ..WriterSpec::default()
+        },
+    );
+    let log = agent.config.with_extension("log");
+    let (mut paced, mut lowest_limit) = (0u64, u64::MAX);
+    while writer.written() < 45_000 * scale {
+        std::thread::sleep(Duration::from_millis(300));
+        let Some((_, m)) = fetch(&log, "/metrics") else {
+            continue;
+        };
+        if let Some(r) = sample(&m, "logferry_elasticsearch_rate_limit_documents_per_second") {
+            paced = paced.max(r);
+        }
+        if let Some(l) = sample(&m, "logferry_elasticsearch_concurrency_limit") {
+            lowest_limit = lowest_limit.min(l);
+        }
+    }
+    let total = writer.finish();
+    let got = wait_indexed(&es, total, Duration::from_secs(90 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    let (sent, over) = es.with(|s| (s.bulk_items, s.items_over_capacity));
+    assert!(over > 0, "the cluster's capacity was never reached");
+    // Resends are paid only for what the cluster refused; the agent found its pace
+    // instead of resending everything over and over (the benchmark holds it to 1.2).
+    let per_doc = sent as f64 / total as f64;
+    assert!(per_doc < 1.5, "{per_doc:.2} items sent per line");
+    assert!(
+        paced > 0 && paced < 4_500,
+        "a send rate below the write rate was learnt: {paced}"
+    );
+    assert!(
+        lowest_limit < 4,
+        "requests in flight were cut: {lowest_limit}"
+    );
+    println!(
+        "write capacity: {per_doc:.3} items sent per line, {over} refused over capacity, pace {paced}/s"
+    );
+}
+
+pub fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff(_scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    // After the first failure the next attempt would wait 10–20 s; the probe runs every
+    // 100 ms.
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace(
+                "retry_initial_backoff = \"20ms\"",
+                "retry_initial_backoff = \"20s\"",
+            )
+            .replace(
+                "retry_max_backoff = \"200ms\"",
+                "retry_max_backoff = \"60s\"\noutage_probe_interval = \"100ms\"",
+            ),
+    )
+    .unwrap();
+    agent.start();
+    let first = Writer::start(
+        &tree,
+        WriterSpec {
+            lines: 2_000,
+            ..WriterSpec::default()
+        },
+    )
+    .finish();
+    assert_eq!(wait_indexed(&es, first, Duration::from_secs(30)), first);
+    es.set_down(true);
+    for p in 0..2u64 {
+        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
+        let data: String = (0..10_000u64)
+            .map(|i| seq_lines(first + i * 2 + p, 1))
+            .collect();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .unwrap()
+            .write_all(data.as_bytes())
+            .unwrap();
+    }
+    let total = first + 20_000;
+    // Long enough for the agent to fail a request and back off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log_tail().contains("bulk request failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no request failed during the outage"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    es.set_down(false);
+    let up = Instant::now();
+    let got = wait_indexed(&es, total, Duration::from_secs(60));
+    let took = up.elapsed();
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    // The backoff alone would have held the documents for at least 10 s.
+    assert!(
+        took < Duration::from_secs(8),
+        "the backlog took {took:?} after the cluster came back\n{}",
+        agent.log_tail()
+    );
+    assert!(agent.log_tail().contains("Elasticsearch answers again"));
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}

@@ -1,12 +1,13 @@
 //! A bulk request body being built: the action line and document of each event, encoded
 //! and compressed as they come, so a batch in flight holds its compressed bytes only (a
 //! tenth of the raw body). Item positions are kept in raw offsets; the rare retry of a
-//! subset decompresses the body again to cut the items out.
+//! subset decompresses the body again to cut the items out. Each item remembers where it
+//! came from, so that it is acknowledged on its own, whatever becomes of the others.
 
 use super::target::Target;
 use crate::encode::doc_id::document_id;
 use crate::encode::DocumentEncoder;
-use crate::event::{AckBuilder, AckRange, LogEvent};
+use crate::event::{FileKey, LogEvent};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -24,6 +25,39 @@ pub struct Item {
     pub doc: Range<usize>,
 }
 
+/// Where an item came from: what to acknowledge once it is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An event read from a file (memory buffer): its checkpoint.
+    Event {
+        key: FileKey,
+        seq: u64,
+        safe_point: u64,
+    },
+    /// A record of the disk buffer, read under this ticket.
+    Record(u64),
+}
+
+/// What the sink keeps of an item besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemMeta {
+    pub origin: Origin,
+    /// Sends so far that did not settle it.
+    pub attempts: u32,
+    /// The document is a rescued one (refused once already).
+    pub rescued: bool,
+}
+
+impl ItemMeta {
+    pub fn new(origin: Origin) -> Self {
+        ItemMeta {
+            origin,
+            attempts: 0,
+            rescued: false,
+        }
+    }
+}
+
 pub struct Batch {
     gzip: Option<GzEncoder<Vec<u8>>>,
     /// Encoded bytes not yet compressed (all of them without compression).
@@ -31,8 +65,10 @@ pub struct Batch {
     /// Raw bytes already handed to the compressor.
     flushed: usize,
     pub items: Vec<Item>,
-    acks: AckBuilder,
+    meta: Vec<ItemMeta>,
     pub started: Option<Instant>,
+    /// Holds items sent before: it goes without waiting for the flush interval.
+    pub resends: bool,
 }
 
 impl Batch {
@@ -44,8 +80,9 @@ impl Batch {
             pending: Vec::with_capacity(if level > 0 { 2 * CHUNK } else { CHUNK }),
             flushed: 0,
             items: Vec::new(),
-            acks: AckBuilder::default(),
+            meta: Vec::new(),
             started: None,
+            resends: false,
         }
     }
 
@@ -53,15 +90,21 @@ impl Batch {
         let a = self.begin_item();
         let action_len = encode_item(e, target, encoder, &mut self.pending);
         self.end_item(a, action_len);
-        self.acks.push(e);
+        self.meta.push(ItemMeta::new(Origin::Event {
+            key: e.file.key,
+            seq: e.seq,
+            safe_point: e.safe_point,
+        }));
     }
 
-    /// Adds an item encoded earlier by `encode_item` (from the disk buffer).
-    pub fn push_encoded(&mut self, item: &[u8]) {
+    /// Adds an item encoded earlier by `encode_item`: from the disk buffer, or sent before.
+    pub fn push_encoded(&mut self, item: &[u8], meta: ItemMeta) {
         let a = self.begin_item();
         self.pending.extend_from_slice(item);
         let action_len = memchr::memchr(b'\n', item).map_or(item.len(), |i| i + 1);
         self.end_item(a, action_len);
+        self.resends |= meta.attempts > 0 || meta.rescued;
+        self.meta.push(meta);
     }
 
     /// The raw offset where the next item starts.
@@ -110,21 +153,21 @@ impl Batch {
     }
 
     /// Finishes the body: what is sent, and what is kept to settle the items.
-    pub fn seal(mut self) -> (Sealed, Vec<AckRange>) {
+    pub fn seal(mut self) -> Sealed {
         self.compress_pending();
         let raw_len = self.raw_len();
         let (payload, gzip) = match self.gzip.take() {
             Some(gz) => (Bytes::from(gz.finish().unwrap_or_default()), true),
             None => (Bytes::from(std::mem::take(&mut self.pending)), false),
         };
-        let sealed = Sealed {
+        Sealed {
             payload,
             gzip,
             raw_len,
             raw: None,
             items: self.items,
-        };
-        (sealed, self.acks.finish())
+            meta: self.meta,
+        }
     }
 }
 
@@ -157,6 +200,7 @@ pub struct Sealed {
     /// The uncompressed body, once needed.
     raw: Option<Bytes>,
     pub items: Vec<Item>,
+    pub meta: Vec<ItemMeta>,
 }
 
 impl Sealed {
@@ -235,8 +279,8 @@ mod tests {
             batch.push(&e, &target, &encoder);
             plain.push(&e, &target, &encoder);
         }
-        let (plain, _) = plain.seal();
-        (batch.seal().0, plain.payload.to_vec())
+        let plain = plain.seal();
+        (batch.seal(), plain.payload.to_vec())
     }
 
     #[test]

@@ -80,6 +80,27 @@ impl BulkClient {
         &self.transport
     }
 
+    /// Whether the cluster answers a cheap request (`GET /`): any answer but 502–504
+    /// counts, a refusal of the credentials included.
+    pub async fn probe(&self) -> bool {
+        let timeout = self.timeout.min(Duration::from_secs(2));
+        match self
+            .transport
+            .send(
+                Method::Get,
+                "/",
+                HeaderMap::new(),
+                None::<&()>,
+                None::<&'static str>,
+                Some(timeout),
+            )
+            .await
+        {
+            Ok(r) => !matches!(r.status_code().as_u16(), 502..=504),
+            Err(_) => false,
+        }
+    }
+
     /// Sends one bulk body (NDJSON, uncompressed), compressed as configured; returns what
     /// came back and the bytes sent.
     pub async fn bulk(&self, body: &[u8]) -> (Reply, usize) {
@@ -129,7 +150,7 @@ impl BulkClient {
             )
             .await;
         let reply = match resp {
-            Err(e) => Reply::Unreachable(e.to_string()),
+            Err(e) => Reply::Unreachable(error_chain(&e)),
             Ok(r) => {
                 let status = r.status_code().as_u16();
                 match r.bytes().await {
@@ -166,6 +187,22 @@ pub fn transport(urls: Vec<Url>, cfg: &ElasticsearchConfig) -> Result<Transport,
         b = b.cert_validation(CertificateValidation::Full(cert));
     }
     b.build().map_err(|e| ClientError::Build(e.to_string()))
+}
+
+/// An error with its causes, `a: b: c`: a TLS failure shows its reason, not only
+/// "error sending request".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn excerpt(b: &[u8]) -> String {

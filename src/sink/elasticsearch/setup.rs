@@ -258,7 +258,7 @@ async fn call(
                 return Err(SetupError::Unreachable {
                     kind: r.kind,
                     name: r.name.clone(),
-                    message: e.to_string(),
+                    message: super::client::error_chain(&e),
                 })
             }
         }

@@ -1,0 +1,427 @@
+//! One bulk request sent once, and what its answer makes of each item: delivered or 409
+//! (acknowledged at once), refused for load (sent again with later requests), refused for
+//! good (rescued once, then dead-lettered). Nothing here waits: the wait before a resend
+//! is decided by `Backoff` and the shipper, from what the cluster said.
+
+use super::batch::{ItemMeta, Origin, Sealed};
+use super::client::Reply;
+use super::response::{classify, Outcome};
+use super::Shared;
+use crate::log_limit;
+use crate::stats::Stats;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What became of the items of one answer, for the counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Settled {
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub rescued: u64,
+    pub dead_lettered: u64,
+}
+
+/// An item to send again with a later request.
+#[derive(Debug)]
+pub struct Pending {
+    /// Its action line and document, each ending in `\n`.
+    pub lines: Bytes,
+    pub meta: ItemMeta,
+    /// Not to be sent before; `None` until the shipper sets it from its backoff.
+    pub ready_at: Option<Instant>,
+}
+
+/// What the cluster said of a request as a whole: the shipper's cue for its pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Per-item results: `rejected` refused for load; `got_in` whether any item landed.
+    Items { rejected: usize, got_in: bool },
+    /// Nothing got through: 429, 5xx, no answer. `down`: no answer or 502–504, the
+    /// cluster looks away (worth probing).
+    Throttled { down: bool },
+    /// 401/403 for the whole request.
+    Unauthorized,
+    /// 413: its items go again in smaller requests.
+    TooLarge,
+    /// Refused for good as a whole (another 4xx): its items were dead-lettered.
+    Refused,
+}
+
+/// A request's answer, settled.
+pub struct Completion {
+    pub sent_at: Instant,
+    pub docs: usize,
+    pub raw_len: usize,
+    /// Items delivered, duplicate or dead-lettered: acknowledge them.
+    pub acked: Vec<Origin>,
+    /// Items to send again with later requests.
+    pub loose: Vec<Pending>,
+    /// The whole request to send again as it is (nothing in it got through).
+    pub again: Option<Sealed>,
+    pub settled: Settled,
+    pub verdict: Verdict,
+}
+
+/// Sends `batch` once (trying each endpoint while none answers) and settles its items.
+pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Completion {
+    let st = &shared.stats;
+    let sent_at = Instant::now();
+    let mut unreachable = 0usize;
+    let reply = loop {
+        Stats::add(&st.es_requests, 1);
+        Stats::add(&st.es_items_sent, batch.len() as u64);
+        Stats::add(&st.es_bytes_raw, batch.raw_len as u64);
+        let started = Instant::now();
+        let (reply, sent) = shared.client.send(batch.payload.clone(), batch.gzip).await;
+        Stats::add(&st.es_bytes_sent, sent as u64);
+        st.es_bulk_seconds.observe(started.elapsed().as_secs_f64());
+        let (outcome, counter) = match &reply {
+            Reply::Items(_) => (1, &st.es_outcome_items),
+            Reply::Status(429 | 500..=599, _) => (3, &st.es_outcome_throttled),
+            Reply::Status(..) => (2, &st.es_outcome_refused),
+            Reply::Unreachable(_) => (4, &st.es_outcome_unreachable),
+        };
+        Stats::add(counter, 1);
+        st.es_last_outcome.store(outcome, Ordering::Relaxed);
+        if matches!(reply, Reply::Unreachable(_)) {
+            unreachable += 1;
+            // Round-robin: another endpoint is tried at once.
+            if unreachable < shared.cfg.endpoints.len() {
+                Stats::add(&st.es_request_failures, 1);
+                continue;
+            }
+        }
+        break reply;
+    };
+    let mut c = Completion {
+        sent_at,
+        docs: batch.len(),
+        raw_len: batch.raw_len,
+        acked: Vec::with_capacity(batch.len()),
+        loose: Vec::new(),
+        again: None,
+        settled: Settled::default(),
+        verdict: Verdict::Refused,
+    };
+    match reply {
+        Reply::Items(items) if items.len() == batch.len() => {
+            let mut rejected = 0;
+            let mut unauthorized = None;
+            for (i, item) in items.iter().enumerate() {
+                let meta = batch.meta[i];
+                match classify(item.status, item.error_type.as_deref()) {
+                    Outcome::Delivered => {
+                        c.settled.delivered += 1;
+                        c.acked.push(meta.origin);
+                    }
+                    Outcome::Duplicate => {
+                        c.settled.duplicates += 1;
+                        c.acked.push(meta.origin);
+                    }
+                    Outcome::Retry => {
+                        rejected += 1;
+                        retry_item(shared, &mut batch, i, &mut c, item.status, "rejected");
+                    }
+                    Outcome::Unauthorized => {
+                        unauthorized = Some(item.reason.clone().unwrap_or_default());
+                        retry_item(shared, &mut batch, i, &mut c, item.status, "forbidden");
+                    }
+                    Outcome::Rejected => {
+                        let kind = item.error_type.as_deref().unwrap_or("unknown");
+                        let reason = item.reason.as_deref().unwrap_or("");
+                        refused_item(shared, &mut batch, i, &mut c, item.status, kind, reason);
+                    }
+                }
+            }
+            if let Some(reason) = unauthorized {
+                if let Some(held_back) = log_limit::allow("es.index_forbidden") {
+                    tracing::error!(reason = %reason, held_back, "Elasticsearch refuses the documents' index for these credentials (401/403); retrying");
+                }
+            }
+            c.verdict = Verdict::Items {
+                rejected,
+                got_in: c.settled.delivered + c.settled.duplicates > 0,
+            };
+        }
+        Reply::Items(items) => {
+            let why = format!("{} results for {} documents", items.len(), batch.len());
+            c.verdict = Verdict::Throttled { down: false };
+            whole_again(shared, batch, &mut c, &why);
+        }
+        Reply::Status(413, body) if batch.len() == 1 => {
+            dead_letter_or_retry(
+                shared,
+                &mut batch,
+                0,
+                &mut c,
+                413,
+                "request_entity_too_large",
+                &body,
+            );
+            c.verdict = Verdict::TooLarge;
+        }
+        Reply::Status(413, _) => {
+            for i in 0..batch.len() {
+                c.loose.push(Pending {
+                    lines: Bytes::copy_from_slice(batch.lines(i)),
+                    meta: batch.meta[i],
+                    ready_at: Some(sent_at),
+                });
+            }
+            c.verdict = Verdict::TooLarge;
+        }
+        Reply::Status(status @ (401 | 403), body) => {
+            if let Some(held_back) = log_limit::allow("es.credentials") {
+                tracing::error!(status, body = %body, held_back, "Elasticsearch refuses logferry's credentials; retrying");
+            }
+            c.verdict = Verdict::Unauthorized;
+            whole_again(shared, batch, &mut c, &format!("HTTP {status}"));
+        }
+        Reply::Status(status @ (429 | 500..=599), body) => {
+            c.verdict = Verdict::Throttled {
+                down: matches!(status, 502..=504),
+            };
+            whole_again(shared, batch, &mut c, &format!("HTTP {status}: {body}"));
+        }
+        Reply::Status(status, body) => {
+            // The request itself was refused (a 4xx a retry cannot change).
+            if let Some(held_back) = log_limit::allow("es.request_refused") {
+                tracing::error!(status, body = %body, held_back, "Elasticsearch refused a bulk request; its documents go to the dead-letter file");
+            }
+            for i in 0..batch.len() {
+                dead_letter_or_retry(
+                    shared,
+                    &mut batch,
+                    i,
+                    &mut c,
+                    status,
+                    "request_refused",
+                    &body,
+                );
+            }
+            c.verdict = Verdict::Refused;
+        }
+        Reply::Unreachable(e) => {
+            c.verdict = Verdict::Throttled { down: true };
+            whole_again(shared, batch, &mut c, &e);
+        }
+    }
+    c
+}
+
+/// Nothing in the request got through: it goes again as it is, unless its documents have
+/// had `max_retries` attempts.
+fn whole_again(shared: &Shared, mut batch: Sealed, c: &mut Completion, why: &str) {
+    Stats::add(&shared.stats.es_request_failures, 1);
+    if let Some(held_back) = log_limit::allow("es.bulk_failed") {
+        tracing::warn!(error = %why, held_back, documents = batch.len(), "bulk request failed; retrying");
+    }
+    let max = shared.cfg.max_retries;
+    let exhausted = max > 0 && batch.meta.iter().any(|m| m.attempts + 1 >= max);
+    if !exhausted {
+        Stats::add(&shared.stats.es_items_retried, batch.len() as u64);
+        for m in &mut batch.meta {
+            m.attempts += 1;
+        }
+        c.again = Some(batch);
+        return;
+    }
+    give_up_log(batch.len(), max);
+    for i in 0..batch.len() {
+        dead_letter_or_retry(shared, &mut batch, i, c, 0, "max_retries_exceeded", why);
+    }
+}
+
+fn give_up_log(documents: usize, attempts: u32) {
+    if let Some(held_back) = log_limit::allow("es.max_retries") {
+        tracing::error!(
+            documents,
+            attempts,
+            held_back,
+            "giving up on documents after max_retries; they go to the dead-letter file"
+        );
+    }
+}
+
+/// An item refused for load (or forbidden): sent again later, or dead-lettered after
+/// `max_retries` attempts.
+fn retry_item(
+    shared: &Shared,
+    batch: &mut Sealed,
+    i: usize,
+    c: &mut Completion,
+    status: u16,
+    why: &str,
+) {
+    let max = shared.cfg.max_retries;
+    let mut meta = batch.meta[i];
+    if max > 0 && meta.attempts + 1 >= max {
+        give_up_log(1, max);
+        dead_letter_or_retry(shared, batch, i, c, status, "max_retries_exceeded", why);
+        return;
+    }
+    meta.attempts += 1;
+    Stats::add(&shared.stats.es_items_retried, 1);
+    c.loose.push(Pending {
+        lines: Bytes::copy_from_slice(batch.lines(i)),
+        meta,
+        ready_at: None,
+    });
+}
+
+/// A document refused for good: rescued once (sent again at once), then dead-lettered.
+fn refused_item(
+    shared: &Shared,
+    batch: &mut Sealed,
+    i: usize,
+    c: &mut Completion,
+    status: u16,
+    kind: &str,
+    reason: &str,
+) {
+    let mut meta = batch.meta[i];
+    if !meta.rescued {
+        let (action, doc) = batch.action_and_doc(i);
+        if let Some(doc) = super::rescue::rescue(doc, &shared.json_key, kind, reason) {
+            let mut lines = Vec::with_capacity(action.len() + doc.len() + 2);
+            lines.extend_from_slice(action);
+            lines.push(b'\n');
+            lines.extend_from_slice(&doc);
+            lines.push(b'\n');
+            meta.rescued = true;
+            c.settled.rescued += 1;
+            c.loose.push(Pending {
+                lines: Bytes::from(lines),
+                meta,
+                ready_at: Some(c.sent_at),
+            });
+            return;
+        }
+    }
+    dead_letter_or_retry(shared, batch, i, c, status, kind, reason);
+}
+
+/// Writes item `i` to the dead-letter file and acknowledges it; if the file cannot be
+/// written, the item is sent again later instead of being lost.
+fn dead_letter_or_retry(
+    shared: &Shared,
+    batch: &mut Sealed,
+    i: usize,
+    c: &mut Completion,
+    status: u16,
+    kind: &str,
+    reason: &str,
+) {
+    let (action, doc) = batch.action_and_doc(i);
+    let mut dl = shared.dead_letter.lock().unwrap_or_else(|e| e.into_inner());
+    let written = dl.write(action, doc, status, kind, reason);
+    shared
+        .stats
+        .dead_letter_evicted_bytes
+        .store(dl.evicted_bytes, Ordering::Relaxed);
+    match written {
+        Ok(()) => {
+            // The reason can quote the document: it stays in the dead-letter file.
+            if let Some(held_back) = log_limit::allow("es.dead_letter") {
+                tracing::warn!(status, error = kind, held_back, dir = %dl.dir().display(), "document refused by Elasticsearch; kept in the dead-letter file");
+            }
+            c.settled.dead_lettered += 1;
+            c.acked.push(batch.meta[i].origin);
+        }
+        Err(e) => {
+            if let Some(held_back) = log_limit::allow("es.dead_letter_write") {
+                tracing::error!(error = %e, held_back, "cannot write the dead-letter file; the document will be sent again");
+            }
+            drop(dl);
+            c.loose.push(Pending {
+                lines: Bytes::copy_from_slice(batch.lines(i)),
+                meta: batch.meta[i],
+                ready_at: Some(c.sent_at + Duration::from_secs(1)),
+            });
+        }
+    }
+}
+
+/// Exponential backoff with jitter, on what the cluster says rather than on how often one
+/// document was tried: it grows only while nothing gets through and shrinks as responses
+/// succeed.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    level: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Backoff {
+            initial,
+            max,
+            level: 0,
+            seed,
+        }
+    }
+
+    /// Failures in a row, less successes since.
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// The wait at the current level, jittered: between half and all of it, so agents
+    /// do not retry in step.
+    pub fn delay(&mut self) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1 << self.level.min(20))
+            .min(self.max);
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        base.mul_f64(0.5 + (self.seed % 1000) as f64 / 2000.0)
+    }
+
+    /// Nothing got through: the wait before the next attempt; the next one is longer.
+    pub fn failed(&mut self) -> Duration {
+        let d = self.delay();
+        self.level = (self.level + 1).min(20);
+        d
+    }
+
+    /// Something got through.
+    pub fn succeeded(&mut self) {
+        self.level = self.level.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_only_on_failures_and_shrinks_on_successes() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1_000));
+        let first = b.failed();
+        assert!(first >= ms(50) && first <= ms(100), "{first:?}");
+        let second = b.failed();
+        assert!(second >= ms(100) && second <= ms(200), "{second:?}");
+        for _ in 0..10 {
+            b.failed();
+        }
+        assert!(b.delay() <= ms(1_000), "capped");
+        assert_eq!(b.level(), 12);
+        b.succeeded();
+        assert_eq!(b.level(), 11);
+        for _ in 0..20 {
+            b.succeeded();
+        }
+        assert_eq!(b.level(), 0);
+        assert!(b.delay() <= ms(100));
+    }
+}
