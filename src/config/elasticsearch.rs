@@ -228,8 +228,8 @@ impl ElasticsearchConfig {
                 ));
             }
         }
-        if self.batch_max_bytes < 1024 {
-            return Err(err("batch_max_bytes", "must be at least 1 KiB"));
+        if self.batch_max_bytes < 1024 || self.batch_max_bytes > 1 << 30 {
+            return Err(err("batch_max_bytes", "must be between 1 KiB and 1 GiB"));
         }
         if self.batch_max_events == 0 {
             return Err(err("batch_max_events", "must be at least 1"));

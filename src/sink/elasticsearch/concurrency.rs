@@ -34,13 +34,20 @@ const UNUSED_RATE_LIFT: Duration = Duration::from_secs(10);
 /// Window over which the send rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-/// A cut whose effect is not judged yet.
+/// A cut goes this far under what the cluster took, so that its queue drains.
+const CUT_MARGIN: f64 = 0.97;
+/// Items answered after a cut before it is judged: a small request says little.
+const JUDGE_SAMPLE: usize = 200;
+
+/// A cut whose effect is not judged yet, and the items answered since.
 #[derive(Debug, Clone, Copy)]
 struct Cut {
     at: Instant,
     share: f64,
     rate_before: Option<f64>,
     limit_before: usize,
+    sent: usize,
+    rejected: usize,
 }
 
 #[derive(Debug)]
@@ -204,17 +211,25 @@ impl Controller {
         // A small sample says less: allow two standard deviations of the baseline's noise.
         let p = self.baseline.clamp(0.01, 0.99);
         let threshold = self.baseline + MARGIN + 2.0 * (p * (1.0 - p) / sent as f64).sqrt();
-        if let Some(cut) = self.judging {
-            if sent_at >= cut.at {
-                self.judging = None;
-                if share > cut.share * 0.6 && share > self.baseline + MARGIN {
-                    // Sending less did not lower the share: it does not follow our pace.
-                    self.baseline = self.baseline.max(share);
-                    self.rate = cut.rate_before;
-                    self.limit = cut.limit_before;
-                    self.clean = 0;
-                    return;
-                }
+        if let Some(cut) = &mut self.judging {
+            if sent_at < cut.at {
+                return; // sent before the cut: the same congestion
+            }
+            cut.sent += sent;
+            cut.rejected += rejected;
+            if cut.sent < JUDGE_SAMPLE {
+                return;
+            }
+            let cut = *cut;
+            self.judging = None;
+            let after = cut.rejected as f64 / cut.sent as f64;
+            if after > cut.share * 0.6 && after > self.baseline + MARGIN {
+                // Sending less did not lower the share: it does not follow our pace.
+                self.baseline = self.baseline.max(after);
+                self.rate = cut.rate_before;
+                self.limit = cut.limit_before;
+                self.clean = 0;
+                return;
             }
         }
         if share > threshold {
@@ -228,14 +243,16 @@ impl Controller {
                 None => self.sent.rate(now).max(sent as f64),
             };
             let excess = (share - self.baseline).max(0.0);
-            let factor = ((1.0 - excess) * 0.95).clamp(0.5, 0.95);
-            let taken = self.taken.rate(now) * 0.95;
+            let factor = ((1.0 - excess) * CUT_MARGIN).clamp(0.5, CUT_MARGIN);
+            let taken = self.taken.rate(now) * CUT_MARGIN;
             let rate = (current * factor).min(taken).max(MIN_RATE);
             self.judging = Some(Cut {
                 at: now,
                 share,
                 rate_before: self.rate,
                 limit_before: self.limit,
+                sent: 0,
+                rejected: 0,
             });
             self.rate = Some(rate);
             self.step = (rate * 0.01).max(1.0);
@@ -328,6 +345,8 @@ mod tests {
     struct Cluster {
         capacity: f64,
         random: f64,
+        /// Share of requests refused whole (429/503) whatever the pace.
+        whole: f64,
         latency: Duration,
         slots: usize,
     }
@@ -370,6 +389,11 @@ mod tests {
                     continue;
                 }
                 in_flight.swap_remove(i);
+                if random() < cluster.whole {
+                    retry += docs;
+                    c.on_throttled(now, at);
+                    continue;
+                }
                 let mut rejected = 0;
                 for _ in 0..docs {
                     if random() < cluster.random || tokens < 1.0 {
@@ -414,6 +438,7 @@ mod tests {
         let cluster = Cluster {
             capacity: 4_000.0,
             random: 0.0,
+            whole: 0.0,
             latency: Duration::from_millis(5),
             slots: 100,
         };
@@ -432,11 +457,13 @@ mod tests {
 
     #[test]
     fn random_rejections_do_not_slow_the_agent_down() {
-        // 30% of items refused whatever the pace: cutting would not help, so the agent
-        // must keep offering what comes (5,000 a second) plus the resends.
+        // 30% of items and 20% of requests refused whatever the pace: cutting would not
+        // help, so the agent must keep offering what comes (5,000 a second) plus the
+        // resends.
         let cluster = Cluster {
             capacity: 1e9,
             random: 0.3,
+            whole: 0.2,
             latency: Duration::from_millis(5),
             slots: 100,
         };
@@ -460,6 +487,7 @@ mod tests {
         let cluster = Cluster {
             capacity: 1e9,
             random: 0.0,
+            whole: 0.0,
             latency: Duration::from_millis(200),
             slots: 2,
         };
