@@ -14,6 +14,7 @@
 //! cargo bench --bench end_to_end -- --live 5000 --item-429 0.3 --request-429 0.2
 //! cargo bench --bench end_to_end -- --live 6000 --capacity 4000
 //! cargo bench --bench end_to_end -- --live 10000 --outage-at 5 --outage-seconds 15
+//! cargo bench --bench end_to_end -- --latency-ms 200 --max-in-flight 2
 //! ```
 //! Under `cargo test` (no `--bench` argument) it runs each mode once on a small scale and
 //! fails on any lost or repeated document, so it cannot rot.
@@ -72,6 +73,12 @@ struct Args {
     /// Live mode: share of bulk requests answered 429 or 503 as a whole.
     #[arg(long, default_value_t = 0.0)]
     request_429: f64,
+    /// Added to each bulk answer, in milliseconds (a cluster far away or busy).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Overrides the agent's `max_in_flight` (default: the agent's default).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Live mode: the cluster's write capacity in documents a second (items beyond: 429).
     #[arg(long, default_value_t = 0)]
     capacity: u32,
@@ -242,6 +249,7 @@ struct Servers {
 
 fn start_servers(args: &Args, dir: &Path, pods: &[PodLog], track_lag: bool) -> Servers {
     let es = EsServer::start();
+    es.faults(|f| f.latency = Duration::from_millis(args.latency_ms));
     let tracker = Arc::new(Mutex::new(Tracker::new(pods, track_lag)));
     {
         let mut s = es.state.lock().unwrap();
@@ -310,11 +318,15 @@ type = "elasticsearch"
 [output.elasticsearch]
 endpoints = ["{url}"]
 compression_level = {level}
+{in_flight}
 "#,
         state = state.display(),
         root = dir.display(),
         url = servers.es.url,
         level = args.gzip_level,
+        in_flight = args
+            .max_in_flight
+            .map_or(String::new(), |n| format!("max_in_flight = {n}")),
     );
     let path = dir.join("agent.toml");
     fs::write(&path, cfg).expect("write the agent's config");

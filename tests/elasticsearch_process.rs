@@ -252,6 +252,20 @@ fn metrics_count_what_was_shipped_and_status_shows_each_files_lag_reach_zero() {
     assert_eq!(v["sink"]["last_bulk_outcome"], "items", "{v}");
     assert_eq!(v["sink"]["delivered"], 2_000);
     assert_eq!(v["sink"]["in_flight_bytes"], 0);
+    // A healthy cluster: the pace is off, every request slot open, nothing to resend.
+    assert_eq!(v["sink"]["retry_queue_documents"], 0);
+    assert_eq!(v["sink"]["rate_limit_documents_per_second"], 0);
+    assert_eq!(v["sink"]["concurrency_limit"], 4);
+    assert_eq!(v["sink"]["rejected_share"], 0.0);
+    assert_eq!(
+        sample(&metrics, "logferry_elasticsearch_items_sent_total"),
+        Some(2_000),
+        "each line sent once"
+    );
+    assert_eq!(
+        sample(&metrics, "logferry_elasticsearch_concurrency_limit"),
+        Some(4)
+    );
     assert_eq!(v["kubernetes"]["metadata_missing"], 0);
     let files = v["files"].as_array().expect("files");
     assert_eq!(files.len(), 2);
@@ -344,6 +358,68 @@ fn a_repeating_failure_is_logged_once_not_per_request() {
         (1..=2).contains(&said),
         "logged {said} times for 40 refusals:\n{log}"
     );
+}
+
+#[test]
+fn setup_failures_are_logged_once_with_their_count_and_shipping_starts_when_setup_passes() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    server.set_down(true);
+    let tree = Tree::new();
+    let ns = unique("setup");
+    tree.container("ns", "s", "app")
+        .append(seq_lines(0, 100).as_bytes());
+    let config = write_config(&tree, &es, &ns);
+    let mut child = spawn(&config);
+    let log_path = config.with_extension("log");
+    let log = || fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log().contains("index setup failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no setup failure logged:
+{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several more attempts (50 ms backoff, up to 500 ms) while the cluster stays away.
+    std::thread::sleep(Duration::from_secs(2));
+    server.set_down(false);
+    es.wait_count(&format!("logs-kubernetes-{ns}"), 100);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let text = log();
+    let failed = text.matches("index setup failed").count();
+    assert_eq!(
+        failed, 1,
+        "logged once, then held back:
+{text}"
+    );
+    // The unreachable cluster's reason is there (the connection's cause, not a bare
+    // "error sending request").
+    let line = text
+        .lines()
+        .find(|l| l.contains("index setup failed"))
+        .unwrap();
+    assert!(line.contains("attempts=1"), "{line}");
+    assert!(
+        line.contains("Connection reset") || line.contains("Connection refused"),
+        "{line}"
+    );
+    let done = text
+        .lines()
+        .find(|l| l.contains("index setup done"))
+        .unwrap_or_else(|| panic!("no line for the setup passing:\n{text}"));
+    let attempts: u32 = done
+        .split("attempts=")
+        .nth(1)
+        .and_then(|a| a.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    assert!(attempts >= 4, "{done}");
 }
 
 /// A reload that sends the lines to another data stream: each line lands once, in one of
