@@ -558,6 +558,24 @@ pub fn five_hundred_containers_at_once_lose_and_repeat_nothing(scale: u64) {
     assert_all_once(&es, total, &agent);
 }
 
+/// Appends `per_pod` more lines to each of the two pods a default `Writer` writes,
+/// numbered on from `first` as the writer numbers them; returns the new total.
+fn append_to_both_pods(tree: &Tree, first: u64, per_pod: u64) -> u64 {
+    for p in 0..2u64 {
+        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
+        let data: String = (0..per_pod)
+            .map(|i| seq_lines(first + i * 2 + p, 1))
+            .collect();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .unwrap()
+            .write_all(data.as_bytes())
+            .unwrap();
+    }
+    first + 2 * per_pod
+}
+
 /// Checkpoint writes fail (`spoil`) while lines keep coming: the failure is reported,
 /// shipping goes on, and once `mend` runs the checkpoints catch up.
 fn checkpoints_fail_then_recover(tree: &Tree, spoil: impl FnOnce(), mend: impl FnOnce()) {
@@ -582,19 +600,7 @@ fn checkpoints_fail_then_recover(tree: &Tree, spoil: impl FnOnce(), mend: impl F
     std::thread::sleep(Duration::from_millis(300));
     let before = committed_bytes(&state);
     spoil();
-    for p in 0..2u64 {
-        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
-        let data: String = (0..1_000u64)
-            .map(|i| seq_lines(first + i * 2 + p, 1))
-            .collect();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(log)
-            .unwrap()
-            .write_all(data.as_bytes())
-            .unwrap();
-    }
-    let total = first + 2_000;
+    let total = append_to_both_pods(tree, first, 1_000);
     assert_eq!(
         wait_indexed(&es, total, Duration::from_secs(30)),
         total,
@@ -951,19 +957,7 @@ pub fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff
     .finish();
     assert_eq!(wait_indexed(&es, first, Duration::from_secs(30)), first);
     es.set_down(true);
-    for p in 0..2u64 {
-        let log = tree.pods.join(format!("chaos_pod{p}_uid-pod{p}/app/0.log"));
-        let data: String = (0..10_000u64)
-            .map(|i| seq_lines(first + i * 2 + p, 1))
-            .collect();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(log)
-            .unwrap()
-            .write_all(data.as_bytes())
-            .unwrap();
-    }
-    let total = first + 20_000;
+    let total = append_to_both_pods(&tree, first, 10_000);
     // Long enough for the agent to fail a request and back off.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.log_tail().contains("bulk request failed") {
