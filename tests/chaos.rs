@@ -83,3 +83,8 @@ fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with
 fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff() {
     chaos::the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff(1);
 }
+
+#[test]
+fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing() {
+    chaos::a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(1);
+}

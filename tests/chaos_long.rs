@@ -84,3 +84,9 @@ fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after
 fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends() {
     chaos::a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with_few_resends(20);
 }
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing() {
+    chaos::a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(20);
+}

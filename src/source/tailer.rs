@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 const BATCH_EVENTS: usize = 1024;
 /// How often an idle file's path is checked for a rotation, at least.
 const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Rescans asked for by directory events come at most this often: a storm of rotations
+/// on many containers costs one scan per interval, not one per event.
+const MIN_RESCAN_GAP: Duration = Duration::from_millis(20);
 /// Shortest sleep of an idle loop; doubled up to `max_idle_poll`.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 /// How long the identities of released files are remembered in this run.
@@ -138,6 +141,9 @@ pub struct Tailer {
     out: Vec<LogEvent>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
+    /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
+    /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
+    container_dirs: HashSet<PathBuf>,
     exclusion: Exclusion,
     /// Files whose pod is excluded, by device and inode.
     excluded: HashSet<(u64, u64)>,
@@ -181,6 +187,7 @@ impl Tailer {
             out: Vec::new(),
             watcher: None,
             watched: HashSet::new(),
+            container_dirs: HashSet::new(),
             exclusion,
             excluded: HashSet::new(),
             deferred: HashSet::new(),
@@ -196,15 +203,22 @@ impl Tailer {
             self.start_watcher();
         }
         let mut next_rescan = Instant::now();
+        let mut last_rescan = Instant::now();
+        let mut rescan_pending = false;
         let mut idle = MIN_IDLE;
         loop {
             if self.wake.is_stopped() {
                 break;
             }
             let now = Instant::now();
-            if now >= next_rescan || self.wake.take_rescan() {
+            rescan_pending |= self.wake.take_rescan();
+            if now >= next_rescan
+                || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP)
+            {
                 self.rescan(now);
                 next_rescan = now + self.settings.rescan_interval;
+                last_rescan = now;
+                rescan_pending = false;
             }
             if !self.waiting.is_empty() {
                 self.retry_waiting(now);
@@ -224,6 +238,10 @@ impl Tailer {
                 break;
             }
             let mut timeout = idle.min(next_rescan.saturating_duration_since(now));
+            if rescan_pending {
+                timeout =
+                    timeout.min((last_rescan + MIN_RESCAN_GAP).saturating_duration_since(now));
+            }
             if let Some(d) = self.next_deadline() {
                 timeout = timeout.min(d.saturating_duration_since(now));
             }
@@ -277,6 +295,41 @@ impl Tailer {
         }
     }
 
+    /// Watches the directory of each followed file (draining ones included), and no other:
+    /// a rename or a new file there (a rotation) asks for a rescan at once.
+    fn watch_container_dirs(&mut self) {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        // A rotated file still being drained keeps its directory watched: the new file
+        // may come after the rename that the last scan saw.
+        let wanted: HashSet<PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|f| f.real_path.parent().map(Path::to_path_buf))
+            .filter(|d| !self.watched.contains(d))
+            .collect();
+        for dir in self.container_dirs.difference(&wanted) {
+            // Gone with its pod, most often: inotify has dropped it already.
+            let _ = w.unwatch(dir);
+        }
+        self.container_dirs.retain(|d| wanted.contains(d));
+        for dir in wanted {
+            if self.container_dirs.contains(&dir) {
+                continue;
+            }
+            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.container_dirs.insert(dir);
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a container's log directory")
+                }
+            }
+        }
+    }
+
     fn rescan(&mut self, now: Instant) {
         self.watch_dirs();
         let found = self.discovery.scan(&self.stats.links_refused);
@@ -314,6 +367,7 @@ impl Tailer {
             self.recover_unfinished(&present, now);
         }
         self.first_scan_done = true;
+        self.watch_container_dirs();
     }
 
     /// Finds the files of the last run that no glob matches now, typically rotated to
@@ -616,9 +670,9 @@ impl Tailer {
             f.at_eof = n == 0;
             if n > 0 {
                 f.last_data = now;
-            } else {
-                self.at_eof(i, now);
             }
+            // Also while a file is read at full speed: a rotation must not wait for its end.
+            self.check_path(i, now);
             if self.out.len() >= BATCH_EVENTS {
                 self.send()?;
             }
@@ -626,11 +680,12 @@ impl Tailer {
         Ok(total)
     }
 
-    /// At the end of a file: has its path moved on to a new file (rotation)?
-    fn at_eof(&mut self, i: usize, now: Instant) {
+    /// Has the file's path moved on to a new file (rotation)? The fallback to the watch on
+    /// its directory.
+    fn check_path(&mut self, i: usize, now: Instant) {
         let f = &mut self.files[i];
-        // A rename is not urgent (the old file is read to its end through the open fd):
-        // at most once a second, so idle files cost little.
+        // The old file is read to its end through the open fd: at most once a second, so
+        // idle files cost little.
         let every = self.settings.max_idle_poll.max(PATH_CHECK_INTERVAL);
         if f.gone_since.is_none() && now.duration_since(f.last_path_check) >= every {
             f.last_path_check = now;
@@ -805,8 +860,9 @@ impl Tailer {
             return sent.map_err(|_| ChannelClosed);
         };
         let tx = self.events_tx.clone();
+        let mut last_rescan = Instant::now();
         loop {
-            let wait = tokio::time::timeout(self.settings.rescan_interval, tx.reserve());
+            let wait = tokio::time::timeout(MIN_RESCAN_GAP, tx.reserve());
             match rt.block_on(wait) {
                 Ok(Ok(permit)) => {
                     permit.send(batch);
@@ -814,9 +870,18 @@ impl Tailer {
                     return Ok(());
                 }
                 Ok(Err(_)) => return Err(ChannelClosed),
-                // The pipeline is full. New files are still found and opened meanwhile: an
-                // open file that kubelet rotates and deletes stays readable.
-                Err(_) => self.rescan(Instant::now()),
+                // The pipeline is full. New files are still found and opened meanwhile, as
+                // soon as a directory event says so: an open file that kubelet rotates and
+                // deletes stays readable.
+                Err(_) => {
+                    let now = Instant::now();
+                    if self.wake.take_rescan()
+                        || now.duration_since(last_rescan) >= self.settings.rescan_interval
+                    {
+                        self.rescan(now);
+                        last_rescan = now;
+                    }
+                }
             }
         }
     }

@@ -21,6 +21,9 @@ enum Rotation {
     Rename,
     /// logrotate's `copytruncate`: copy, then truncate in place.
     CopyTruncate,
+    /// kubelet's exact steps: rename to `0.log.<n>`, a new `0.log`, then the previous
+    /// rotated file gzipped to `.gz` through a `.tmp` and its original deleted.
+    KubeletGzip,
 }
 
 /// Writes sequence-numbered CRI lines to several containers at a steady rate, rotating
@@ -83,10 +86,10 @@ impl Writer {
                         rotations[p] += 1;
                         rotate(&logs[p], rotations[p], spec.rotation);
                         if rotations[p] > spec.keep {
-                            let old = logs[p]
-                                .dir
-                                .join(format!("0.log.{:08}", rotations[p] - spec.keep));
-                            if fs::remove_file(old).is_ok() {
+                            let n = rotations[p] - spec.keep;
+                            let old = logs[p].dir.join(format!("0.log.{n:08}"));
+                            let gz = logs[p].dir.join(format!("0.log.{n:08}.gz"));
+                            if fs::remove_file(old).is_ok() || fs::remove_file(gz).is_ok() {
                                 d.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -132,6 +135,21 @@ fn rotate(log: &ContainerLog, n: usize, how: Rotation) {
     let rotated = log.dir.join(format!("0.log.{n:08}"));
     match how {
         Rotation::Rename => log.rotate(n),
+        Rotation::KubeletGzip => {
+            log.rotate(n);
+            if n > 1 {
+                let prev = log.dir.join(format!("0.log.{:08}", n - 1));
+                let tmp = log.dir.join(format!("0.log.{:08}.tmp", n - 1));
+                let mut enc = flate2::write::GzEncoder::new(
+                    fs::File::create(&tmp).unwrap(),
+                    flate2::Compression::fast(),
+                );
+                enc.write_all(&fs::read(&prev).unwrap()).unwrap();
+                enc.finish().unwrap();
+                fs::rename(&tmp, prev.with_extension(format!("{:08}.gz", n - 1))).unwrap();
+                fs::remove_file(&prev).unwrap();
+            }
+        }
         Rotation::CopyTruncate => {
             fs::copy(log.path(), &rotated).unwrap();
             fs::OpenOptions::new()
@@ -982,4 +1000,58 @@ pub fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff
     assert!(agent.log_tail().contains("Elasticsearch answers again"));
     agent.stop();
     assert_all_once(&es, total, &agent);
+}
+
+/// A rotation storm as kubelet makes it, under the default rescan interval (5 s): the
+/// rotations happen in `/var/log/pods/…`, unseen from the `/var/log/containers` symlinks,
+/// and each rotated file is gzipped and deleted at the next rotation. Every generation
+/// must be opened before that.
+pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(
+    scale: u64,
+) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace("rescan_interval = \"100ms\"", "rescan_interval = \"5s\"")
+            .replace("max_idle_poll = \"20ms\"", "max_idle_poll = \"500ms\""),
+    )
+    .unwrap();
+    agent.start();
+    std::thread::sleep(Duration::from_millis(300));
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 100_000 * scale,
+            per_second: 20_000,
+            // About ten rotations a container (lines are ~100 bytes here).
+            rotate_bytes: 256 * 1024,
+            keep: 4,
+            rotation: Rotation::KubeletGzip,
+        },
+    );
+    let deleted = writer.deleted.clone();
+    let total = writer.finish();
+    assert!(deleted.load(Ordering::Relaxed) > 0, "kubelet deleted files");
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    if got < total {
+        assert_all_once(&es, total, &agent);
+    }
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    let gz = fs::read_dir(tree.pods.join("chaos_pod0_uid-pod0/app"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "gz")
+        })
+        .count();
+    assert!(gz > 0, "rotated files were gzipped");
 }
