@@ -129,6 +129,18 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.truncations,
         ),
         (
+            "truncation_recovered_bytes_total",
+            "Bytes of truncated files not yet read at the truncation, read from the copy copytruncate left.",
+            Counter,
+            &s.truncation_recovered_bytes,
+        ),
+        (
+            "truncations_unrecovered_total",
+            "Truncations with no copy beside the file: what was not read of it then is lost.",
+            Counter,
+            &s.truncations_unrecovered,
+        ),
+        (
             "read_errors_total",
             "Errors opening or reading log files.",
             Counter,

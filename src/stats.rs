@@ -70,6 +70,11 @@ pub struct Stats {
     pub files_released: AtomicU64,
     pub rotations: AtomicU64,
     pub truncations: AtomicU64,
+    /// Bytes of truncated files not read before the truncation and read from the copy
+    /// `copytruncate` left; truncations where no copy was found (what was not read of the
+    /// file then is lost).
+    pub truncation_recovered_bytes: AtomicU64,
+    pub truncations_unrecovered: AtomicU64,
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
@@ -174,6 +179,8 @@ impl Default for Stats {
             files_released: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
+            truncation_recovered_bytes: AtomicU64::new(0),
+            truncations_unrecovered: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
             events_stderr: AtomicU64::new(0),

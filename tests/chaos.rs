@@ -38,8 +38,8 @@ fn a_rotation_every_mebibyte_at_a_high_rate_loses_and_repeats_nothing() {
 }
 
 #[test]
-fn copytruncate_loses_at_most_the_unread_tail_of_each_copied_file() {
-    chaos::copytruncate_loses_at_most_the_unread_tail_of_each_copied_file(1);
+fn copytruncate_loses_nothing_the_copy_holds_what_was_not_read() {
+    chaos::copytruncate_loses_nothing_the_copy_holds_what_was_not_read(1);
 }
 
 #[test]

@@ -704,14 +704,48 @@ impl Tailer {
         tracing::info!(path = %f.path.display(), "file truncated; reading it again from the start");
         Stats::add(&self.stats.truncations, 1);
         if let Some(mut r) = f.reading.take() {
-            r.asm.flush_all(now, &mut self.out);
-            r.count_format(&self.stats);
-            self.seen.remove(&r.asm.context().identity);
-            let _ = self.ckpt_tx.send(CheckpointMsg::Released {
-                key: r.asm.context().key,
-                events: r.asm.emitted(),
-            });
+            let position = r.reader.read_position();
+            let identity = r.asm.context().identity;
+            let copy = find_copy(&f.real_path, identity, position);
+            if copy.is_none() {
+                Stats::add(&self.stats.truncations_unrecovered, 1);
+            }
+            match copy.filter(|c| c.len > position) {
+                // copytruncate copied the file before truncating it: what was not read yet
+                // is in the copy. The same reading goes on there, to its end.
+                Some(copy) => {
+                    Stats::add(&self.stats.truncation_recovered_bytes, copy.len - position);
+                    tracing::info!(copy = %copy.path.display(), bytes = copy.len - position, "reading the rest of the truncated file from its copy");
+                    let followed = Followed {
+                        file: copy.file,
+                        path: f.path.clone(),
+                        real_path: copy.path,
+                        dev: copy.dev,
+                        inode: copy.inode,
+                        kube: f.kube.clone(),
+                        reading: Some(r),
+                        gone_since: Some(now),
+                        last_data: now,
+                        at_eof: false,
+                        last_path_check: now,
+                        found_at_start: false,
+                        fresh: false,
+                        known_since: f.known_since,
+                    };
+                    self.files.push(followed);
+                }
+                None => {
+                    r.asm.flush_all(now, &mut self.out);
+                    r.count_format(&self.stats);
+                    self.seen.remove(&identity);
+                    let _ = self.ckpt_tx.send(CheckpointMsg::Released {
+                        key: r.asm.context().key,
+                        events: r.asm.emitted(),
+                    });
+                }
+            }
         }
+        let f = &mut self.files[i];
         f.fresh = true;
         f.at_eof = false;
         if f.file.seek(SeekFrom::Start(0)).is_ok() {
@@ -887,6 +921,55 @@ impl Tailer {
     }
 }
 
+/// A copy of a truncated file, opened at the place reading stopped.
+struct Copy {
+    file: File,
+    path: PathBuf,
+    dev: u64,
+    inode: u64,
+    len: u64,
+}
+
+/// The copy logrotate's `copytruncate` left beside `real_path` before truncating it: a
+/// file in the same directory (not compressed, not half-written) that is not the file
+/// itself and begins with the same first line. Opened at `position` (its end if shorter:
+/// everything in it was read).
+fn find_copy(real_path: &Path, identity: FileIdentity, position: u64) -> Option<Copy> {
+    let dir = real_path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".gz") || name.ends_with(".tmp") || path == real_path {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() || (meta.dev(), meta.ino()) == (identity.dev, identity.inode) {
+            continue;
+        }
+        let Ok(mut file) = File::open(&path) else {
+            continue;
+        };
+        if !matches!(fingerprint(&file), Ok(Some(fp)) if fp == identity.fingerprint) {
+            continue;
+        }
+        if file
+            .seek(SeekFrom::Start(position.min(meta.len())))
+            .is_err()
+        {
+            continue;
+        }
+        return Some(Copy {
+            file,
+            path,
+            dev: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+        });
+    }
+    None
+}
+
 /// Where reading from the end starts: just past the last complete line.
 fn end_of_last_line(file: &File, size: u64) -> u64 {
     const BLOCK: u64 = 64 * 1024;
@@ -916,5 +999,65 @@ impl std::fmt::Debug for Tailer {
         f.debug_struct("Tailer")
             .field("files", &self.files.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn identity_of(path: &Path) -> FileIdentity {
+        let f = File::open(path).unwrap();
+        let m = f.metadata().unwrap();
+        FileIdentity {
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint: fingerprint(&f).unwrap().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_copy_of_a_truncated_file_is_found_by_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("0.log");
+        let lines: String = (0..10).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&live, &lines).unwrap();
+        let identity = identity_of(&live);
+        // Decoys: compressed, half-written, another file.
+        std::fs::write(dir.path().join("0.log.1.gz"), &lines).unwrap();
+        std::fs::write(dir.path().join("0.log.1.tmp"), &lines).unwrap();
+        std::fs::write(dir.path().join("other.log"), "another first line\nmore\n").unwrap();
+        // copytruncate: copy, then truncate in place.
+        std::fs::copy(&live, dir.path().join("0.log.1")).unwrap();
+        File::options()
+            .write(true)
+            .open(&live)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let read_up_to = "line 0\nline 1\n".len() as u64;
+        let mut copy = find_copy(&live, identity, read_up_to).expect("the copy");
+        assert_eq!(copy.path, dir.path().join("0.log.1"));
+        assert_eq!(copy.len, lines.len() as u64);
+        let mut rest = String::new();
+        copy.file.read_to_string(&mut rest).unwrap();
+        assert!(
+            rest.starts_with("line 2\n") && rest.ends_with("line 9\n"),
+            "{rest}"
+        );
+        // Everything read already (even past the copy): found, nothing more to read.
+        let mut all = find_copy(&live, identity, lines.len() as u64 + 7).expect("the copy");
+        rest.clear();
+        all.file.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "");
+        // No copy at all (the file was truncated by its writer).
+        std::fs::remove_file(dir.path().join("0.log.1")).unwrap();
+        assert!(find_copy(&live, identity, read_up_to).is_none());
+        // A copy of a later generation (another first line) is not this file's.
+        let mut f = File::options().append(true).open(&live).unwrap();
+        f.write_all(b"new generation\n").unwrap();
+        std::fs::copy(&live, dir.path().join("0.log.2")).unwrap();
+        assert!(find_copy(&live, identity, read_up_to).is_none());
     }
 }

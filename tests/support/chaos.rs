@@ -506,53 +506,50 @@ pub fn a_rotation_every_mebibyte_at_a_high_rate_loses_and_repeats_nothing(scale:
     assert_all_once(&es, total, &agent);
 }
 
-pub fn copytruncate_loses_at_most_the_unread_tail_of_each_copied_file(scale: u64) {
+/// logrotate's `copytruncate` at 20,000 lines/s: what the agent had not read when a file
+/// was truncated is read from the copy beside it, so nothing is lost (issue 13 measured
+/// 0.7% lost before; peers lose more and repeat lines).
+pub fn copytruncate_loses_nothing_the_copy_holds_what_was_not_read(scale: u64) {
     let es = EsServer::start();
     let tree = Tree::new();
     let mut agent = AgentProcess::new(&tree, &es, "");
+    // The default intervals, as a new user runs it.
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace("rescan_interval = \"100ms\"", "rescan_interval = \"5s\"")
+            .replace("max_idle_poll = \"20ms\"", "max_idle_poll = \"500ms\""),
+    )
+    .unwrap();
     agent.start();
-    let pods = 2u64;
+    std::thread::sleep(Duration::from_millis(300));
     let total = Writer::start(
         &tree,
         WriterSpec {
-            pods: pods as usize,
-            lines: 60_000 * scale,
-            rotate_bytes: 1 << 20,
+            pods: 4,
+            lines: 100_000 * scale,
+            rotate_bytes: 256 * 1024,
             keep: 3,
             rotation: Rotation::CopyTruncate,
             ..WriterSpec::default()
         },
     )
     .finish();
-    // Everything after the last truncation is in the live files and must all arrive.
-    wait_indexed(&es, total, Duration::from_secs(10));
-    agent.stop();
-    let (missing, repeated) = loss_and_repeats(&indexed(&es), total);
-    assert!(
-        repeated.is_empty(),
-        "repeated: {:?}",
-        &repeated[..repeated.len().min(10)]
-    );
-    // A truncation can only lose what was written to the file and not yet read: for each
-    // container, missing lines are runs that end where a copy was taken (the line after a
-    // run is the first of a new generation, never a line in the middle of one).
-    let line_len = seq_lines(0, 1).len() as u64;
-    let per_generation = (1u64 << 20).div_ceil(line_len);
-    for &m in &missing {
-        let p = m % pods;
-        let index_in_pod = m / pods;
-        let next_in_pod = (index_in_pod + 1) % per_generation;
-        let last_of_generation = next_in_pod == 0;
-        let next_missing = missing.binary_search(&(m + pods)).is_ok();
-        assert!(
-            last_of_generation || next_missing,
-            "seq {m} (container {p}) is lost in the middle of a file generation"
-        );
-    }
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    let log = agent.config.with_extension("log");
+    let m = fetch(&log, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    let truncations = sample(&m, "logferry_truncations_total").unwrap_or(0);
+    let unrecovered = sample(&m, "logferry_truncations_unrecovered_total");
+    assert_all_once(&es, total, &agent);
+    assert_eq!(got, total);
+    assert!(truncations >= 10, "{truncations} truncations seen");
+    assert_eq!(unrecovered, Some(0), "every truncated file had its copy");
     println!(
-        "copytruncate: {} of {total} lines lost in the copy window",
-        missing.len()
+        "copytruncate: {truncations} truncations, {} bytes read from copies",
+        sample(&m, "logferry_truncation_recovered_bytes_total").unwrap_or(0)
     );
+    agent.stop();
 }
 
 pub fn five_hundred_containers_at_once_lose_and_repeat_nothing(scale: u64) {
