@@ -88,3 +88,8 @@ fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff() {
 fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing() {
     chaos::a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(1);
 }
+
+#[test]
+fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing() {
+    chaos::a_docker_numbered_rotation_storm_loses_and_repeats_nothing(1);
+}

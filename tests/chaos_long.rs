@@ -90,3 +90,9 @@ fn a_cluster_with_less_write_capacity_than_the_writers_gets_every_line_once_with
 fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing() {
     chaos::a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(20);
 }
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing() {
+    chaos::a_docker_numbered_rotation_storm_loses_and_repeats_nothing(20);
+}

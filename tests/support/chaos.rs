@@ -24,6 +24,9 @@ enum Rotation {
     /// kubelet's exact steps: rename to `0.log.<n>`, a new `0.log`, then the previous
     /// rotated file gzipped to `.gz` through a `.tmp` and its original deleted.
     KubeletGzip,
+    /// Docker json-file's: `.k` renamed to `.k+1` from the oldest down (the oldest beyond
+    /// `keep` deleted), the live file renamed to `.1`, a new one started.
+    DockerNumbered,
 }
 
 /// Writes sequence-numbered CRI lines to several containers at a steady rate, rotating
@@ -81,7 +84,13 @@ impl Writer {
                     sizes[p] += line.len() as u64;
                     seq += 1;
                     w.store(seq, Ordering::Relaxed);
-                    if sizes[p] >= spec.rotate_bytes {
+                    if sizes[p] >= spec.rotate_bytes && spec.rotation == Rotation::DockerNumbered {
+                        sizes[p] = 0;
+                        rotations[p] += 1;
+                        if docker_rotate(&logs[p], spec.keep) {
+                            d.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if sizes[p] >= spec.rotate_bytes {
                         sizes[p] = 0;
                         rotations[p] += 1;
                         rotate(&logs[p], rotations[p], spec.rotation);
@@ -131,6 +140,18 @@ impl Drop for Writer {
     }
 }
 
+/// Docker's rotation; returns whether the oldest file was deleted.
+fn docker_rotate(log: &ContainerLog, keep: usize) -> bool {
+    let numbered = |k: usize| log.dir.join(format!("0.log.{k}"));
+    let deleted = fs::remove_file(numbered(keep)).is_ok();
+    for k in (1..keep).rev() {
+        let _ = fs::rename(numbered(k), numbered(k + 1));
+    }
+    fs::rename(log.path(), numbered(1)).unwrap();
+    fs::File::create(log.path()).unwrap();
+    deleted
+}
+
 fn rotate(log: &ContainerLog, n: usize, how: Rotation) {
     let rotated = log.dir.join(format!("0.log.{n:08}"));
     match how {
@@ -150,6 +171,7 @@ fn rotate(log: &ContainerLog, n: usize, how: Rotation) {
                 fs::remove_file(&prev).unwrap();
             }
         }
+        Rotation::DockerNumbered => unreachable!("docker_rotate"),
         Rotation::CopyTruncate => {
             fs::copy(log.path(), &rotated).unwrap();
             fs::OpenOptions::new()
@@ -1051,4 +1073,45 @@ pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repe
         })
         .count();
     assert!(gz > 0, "rotated files were gzipped");
+}
+
+/// Docker json-file's numbered rotation (`.1` … `.N`, renamed down the chain at each
+/// rotation) at 20,000 lines/s under the default intervals: every generation once.
+pub fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace("rescan_interval = \"100ms\"", "rescan_interval = \"5s\"")
+            .replace("max_idle_poll = \"20ms\"", "max_idle_poll = \"500ms\""),
+    )
+    .unwrap();
+    agent.start();
+    std::thread::sleep(Duration::from_millis(300));
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 100_000 * scale,
+            rotate_bytes: 256 * 1024,
+            keep: 3,
+            rotation: Rotation::DockerNumbered,
+            ..WriterSpec::default()
+        },
+    );
+    let deleted = writer.deleted.clone();
+    let total = writer.finish();
+    assert!(
+        deleted.load(Ordering::Relaxed) > 0,
+        "the runtime deleted files"
+    );
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    if got < total {
+        assert_all_once(&es, total, &agent);
+    }
+    agent.stop();
+    assert_all_once(&es, total, &agent);
 }
