@@ -1,0 +1,515 @@
+//! One followed file: where reading starts, each read, the checks for rotation and
+//! truncation (the copy `copytruncate` leaves is read on), and letting it go.
+
+use super::*;
+
+impl Tailer {
+    /// Whether a live file was truncated or its content replaced behind our back.
+    pub(super) fn replaced(&self, i: usize) -> bool {
+        let f = &self.files[i];
+        let Some(r) = &f.reading else { return false };
+        let Ok(meta) = f.file.metadata() else {
+            return false;
+        };
+        is_new_generation(
+            meta.len(),
+            r.reader.read_position(),
+            fingerprint(&f.file).ok().flatten(),
+            r.asm.context().identity.fingerprint,
+        )
+    }
+
+    /// Starts reading once the file has a first line to fingerprint.
+    pub(super) fn identify(&mut self, i: usize) {
+        self.identify_with(i, fingerprint);
+    }
+
+    pub(super) fn identify_with(
+        &mut self,
+        i: usize,
+        fingerprint: fn(&File) -> std::io::Result<Option<u64>>,
+    ) {
+        let f = &mut self.files[i];
+        let fp = match fingerprint(&f.file) {
+            Ok(Some(fp)) => fp,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot read log file");
+                return;
+            }
+        };
+        let identity = FileIdentity {
+            dev: f.dev,
+            inode: f.inode,
+            fingerprint: fp,
+        };
+        let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let known = if f.fresh {
+            None
+        } else {
+            self.seen
+                .get(&identity)
+                .map(|(o, _)| *o)
+                .or_else(|| self.checkpoints.get(&identity))
+        };
+        let from_end =
+            f.found_at_start && self.first_start && self.settings.start_at == StartAt::End;
+        let offset = match start_offset(known, size, from_end) {
+            Start::At(o) => o,
+            Start::EndOfLastLine => end_of_last_line(&f.file, size),
+        };
+        f.fresh = false;
+        if let Err(e) = f.file.seek(SeekFrom::Start(offset)) {
+            tracing::warn!(path = %f.path.display(), error = %e, "cannot seek log file");
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let ctx = Arc::new(FileContext {
+            key,
+            kube: f.kube.clone(),
+            identity,
+            path: f.path.clone(),
+            id_seed: id_seed(&identity),
+            path_fragment: FileMetadata::path_fragment(&f.path),
+            metadata: FileMetadata::metadata_fragment(&f.kube, &self.settings.host_name),
+            known_since: f.known_since,
+        });
+        let _ = self.ckpt_tx.send(CheckpointMsg::Opened {
+            key,
+            identity,
+            path: f.path.clone(),
+            real_path: f.real_path.clone(),
+            offset,
+        });
+        f.reading = Some(Reading {
+            reader: LineReader::new(offset, self.settings.read_size, self.settings.max_raw_line),
+            asm: Assembler::new(ctx, self.rules.clone()),
+            counted: 0,
+        });
+    }
+
+    /// One turn over every file; returns the bytes read.
+    pub(super) fn read_pass(&mut self) -> Result<usize, ChannelClosed> {
+        let mut total = 0;
+        for i in 0..self.files.len() {
+            if self.files[i].reading.is_none() {
+                self.identify(i);
+            }
+            let now = Instant::now();
+            let quantum = self.settings.quantum;
+            let f = &mut self.files[i];
+            let Some(r) = f.reading.as_mut() else {
+                f.at_eof = true;
+                continue;
+            };
+            // The size says what there is to read: idle files cost one fstat, no buffer.
+            let size = match f.file.metadata() {
+                Ok(m) => m.len(),
+                Err(e) => {
+                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                    if let Some(held_back) = crate::log_limit::allow("tail.stat") {
+                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "cannot stat log file; will retry");
+                    }
+                    Stats::add(&self.stats.read_errors, 1);
+                    f.at_eof = true;
+                    continue;
+                }
+            };
+            let position = r.reader.read_position();
+            if size < position {
+                self.restart_generation(i, now);
+                continue;
+            }
+            let n = match r
+                .reader
+                .read(&mut f.file, quantum, size - position, &mut self.raw)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                    if let Some(held_back) = crate::log_limit::allow("tail.read_retry") {
+                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "read failed; will retry");
+                    }
+                    Stats::add(&self.stats.read_errors, 1);
+                    0
+                }
+            };
+            // Truncated and rewritten past our offset since the last read: what was just
+            // read is the middle of new content. Checked after the read, so data read before
+            // a truncation is never thrown away.
+            if n > 0
+                && !matches!(fingerprint(&f.file), Ok(Some(fp)) if fp == r.asm.context().identity.fingerprint)
+            {
+                self.raw.clear();
+                self.restart_generation(i, now);
+                total += n;
+                continue;
+            }
+            total += n;
+            Stats::add(&self.stats.bytes_read, n as u64);
+            Stats::add(&self.stats.lines_read, self.raw.len() as u64);
+            for raw in self.raw.drain(..) {
+                r.asm.push(raw, now, &mut self.out);
+            }
+            f.at_eof = n == 0;
+            if n > 0 {
+                f.last_data = now;
+            }
+            // Also while a file is read at full speed: a rotation must not wait for its end.
+            self.check_path(i, now);
+            if self.out.len() >= BATCH_EVENTS {
+                self.send()?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Has the file's path moved on to a new file (rotation)? The fallback to the watch on
+    /// its directory.
+    pub(super) fn check_path(&mut self, i: usize, now: Instant) {
+        let f = &mut self.files[i];
+        // The old file is read to its end through the open fd: at most once a second, so
+        // idle files cost little.
+        let every = self.settings.max_idle_poll.max(PATH_CHECK_INTERVAL);
+        if f.gone_since.is_none() && now.duration_since(f.last_path_check) >= every {
+            f.last_path_check = now;
+            let moved =
+                std::fs::metadata(&f.path).map_or(true, |m| (m.dev(), m.ino()) != (f.dev, f.inode));
+            if moved {
+                self.wake.request_rescan();
+            }
+        }
+    }
+
+    /// The file was truncated (copytruncate) or rewritten: what was held of the old content
+    /// is shipped, and reading starts again at 0 as a new generation.
+    pub(super) fn restart_generation(&mut self, i: usize, now: Instant) {
+        let f = &mut self.files[i];
+        tracing::info!(path = %f.path.display(), "file truncated; reading it again from the start");
+        Stats::add(&self.stats.truncations, 1);
+        if let Some(mut r) = f.reading.take() {
+            let position = r.reader.read_position();
+            let identity = r.asm.context().identity;
+            let copy = find_copy(&f.real_path, identity, position);
+            if copy.is_none() {
+                Stats::add(&self.stats.truncations_unrecovered, 1);
+            }
+            match copy.filter(|c| c.len > position) {
+                // copytruncate copied the file before truncating it: what was not read yet
+                // is in the copy. The same reading goes on there, to its end.
+                Some(copy) => {
+                    Stats::add(&self.stats.truncation_recovered_bytes, copy.len - position);
+                    tracing::info!(copy = %copy.path.display(), bytes = copy.len - position, "reading the rest of the truncated file from its copy");
+                    let followed = Followed {
+                        file: copy.file,
+                        path: f.path.clone(),
+                        real_path: copy.path,
+                        dev: copy.dev,
+                        inode: copy.inode,
+                        kube: f.kube.clone(),
+                        reading: Some(r),
+                        gone_since: Some(now),
+                        last_data: now,
+                        at_eof: false,
+                        last_path_check: now,
+                        found_at_start: false,
+                        fresh: false,
+                        known_since: f.known_since,
+                    };
+                    self.files.push(followed);
+                }
+                None => {
+                    r.asm.flush_all(now, &mut self.out);
+                    r.count_format(&self.stats);
+                    self.seen.remove(&identity);
+                    let _ = self.ckpt_tx.send(CheckpointMsg::Released {
+                        key: r.asm.context().key,
+                        events: r.asm.emitted(),
+                    });
+                }
+            }
+        }
+        let f = &mut self.files[i];
+        f.fresh = true;
+        f.at_eof = false;
+        if f.file.seek(SeekFrom::Start(0)).is_ok() {
+            self.identify(i);
+        }
+    }
+
+    /// Ships held-back groups whose wait is over. Only files read to their end count: a
+    /// group whose next lines are already in the file waits for us, not for the writer
+    /// (under backpressure or with many files, reading may come back late).
+    pub(super) fn flush_expired(&mut self, now: Instant) {
+        for f in self.files.iter_mut().filter(|f| f.at_eof) {
+            if let Some(r) = &mut f.reading {
+                if r.asm.next_deadline().is_some_and(|d| d <= now) {
+                    r.asm.flush_expired(now, &mut self.out);
+                }
+            }
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.files
+            .iter()
+            .filter(|f| f.at_eof)
+            .filter_map(|f| f.reading.as_ref().and_then(|r| r.asm.next_deadline()))
+            .min()
+    }
+
+    /// Lets go of rotated or deleted files that stayed at their end for `rotate_wait`.
+    pub(super) fn release_drained(&mut self, now: Instant) {
+        let wait = self.settings.rotate_wait;
+        let mut i = 0;
+        while i < self.files.len() {
+            let f = &self.files[i];
+            let done = f.at_eof
+                && f.gone_since.is_some_and(|g| now.duration_since(g) >= wait)
+                && now.duration_since(f.last_data) >= wait;
+            if done {
+                self.release(i, now);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Ships everything left of file `i`, even an unterminated last line, and drops it.
+    pub(super) fn release(&mut self, i: usize, now: Instant) {
+        if self.files[i].reading.is_none() {
+            // It never got a whole first line: what it holds is all it will ever hold.
+            self.identify_with(i, fingerprint_unterminated);
+            let f = &mut self.files[i];
+            if let Some(r) = f.reading.as_mut() {
+                let size = f.file.metadata().map_or(0, |m| m.len());
+                let available = size.saturating_sub(r.reader.read_position());
+                if let Err(e) = r
+                    .reader
+                    .read(&mut f.file, usize::MAX, available, &mut self.raw)
+                {
+                    tracing::warn!(path = %f.path.display(), error = %e, "read failed");
+                }
+                for raw in self.raw.drain(..) {
+                    r.asm.push(raw, now, &mut self.out);
+                }
+            }
+        }
+        let f = self.files.swap_remove(i);
+        tracing::debug!(path = %f.path.display(), "file read to its end; letting it go");
+        Stats::add(&self.stats.files_released, 1);
+        if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&f.kube)) {
+            open.released(&key, now);
+        }
+        if let Some(mut r) = f.reading {
+            if let Some(rest) = r.reader.take_remainder() {
+                r.asm.push(rest, now, &mut self.out);
+            }
+            r.asm.flush_all(now, &mut self.out);
+            r.count_format(&self.stats);
+            Stats::add(&self.stats.bytes_dropped, r.reader.skipped_bytes);
+            let ctx = r.asm.context();
+            self.seen
+                .insert(ctx.identity, (r.reader.read_position(), now));
+            let _ = self.ckpt_tx.send(CheckpointMsg::Released {
+                key: ctx.key,
+                events: r.asm.emitted(),
+            });
+        }
+    }
+
+    pub(super) fn finish_all(&mut self, now: Instant) {
+        while !self.files.is_empty() {
+            self.release(self.files.len() - 1, now);
+        }
+    }
+}
+
+/// Where reading a newly identified file starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Start {
+    At(u64),
+    /// Just past the last complete line: lines written before the agent's first start
+    /// are not shipped (`start_at = "end"`).
+    EndOfLastLine,
+}
+
+/// `known`: the offset a checkpoint or an earlier reading of the same identity holds;
+/// `size`: the file's size now; `from_end`: found at the first start, with `start_at = "end"`.
+pub(super) fn start_offset(known: Option<u64>, size: u64, from_end: bool) -> Start {
+    match known {
+        Some(o) if o <= size => Start::At(o),
+        // Shorter than what was read: truncated while we were away.
+        Some(_) => Start::At(0),
+        None if from_end => Start::EndOfLastLine,
+        None => Start::At(0),
+    }
+}
+
+/// Whether a followed file now holds a new generation: shorter than what was read
+/// (truncated), or another first line (rewritten in place). `first_line` is `None` while
+/// the file has no complete first line.
+pub(super) fn is_new_generation(size: u64, read: u64, first_line: Option<u64>, known: u64) -> bool {
+    size < read || first_line.is_some_and(|fp| fp != known)
+}
+
+/// A copy of a truncated file, opened at the place reading stopped.
+pub(super) struct Copy {
+    file: File,
+    path: PathBuf,
+    dev: u64,
+    inode: u64,
+    len: u64,
+}
+
+/// The copy logrotate's `copytruncate` left beside `real_path` before truncating it: a
+/// file in the same directory (not compressed, not half-written) that is not the file
+/// itself and begins with the same first line. Opened at `position` (its end if shorter:
+/// everything in it was read).
+pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64) -> Option<Copy> {
+    let dir = real_path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".gz") || name.ends_with(".tmp") || path == real_path {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() || (meta.dev(), meta.ino()) == (identity.dev, identity.inode) {
+            continue;
+        }
+        let Ok(mut file) = File::open(&path) else {
+            continue;
+        };
+        if !matches!(fingerprint(&file), Ok(Some(fp)) if fp == identity.fingerprint) {
+            continue;
+        }
+        if file
+            .seek(SeekFrom::Start(position.min(meta.len())))
+            .is_err()
+        {
+            continue;
+        }
+        return Some(Copy {
+            file,
+            path,
+            dev: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+        });
+    }
+    None
+}
+
+/// Where reading from the end starts: just past the last complete line.
+pub(super) fn end_of_last_line(file: &File, size: u64) -> u64 {
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = size;
+    let mut buf = vec![0u8; BLOCK as usize];
+    // Look back at most 1 MiB; a longer last line is read from the end as it is.
+    while end > 0 && size - end < 16 * BLOCK {
+        let start = end.saturating_sub(BLOCK);
+        let n = (end - start) as usize;
+        if file.read_exact_at(&mut buf[..n], start).is_err() {
+            return size;
+        }
+        if let Some(i) = memrchr(b'\n', &buf[..n]) {
+            return start + i as u64 + 1;
+        }
+        end = start;
+    }
+    if end == 0 {
+        0
+    } else {
+        size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn identity_of(path: &Path) -> FileIdentity {
+        let f = File::open(path).unwrap();
+        let m = f.metadata().unwrap();
+        FileIdentity {
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint: fingerprint(&f).unwrap().unwrap(),
+        }
+    }
+
+    #[test]
+    fn reading_starts_at_the_known_offset_unless_the_file_is_shorter() {
+        assert_eq!(start_offset(Some(120), 500, false), Start::At(120));
+        assert_eq!(start_offset(Some(500), 500, true), Start::At(500));
+        // Truncated while the agent was away: the file is read from its start.
+        assert_eq!(start_offset(Some(900), 500, false), Start::At(0));
+        // Unknown: from the start, or past the last line at a first start with "end".
+        assert_eq!(start_offset(None, 500, false), Start::At(0));
+        assert_eq!(start_offset(None, 500, true), Start::EndOfLastLine);
+    }
+
+    #[test]
+    fn a_new_generation_is_a_shorter_file_or_another_first_line() {
+        assert!(!is_new_generation(1000, 800, Some(7), 7), "grown: the same");
+        assert!(!is_new_generation(800, 800, Some(7), 7));
+        assert!(is_new_generation(10, 800, Some(7), 7), "truncated");
+        assert!(is_new_generation(0, 800, None, 7), "truncated to nothing");
+        assert!(
+            is_new_generation(2000, 800, Some(9), 7),
+            "rewritten past our offset"
+        );
+        assert!(
+            !is_new_generation(2000, 800, None, 7),
+            "no whole first line yet says nothing"
+        );
+    }
+
+    #[test]
+    fn the_copy_of_a_truncated_file_is_found_by_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("0.log");
+        let lines: String = (0..10).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&live, &lines).unwrap();
+        let identity = identity_of(&live);
+        // Decoys: compressed, half-written, another file.
+        std::fs::write(dir.path().join("0.log.1.gz"), &lines).unwrap();
+        std::fs::write(dir.path().join("0.log.1.tmp"), &lines).unwrap();
+        std::fs::write(dir.path().join("other.log"), "another first line\nmore\n").unwrap();
+        // copytruncate: copy, then truncate in place.
+        std::fs::copy(&live, dir.path().join("0.log.1")).unwrap();
+        File::options()
+            .write(true)
+            .open(&live)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let read_up_to = "line 0\nline 1\n".len() as u64;
+        let mut copy = find_copy(&live, identity, read_up_to).expect("the copy");
+        assert_eq!(copy.path, dir.path().join("0.log.1"));
+        assert_eq!(copy.len, lines.len() as u64);
+        let mut rest = String::new();
+        copy.file.read_to_string(&mut rest).unwrap();
+        assert!(
+            rest.starts_with("line 2\n") && rest.ends_with("line 9\n"),
+            "{rest}"
+        );
+        // Everything read already (even past the copy): found, nothing more to read.
+        let mut all = find_copy(&live, identity, lines.len() as u64 + 7).expect("the copy");
+        rest.clear();
+        all.file.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "");
+        // No copy at all (the file was truncated by its writer).
+        std::fs::remove_file(dir.path().join("0.log.1")).unwrap();
+        assert!(find_copy(&live, identity, read_up_to).is_none());
+        // A copy of a later generation (another first line) is not this file's.
+        let mut f = File::options().append(true).open(&live).unwrap();
+        f.write_all(b"new generation\n").unwrap();
+        std::fs::copy(&live, dir.path().join("0.log.2")).unwrap();
+        assert!(find_copy(&live, identity, read_up_to).is_none());
+    }
+}

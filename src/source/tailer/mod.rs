@@ -1,0 +1,344 @@
+//! The read loop. One owner holds every followed file: it reads each in turn (a bounded
+//! quantum per pass, so a noisy container cannot starve the others), follows rotation,
+//! truncation and deletion, and sends event batches down a bounded channel (backpressure).
+
+use super::assembler::{Assembler, AssemblyRules};
+use super::discover::{Discovery, Found};
+use super::fingerprint::{fingerprint, fingerprint_unterminated};
+use super::reader::{LineReader, RawLine};
+use super::wake::Wake;
+use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
+use crate::config::{Config, StartAt};
+use crate::encode::doc_id::id_seed;
+use crate::encode::FileMetadata;
+use crate::enrich::exclude::{Decision, Exclusion};
+use crate::enrich::kube::cache::pod_key;
+use crate::enrich::path::PathMetadata;
+use crate::event::{FileContext, FileIdentity, FileKey, LogEvent};
+use crate::stats::Stats;
+use memchr::memrchr;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+mod admission;
+mod followed;
+
+/// Events per batch sent down the pipeline.
+const BATCH_EVENTS: usize = 1024;
+/// How often an idle file's path is checked for a rotation, at least.
+const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Rescans asked for by directory events come at most this often: a storm of rotations
+/// on many containers costs one scan per interval, not one per event.
+const MIN_RESCAN_GAP: Duration = Duration::from_millis(20);
+/// Shortest sleep of an idle loop; doubled up to `max_idle_poll`.
+const MIN_IDLE: Duration = Duration::from_millis(5);
+/// How long the identities of released files are remembered in this run.
+const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct TailerSettings {
+    pub rescan_interval: Duration,
+    pub start_at: StartAt,
+    pub read_size: usize,
+    pub quantum: usize,
+    pub rotate_wait: Duration,
+    pub max_idle_poll: Duration,
+    pub max_raw_line: usize,
+    /// Files followed (or held waiting for their pod) at most; more wait for room.
+    pub max_open_files: usize,
+    pub host_name: String,
+    /// Stop once every file is read to its end (`debug --once`).
+    pub once: bool,
+}
+
+impl TailerSettings {
+    pub fn new(cfg: &Config, host_name: String, once: bool) -> Self {
+        let s = &cfg.source;
+        let max_line = s.max_line_bytes as usize;
+        TailerSettings {
+            rescan_interval: s.rescan_interval,
+            start_at: s.start_at,
+            read_size: s.read_buffer_bytes as usize,
+            quantum: s.max_read_bytes_per_file as usize,
+            rotate_wait: s.rotate_wait,
+            max_idle_poll: s.max_idle_poll,
+            // A raw line carries the runtime's prefix or JSON escaping around the content.
+            max_raw_line: max_line.saturating_mul(2).max(max_line + 4096),
+            max_open_files: s.max_open_files as usize,
+            host_name,
+            once,
+        }
+    }
+}
+
+/// The pipeline downstream is gone; nothing more can be delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("the event channel is closed")]
+pub struct ChannelClosed;
+
+struct Reading {
+    reader: LineReader,
+    asm: Assembler,
+    /// Events already added to their format's counter.
+    counted: u64,
+}
+
+impl Reading {
+    /// Adds the events emitted since the last call to their file format's counter.
+    fn count_format(&mut self, stats: &Stats) {
+        let emitted = self.asm.emitted();
+        let n = emitted - self.counted;
+        self.counted = emitted;
+        let counter = match self.asm.format() {
+            Some(crate::source::format::Detected::Docker) => &stats.events_docker,
+            _ => &stats.events_cri,
+        };
+        Stats::add(counter, n);
+    }
+}
+
+struct Followed {
+    file: File,
+    path: PathBuf,
+    real_path: PathBuf,
+    dev: u64,
+    inode: u64,
+    kube: PathMetadata,
+    reading: Option<Reading>,
+    /// No longer found by discovery (rotated away or deleted): drain, then let go.
+    gone_since: Option<Instant>,
+    last_data: Instant,
+    at_eof: bool,
+    last_path_check: Instant,
+    found_at_start: bool,
+    /// Truncated: read from 0 whatever was known of it.
+    fresh: bool,
+    /// When discovery first saw it (before any wait for its pod).
+    known_since: Instant,
+}
+
+pub struct Tailer {
+    settings: TailerSettings,
+    rules: Arc<AssemblyRules>,
+    discovery: Discovery,
+    files: Vec<Followed>,
+    seen: HashMap<FileIdentity, (u64, Instant)>,
+    checkpoints: CheckpointLookup,
+    /// Files the last run was reading: looked for at the first scan even when no glob
+    /// finds them any more (rotated or removed while we were down).
+    recover: Vec<Entry>,
+    first_start: bool,
+    first_scan_done: bool,
+    next_key: FileKey,
+    events_tx: mpsc::Sender<Vec<LogEvent>>,
+    ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
+    wake: Arc<Wake>,
+    stats: Arc<Stats>,
+    raw: Vec<RawLine>,
+    out: Vec<LogEvent>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
+    /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
+    container_dirs: HashSet<PathBuf>,
+    exclusion: Exclusion,
+    /// Files whose pod is excluded, by device and inode.
+    excluded: HashSet<(u64, u64)>,
+    /// Files found while `max_open_files` were followed: looked at again on each scan.
+    deferred: HashSet<(u64, u64)>,
+    /// Files waiting for their pod's metadata before being read or skipped, since when.
+    waiting: Vec<(Found, Instant, Option<File>)>,
+}
+
+impl Tailer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: TailerSettings,
+        rules: Arc<AssemblyRules>,
+        discovery: Discovery,
+        checkpoints: CheckpointLookup,
+        recover: Vec<Entry>,
+        first_start: bool,
+        events_tx: mpsc::Sender<Vec<LogEvent>>,
+        ckpt_tx: mpsc::UnboundedSender<CheckpointMsg>,
+        wake: Arc<Wake>,
+        stats: Arc<Stats>,
+        exclusion: Exclusion,
+    ) -> Self {
+        Tailer {
+            settings,
+            rules,
+            discovery,
+            files: Vec::new(),
+            seen: HashMap::new(),
+            checkpoints,
+            recover,
+            first_start,
+            first_scan_done: false,
+            next_key: 1,
+            events_tx,
+            ckpt_tx,
+            wake,
+            stats,
+            raw: Vec::new(),
+            out: Vec::new(),
+            watcher: None,
+            watched: HashSet::new(),
+            container_dirs: HashSet::new(),
+            exclusion,
+            excluded: HashSet::new(),
+            deferred: HashSet::new(),
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Runs until stopped (or, with `once`, until every file is read to its end).
+    /// Held-back lines are not flushed at a stop: their offsets stay uncommitted and they
+    /// are read again on the next start.
+    pub fn run(mut self) -> Result<(), ChannelClosed> {
+        if !self.settings.once {
+            self.start_watcher();
+        }
+        let mut next_rescan = Instant::now();
+        let mut last_rescan = Instant::now();
+        let mut rescan_pending = false;
+        let mut idle = MIN_IDLE;
+        loop {
+            if self.wake.is_stopped() {
+                break;
+            }
+            let now = Instant::now();
+            rescan_pending |= self.wake.take_rescan();
+            if now >= next_rescan
+                || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP)
+            {
+                self.rescan(now);
+                next_rescan = now + self.settings.rescan_interval;
+                last_rescan = now;
+                rescan_pending = false;
+            }
+            if !self.waiting.is_empty() {
+                self.retry_waiting(now);
+            }
+            let read = self.read_pass()?;
+            let now = Instant::now();
+            self.flush_expired(now);
+            self.release_drained(now);
+            self.send()?;
+            if read > 0 {
+                idle = MIN_IDLE;
+                continue;
+            }
+            if self.settings.once && self.files.iter().all(|f| f.at_eof || f.reading.is_none()) {
+                self.finish_all(now);
+                self.send()?;
+                break;
+            }
+            let mut timeout = idle.min(next_rescan.saturating_duration_since(now));
+            if rescan_pending {
+                timeout =
+                    timeout.min((last_rescan + MIN_RESCAN_GAP).saturating_duration_since(now));
+            }
+            if let Some(d) = self.next_deadline() {
+                timeout = timeout.min(d.saturating_duration_since(now));
+            }
+            self.wake.wait(timeout);
+            idle = (idle * 2).min(self.settings.max_idle_poll);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), ChannelClosed> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH_EVENTS));
+        use crate::event::{Flags, Stream};
+        const COUNTED: [Flags; 6] = [
+            Flags::TRUNCATED,
+            Flags::MALFORMED,
+            Flags::PARTIAL_MERGED,
+            Flags::MULTILINE,
+            Flags::SPLIT,
+            Flags::NO_TIMESTAMP,
+        ];
+        // One pass, added once per batch: the counters are shared with other threads.
+        let (mut stderr, mut flagged) = (0u64, [0u64; COUNTED.len()]);
+        for e in &batch {
+            stderr += u64::from(e.stream == Stream::Stderr);
+            if !e.flags.is_empty() {
+                for (n, f) in flagged.iter_mut().zip(COUNTED) {
+                    *n += u64::from(e.flags.contains(f));
+                }
+            }
+        }
+        let st = &self.stats;
+        Stats::add(&st.events, batch.len() as u64);
+        Stats::add(&st.events_stderr, stderr);
+        let counters = [
+            &st.events_truncated,
+            &st.events_malformed,
+            &st.events_partial_merged,
+            &st.events_multiline,
+            &st.events_split,
+            &st.events_no_timestamp,
+        ];
+        for (c, n) in counters.into_iter().zip(flagged) {
+            Stats::add(c, n);
+        }
+        for r in self.files.iter_mut().filter_map(|f| f.reading.as_mut()) {
+            r.count_format(&self.stats);
+        }
+        let started = Instant::now();
+        let waited = |stats: &Stats| {
+            Stats::add(
+                &stats.backpressure_micros,
+                started.elapsed().as_micros() as u64,
+            )
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            let sent = self.events_tx.blocking_send(batch);
+            waited(&self.stats);
+            return sent.map_err(|_| ChannelClosed);
+        };
+        let tx = self.events_tx.clone();
+        let mut last_rescan = Instant::now();
+        loop {
+            let wait = tokio::time::timeout(MIN_RESCAN_GAP, tx.reserve());
+            match rt.block_on(wait) {
+                Ok(Ok(permit)) => {
+                    permit.send(batch);
+                    waited(&self.stats);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(ChannelClosed),
+                // The pipeline is full. New files are still found and opened meanwhile, as
+                // soon as a directory event says so: an open file that kubelet rotates and
+                // deletes stays readable.
+                Err(_) => {
+                    let now = Instant::now();
+                    if self.wake.take_rescan()
+                        || now.duration_since(last_rescan) >= self.settings.rescan_interval
+                    {
+                        self.rescan(now);
+                        last_rescan = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer")
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
