@@ -133,6 +133,11 @@ impl CheckpointLookup {
             .or_else(|| self.loose.get(&(id.inode, id.fingerprint)))
             .copied()
     }
+
+    /// Whether a file with this first line was read in the last run, whatever its inode.
+    pub fn has_fingerprint(&self, fingerprint: u64) -> bool {
+        self.exact.keys().any(|id| id.fingerprint == fingerprint)
+    }
 }
 
 /// The checkpoint file in the state directory.

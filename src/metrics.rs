@@ -141,6 +141,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.truncations_unrecovered,
         ),
         (
+            "generations_recovered_total",
+            "Generations rotated away before they were opened, found in their directory and read.",
+            Counter,
+            &s.generations_recovered,
+        ),
+        (
             "read_errors_total",
             "Errors opening or reading log files.",
             Counter,

@@ -75,6 +75,8 @@ pub struct Stats {
     /// file then is lost).
     pub truncation_recovered_bytes: AtomicU64,
     pub truncations_unrecovered: AtomicU64,
+    /// Generations rotated away before they were opened, found in their directory and read.
+    pub generations_recovered: AtomicU64,
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
@@ -181,6 +183,7 @@ impl Default for Stats {
             truncations: AtomicU64::new(0),
             truncation_recovered_bytes: AtomicU64::new(0),
             truncations_unrecovered: AtomicU64::new(0),
+            generations_recovered: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
             events_stderr: AtomicU64::new(0),

@@ -50,50 +50,35 @@ fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
 }
 
 #[test]
-fn copytruncate_while_writing_repeats_nothing_and_loses_at_most_the_unread_tail() {
+fn copytruncate_while_writing_loses_and_repeats_nothing() {
     let tree = Tree::new();
     let c = tree.container("ns", "ct", "app");
     let agent = Agent::start(test_config(vec![tree.glob()]), None);
     let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
-    let mut generations = vec![];
     let mut next = 0;
     for g in 0..6 {
-        let start = next;
         for _ in 0..10 {
             f.write_all(seq_lines(next, 50).as_bytes()).unwrap();
             next += 50;
             std::thread::sleep(Duration::from_millis(10));
         }
-        generations.push(start..next);
         if g < 5 {
             fs::copy(c.path(), c.dir.join(format!("0.log.{g}"))).unwrap();
             f.set_len(0).unwrap();
         }
     }
-    let last = generations.last().unwrap().clone();
-    let docs = agent.wait_until("the last generation", |d| seqs(d).contains(&(last.end - 1)));
-    let got = seqs(&docs);
-    let mut sorted = got.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), got.len(), "no line repeated");
-    for g in &generations {
-        let mine: Vec<u64> = got.iter().copied().filter(|s| g.contains(s)).collect();
-        // Only the tail written after the last read and before the truncation may be lost.
-        let expected: Vec<u64> = (g.start..g.start + mine.len() as u64).collect();
-        assert_eq!(
-            mine, expected,
-            "generation {g:?} must arrive as a prefix, in order"
-        );
-    }
-    let tail: Vec<u64> = got.iter().copied().filter(|s| last.contains(s)).collect();
-    assert_eq!(
-        tail.len() as u64,
-        last.end - last.start,
-        "the current generation is complete"
-    );
+    // What the agent had not read when a file was truncated is read from its copy.
+    let docs = agent.wait_until("every line", |d| seqs(d).len() as u64 >= next);
+    std::thread::sleep(Duration::from_millis(300));
+    let docs = if agent.docs().len() > docs.len() {
+        agent.docs()
+    } else {
+        docs
+    };
+    assert_exactly_once(&seqs(&docs), next);
     let summary = agent.stop();
     assert!(Stats::get(&summary.stats.truncations) >= 5);
+    assert_eq!(Stats::get(&summary.stats.truncations_unrecovered), 0);
 }
 
 #[test]
@@ -272,4 +257,136 @@ fn past_max_open_files_new_files_wait_for_room_and_lose_nothing() {
     assert_exactly_once(&seqs(&docs), 300);
     let summary = agent.stop();
     assert_eq!(Stats::get(&summary.stats.files_deferred), 1);
+}
+
+/// What the runtime, kubelet or logrotate may do to a container's log directory.
+#[derive(Debug, Clone)]
+enum RotationOp {
+    /// The container writes this many lines.
+    Write(u64),
+    /// kubelet: `0.log` renamed to `0.log.<n>`, a new `0.log`.
+    Rename,
+    /// logrotate: copied to `0.log.<n>`, then truncated in place.
+    CopyTruncate,
+    /// Docker json-file: `.k` to `.k+1`, the live file to `.1`, a new one.
+    Numbered,
+    /// kubelet: the newest uncompressed rotated file gzipped (through `.tmp`), then deleted.
+    GzipNewest,
+    /// The oldest rotated file deleted.
+    DeleteOldest,
+}
+
+fn rotation_op() -> impl proptest::strategy::Strategy<Value = RotationOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (1u64..120).prop_map(RotationOp::Write),
+        1 => Just(RotationOp::Rename),
+        1 => Just(RotationOp::CopyTruncate),
+        1 => Just(RotationOp::Numbered),
+        1 => Just(RotationOp::GzipNewest),
+        1 => Just(RotationOp::DeleteOldest),
+    ]
+}
+
+/// Rotated files in the container's directory, oldest first (by modification, then name).
+fn rotated_files(c: &ContainerLog) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, std::path::PathBuf)> = fs::read_dir(&c.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "0.log"))
+        .map(|p| (fs::metadata(&p).unwrap().modified().unwrap(), p))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 10,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Any sequence of rotations of every kind, against the model that every line written
+    /// is delivered once. Before anything is deleted (or gzipped away) the lines written so
+    /// far are waited for, so no loss is allowed; repeats would come from a generation
+    /// taken for another (a copy, a renamed or renumbered file, a reused name).
+    #[test]
+    fn any_sequence_of_rotations_delivers_every_line_once(
+        ops in proptest::collection::vec(rotation_op(), 1..14)
+    ) {
+        let tree = Tree::new();
+        let c = tree.container("ns", "model", "app");
+        let agent = Agent::start(test_config(vec![tree.glob()]), None);
+        let mut next = 0u64;
+        let mut n = 0usize;
+        // The first line written to the live file since it was last rotated.
+        let mut first_of_live: Option<u64> = None;
+        let delivered = |next: u64| {
+            agent.wait_until("the lines written so far", |d| seqs(d).len() as u64 >= next);
+        };
+        for op in &ops {
+            n += 1;
+            match op {
+                RotationOp::Write(k) => {
+                    let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
+                    f.write_all(seq_lines(next, *k).as_bytes()).unwrap();
+                    first_of_live.get_or_insert(next);
+                    next += k;
+                }
+                RotationOp::Rename => {
+                    c.rotate(n);
+                    first_of_live = None;
+                }
+                RotationOp::CopyTruncate => {
+                    // The copy is known by the file's first line: a file truncated before
+                    // the agent read its first line is not followed into its copy.
+                    if let Some(first) = first_of_live.take() {
+                        agent.wait_until("the live file's first line", |d| seqs(d).contains(&first));
+                    }
+                    fs::copy(c.path(), c.dir.join(format!("0.log.{n:08}"))).unwrap();
+                    OpenOptions::new().write(true).open(c.path()).unwrap().set_len(0).unwrap();
+                }
+                RotationOp::Numbered => {
+                    first_of_live = None;
+                    let numbered = |k: usize| c.dir.join(format!("0.log.{k}"));
+                    for k in (1..4).rev() {
+                        let _ = fs::rename(numbered(k), numbered(k + 1));
+                    }
+                    fs::rename(c.path(), numbered(1)).unwrap();
+                    fs::File::create(c.path()).unwrap();
+                }
+                RotationOp::GzipNewest => {
+                    let newest = rotated_files(&c).into_iter().rev().find(|p| {
+                        !p.extension().is_some_and(|e| e == "gz" || e == "tmp")
+                    });
+                    if let Some(p) = newest {
+                        delivered(next);
+                        let tmp = p.with_extension("tmp");
+                        let mut enc = flate2::write::GzEncoder::new(
+                            fs::File::create(&tmp).unwrap(),
+                            flate2::Compression::fast(),
+                        );
+                        enc.write_all(&fs::read(&p).unwrap()).unwrap();
+                        enc.finish().unwrap();
+                        fs::rename(&tmp, p.with_extension("gz")).unwrap();
+                        fs::remove_file(&p).unwrap();
+                    }
+                }
+                RotationOp::DeleteOldest => {
+                    if let Some(p) = rotated_files(&c).into_iter().next() {
+                        delivered(next);
+                        fs::remove_file(p).unwrap();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        delivered(next);
+        std::thread::sleep(Duration::from_millis(300));
+        let got = seqs(&agent.docs());
+        agent.stop();
+        assert_exactly_once_or(&got, next, &format!("after {ops:?}"));
+    }
 }

@@ -47,6 +47,11 @@ impl LineReader {
         self.offset + self.buf.len() as u64
     }
 
+    /// Where the line not yet complete starts (the read position when there is none).
+    pub fn line_start(&self) -> u64 {
+        self.offset
+    }
+
     /// Whether bytes were read that do not form a whole line yet.
     pub fn has_remainder(&self) -> bool {
         !self.buf.is_empty() || self.skipping.is_some()

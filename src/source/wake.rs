@@ -1,5 +1,6 @@
 //! How the read loop sleeps: until a timeout, a filesystem event, or a stop request.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -10,6 +11,8 @@ pub struct Wake {
     cv: Condvar,
     rescan: AtomicBool,
     stop: AtomicBool,
+    /// Directories something was created in or renamed into since the last look.
+    changed: Mutex<Vec<PathBuf>>,
 }
 
 impl Wake {
@@ -27,6 +30,18 @@ impl Wake {
 
     pub fn take_rescan(&self) -> bool {
         self.rescan.swap(false, Ordering::AcqRel)
+    }
+
+    /// A file appeared in `dir` (created, or renamed into it).
+    pub fn note_changed_dir(&self, dir: PathBuf) {
+        let mut c = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.contains(&dir) {
+            c.push(dir);
+        }
+    }
+
+    pub fn take_changed_dirs(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Asks the read loop to stop at its next turn.

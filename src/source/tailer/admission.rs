@@ -16,6 +16,11 @@ impl Tailer {
                         | EventKind::Remove(_)
                         | EventKind::Modify(ModifyKind::Name(_))
                 ) {
+                    if !matches!(ev.kind, EventKind::Remove(_)) {
+                        for dir in ev.paths.iter().filter_map(|p| p.parent()) {
+                            wake.note_changed_dir(dir.to_path_buf());
+                        }
+                    }
                     wake.request_rescan();
                 }
             }
@@ -64,18 +69,19 @@ impl Tailer {
             .filter_map(|f| f.real_path.parent().map(Path::to_path_buf))
             .filter(|d| !self.watched.contains(d))
             .collect();
-        for dir in self.container_dirs.difference(&wanted) {
+        for dir in self.container_dirs.keys().filter(|d| !wanted.contains(*d)) {
             // Gone with its pod, most often: inotify has dropped it already.
             let _ = w.unwatch(dir);
         }
-        self.container_dirs.retain(|d| wanted.contains(d));
+        self.container_dirs.retain(|d, _| wanted.contains(d));
         for dir in wanted {
-            if self.container_dirs.contains(&dir) {
+            if self.container_dirs.contains_key(&dir) {
                 continue;
             }
             match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    self.container_dirs.insert(dir);
+                    self.container_dirs
+                        .insert(dir, std::time::SystemTime::now());
                 }
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a container's log directory")
@@ -84,7 +90,9 @@ impl Tailer {
         }
     }
 
-    pub(super) fn rescan(&mut self, now: Instant) {
+    /// `full`: a periodic rescan, which also looks through every watched container
+    /// directory (an event-driven one looks only where something appeared).
+    pub(super) fn rescan(&mut self, now: Instant, full: bool) {
         self.watch_dirs();
         let found = self.discovery.scan(&self.stats.links_refused);
         let present: HashSet<(u64, u64)> = found.iter().map(|f| (f.dev, f.inode)).collect();
@@ -112,16 +120,117 @@ impl Tailer {
                 Stats::add(&self.stats.rotations, 1);
             }
             if f.gone_since.is_none() && self.replaced(i) {
-                self.restart_generation(i, now);
+                self.restart_generation(i, now, None);
             }
         }
         self.seen
             .retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
+        self.truncated
+            .retain(|_, at| now.duration_since(*at) < SEEN_TTL);
         if !self.first_scan_done {
             self.recover_unfinished(&present, now);
         }
         self.first_scan_done = true;
         self.watch_container_dirs();
+        let dirs: Vec<PathBuf> = if full {
+            self.container_dirs.keys().cloned().collect()
+        } else {
+            self.wake.take_changed_dirs()
+        };
+        self.read_missed_generations(&dirs, full, &present, now);
+    }
+
+    /// Generations that came and were rotated away between two looks (created and
+    /// renamed within milliseconds, or copied by `copytruncate` before the agent read the
+    /// file's first line): a file in a watched container directory, not compressed, not
+    /// followed, written since the directory was first watched, whose first line is no
+    /// file's read in this run or the last, is read from its start and let go.
+    pub(super) fn read_missed_generations(
+        &mut self,
+        dirs: &[PathBuf],
+        full: bool,
+        present: &HashSet<(u64, u64)>,
+        now: Instant,
+    ) {
+        // Files still there: a full look forgets those checked that are gone.
+        let mut listed: HashSet<(u64, u64)> = HashSet::new();
+        for dir in dirs {
+            let Some(&since) = self.container_dirs.get(dir) else {
+                continue;
+            };
+            let Some(path) = self
+                .files
+                .iter()
+                .find(|f| f.real_path.parent() == Some(dir.as_path()))
+                .map(|f| f.path.clone())
+            else {
+                continue;
+            };
+            let Ok(listing) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in listing.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".gz") || name.ends_with(".tmp") {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let key = (meta.dev(), meta.ino());
+                listed.insert(key);
+                if !meta.is_file()
+                    || meta.len() == 0
+                    || present.contains(&key)
+                    || self.generations_checked.contains(&key)
+                    || self.files.iter().any(|f| (f.dev, f.inode) == key)
+                    || meta.modified().map_or(true, |m| m < since)
+                {
+                    continue;
+                }
+                let real_path = entry.path();
+                let Ok(file) = File::open(&real_path) else {
+                    continue;
+                };
+                let Ok(Some(fp)) = fingerprint(&file) else {
+                    continue;
+                };
+                self.generations_checked.insert(key);
+                let known = self.seen.keys().any(|id| id.fingerprint == fp)
+                    || self.truncated.contains_key(&fp)
+                    || self.checkpoints.has_fingerprint(fp)
+                    || self.files.iter().any(|f| {
+                        f.reading
+                            .as_ref()
+                            .is_some_and(|r| r.asm.context().identity.fingerprint == fp)
+                    });
+                if known {
+                    continue;
+                }
+                tracing::info!(path = %real_path.display(), "reading a generation rotated away before it was opened");
+                Stats::add(&self.stats.generations_recovered, 1);
+                let n = self.files.len();
+                self.open_with(
+                    Found {
+                        path: path.clone(),
+                        real_path,
+                        dev: key.0,
+                        inode: key.1,
+                    },
+                    Some(file),
+                    now,
+                    now,
+                );
+                if self.files.len() > n {
+                    if let Some(f) = self.files.last_mut() {
+                        f.gone_since = Some(now);
+                        Stats::add(&self.stats.rotations, 1);
+                    }
+                }
+            }
+        }
+        if full {
+            self.generations_checked.retain(|k| listed.contains(k));
+        }
     }
 
     /// Finds the files of the last run that no glob matches now, typically rotated to

@@ -118,9 +118,10 @@ impl Tailer {
             };
             let position = r.reader.read_position();
             if size < position {
-                self.restart_generation(i, now);
+                self.restart_generation(i, now, None);
                 continue;
             }
+            let line_start = r.reader.line_start();
             let n = match r
                 .reader
                 .read(&mut f.file, quantum, size - position, &mut self.raw)
@@ -142,7 +143,9 @@ impl Tailer {
                 && !matches!(fingerprint(&f.file), Ok(Some(fp)) if fp == r.asm.context().identity.fingerprint)
             {
                 self.raw.clear();
-                self.restart_generation(i, now);
+                // What was just read is the new content: the old one is resumed, on its
+                // copy, from the line this read began in.
+                self.restart_generation(i, now, Some(line_start));
                 total += n;
                 continue;
             }
@@ -183,14 +186,16 @@ impl Tailer {
     }
 
     /// The file was truncated (copytruncate) or rewritten: what was held of the old content
-    /// is shipped, and reading starts again at 0 as a new generation.
-    pub(super) fn restart_generation(&mut self, i: usize, now: Instant) {
+    /// is shipped, and reading starts again at 0 as a new generation. `resume`: the old
+    /// content's reading is to go on from there (the reader took in new content already).
+    pub(super) fn restart_generation(&mut self, i: usize, now: Instant, resume: Option<u64>) {
         let f = &mut self.files[i];
         tracing::info!(path = %f.path.display(), "file truncated; reading it again from the start");
         Stats::add(&self.stats.truncations, 1);
         if let Some(mut r) = f.reading.take() {
-            let position = r.reader.read_position();
+            let position = resume.unwrap_or(r.reader.read_position());
             let identity = r.asm.context().identity;
+            self.truncated.insert(identity.fingerprint, now);
             let copy = find_copy(&f.real_path, identity, position);
             if copy.is_none() {
                 Stats::add(&self.stats.truncations_unrecovered, 1);
@@ -199,6 +204,15 @@ impl Tailer {
                 // copytruncate copied the file before truncating it: what was not read yet
                 // is in the copy. The same reading goes on there, to its end.
                 Some(copy) => {
+                    if resume.is_some() {
+                        let skipped = r.reader.skipped_bytes;
+                        r.reader = LineReader::new(
+                            position,
+                            self.settings.read_size,
+                            self.settings.max_raw_line,
+                        );
+                        r.reader.skipped_bytes = skipped;
+                    }
                     Stats::add(&self.stats.truncation_recovered_bytes, copy.len - position);
                     tracing::info!(copy = %copy.path.display(), bytes = copy.len - position, "reading the rest of the truncated file from its copy");
                     let followed = Followed {

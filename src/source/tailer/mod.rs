@@ -146,7 +146,12 @@ pub struct Tailer {
     watched: HashSet<PathBuf>,
     /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
     /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
-    container_dirs: HashSet<PathBuf>,
+    container_dirs: HashMap<PathBuf, std::time::SystemTime>,
+    /// Files of those directories already looked at for a missed generation.
+    generations_checked: HashSet<(u64, u64)>,
+    /// First lines of generations read and then truncated (their identity is forgotten so
+    /// that the file is read again from 0): their copies are not missed generations.
+    truncated: HashMap<u64, Instant>,
     exclusion: Exclusion,
     /// Files whose pod is excluded, by device and inode.
     excluded: HashSet<(u64, u64)>,
@@ -190,7 +195,9 @@ impl Tailer {
             out: Vec::new(),
             watcher: None,
             watched: HashSet::new(),
-            container_dirs: HashSet::new(),
+            container_dirs: HashMap::new(),
+            generations_checked: HashSet::new(),
+            truncated: HashMap::new(),
             exclusion,
             excluded: HashSet::new(),
             deferred: HashSet::new(),
@@ -215,10 +222,9 @@ impl Tailer {
             }
             let now = Instant::now();
             rescan_pending |= self.wake.take_rescan();
-            if now >= next_rescan
-                || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP)
-            {
-                self.rescan(now);
+            let periodic = now >= next_rescan;
+            if periodic || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP) {
+                self.rescan(now, periodic);
                 next_rescan = now + self.settings.rescan_interval;
                 last_rescan = now;
                 rescan_pending = false;
@@ -323,10 +329,9 @@ impl Tailer {
                 // deletes stays readable.
                 Err(_) => {
                     let now = Instant::now();
-                    if self.wake.take_rescan()
-                        || now.duration_since(last_rescan) >= self.settings.rescan_interval
-                    {
-                        self.rescan(now);
+                    let periodic = now.duration_since(last_rescan) >= self.settings.rescan_interval;
+                    if self.wake.take_rescan() || periodic {
+                        self.rescan(now, periodic);
                         last_rescan = now;
                     }
                 }
