@@ -10,6 +10,13 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use support::*;
 
+/// The documents once `n` lines have arrived, and a moment more for any repeat to show.
+fn every_line(agent: &Agent, n: u64) -> Vec<serde_json::Value> {
+    agent.wait_until("every line", |d| seqs(d).len() as u64 >= n);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.docs()
+}
+
 #[test]
 fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
     let tree = Tree::new();
@@ -34,13 +41,7 @@ fn kubelet_rename_rotation_while_writing_loses_and_repeats_nothing() {
         // About 800 ms a file: kubelet rotates at 10 MiB, far slower than discovery.
         std::thread::sleep(Duration::from_millis(40));
     }
-    let docs = agent.wait_until("every line", |d| seqs(d).len() as u64 >= next);
-    std::thread::sleep(Duration::from_millis(300));
-    let docs = if agent.docs().len() > docs.len() {
-        agent.docs()
-    } else {
-        docs
-    };
+    let docs = every_line(&agent, next);
     assert_exactly_once(&seqs(&docs), next);
     // Lines of one file come in order.
     let s = seqs(&docs);
@@ -68,13 +69,7 @@ fn copytruncate_while_writing_loses_and_repeats_nothing() {
         }
     }
     // What the agent had not read when a file was truncated is read from its copy.
-    let docs = agent.wait_until("every line", |d| seqs(d).len() as u64 >= next);
-    std::thread::sleep(Duration::from_millis(300));
-    let docs = if agent.docs().len() > docs.len() {
-        agent.docs()
-    } else {
-        docs
-    };
+    let docs = every_line(&agent, next);
     assert_exactly_once(&seqs(&docs), next);
     let summary = agent.stop();
     assert!(Stats::get(&summary.stats.truncations) >= 5);

@@ -534,30 +534,8 @@ pub fn a_rotation_every_mebibyte_at_a_high_rate_loses_and_repeats_nothing(scale:
 pub fn copytruncate_loses_nothing_the_copy_holds_what_was_not_read(scale: u64) {
     let es = EsServer::start();
     let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
-    // The default intervals, as a new user runs it.
-    fs::write(
-        &agent.config,
-        fs::read_to_string(&agent.config)
-            .unwrap()
-            .replace("rescan_interval = \"100ms\"", "rescan_interval = \"5s\"")
-            .replace("max_idle_poll = \"20ms\"", "max_idle_poll = \"500ms\""),
-    )
-    .unwrap();
-    agent.start();
-    std::thread::sleep(Duration::from_millis(300));
-    let total = Writer::start(
-        &tree,
-        WriterSpec {
-            pods: 4,
-            lines: 100_000 * scale,
-            rotate_bytes: 256 * 1024,
-            keep: 3,
-            rotation: Rotation::CopyTruncate,
-            ..WriterSpec::default()
-        },
-    )
-    .finish();
+    let mut agent = agent_at_the_default_intervals(&tree, &es);
+    let total = storm_writer(&tree, scale, Rotation::CopyTruncate).finish();
     let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
     let log = agent.config.with_extension("log");
     let m = fetch(&log, "/metrics").map(|(_, m)| m).unwrap_or_default();
@@ -1021,16 +999,9 @@ pub fn the_end_of_an_outage_is_found_by_the_probe_not_by_waiting_out_the_backoff
     assert_all_once(&es, total, &agent);
 }
 
-/// A rotation storm as kubelet makes it, under the default rescan interval (5 s): the
-/// rotations happen in `/var/log/pods/…`, unseen from the `/var/log/containers` symlinks,
-/// and each rotated file is gzipped and deleted at the next rotation. Every generation
-/// must be opened before that.
-pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(
-    scale: u64,
-) {
-    let es = EsServer::start();
-    let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
+/// The agent with the default rescan and idle intervals, as a new user runs it, started.
+fn agent_at_the_default_intervals(tree: &Tree, es: &EsServer) -> AgentProcess {
+    let mut agent = AgentProcess::new(tree, es, "");
     fs::write(
         &agent.config,
         fs::read_to_string(&agent.config)
@@ -1041,18 +1012,36 @@ pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repe
     .unwrap();
     agent.start();
     std::thread::sleep(Duration::from_millis(300));
-    let writer = Writer::start(
-        &tree,
+    agent
+}
+
+/// 20,000 lines/s over 4 containers, each rotated (`how`) about ten times (lines are ~100
+/// bytes here), 4 rotated files kept.
+fn storm_writer(tree: &Tree, scale: u64, how: Rotation) -> Writer {
+    Writer::start(
+        tree,
         WriterSpec {
             pods: 4,
             lines: 100_000 * scale,
             per_second: 20_000,
-            // About ten rotations a container (lines are ~100 bytes here).
             rotate_bytes: 256 * 1024,
             keep: 4,
-            rotation: Rotation::KubeletGzip,
+            rotation: how,
         },
-    );
+    )
+}
+
+/// A rotation storm as kubelet makes it, under the default rescan interval (5 s): the
+/// rotations happen in `/var/log/pods/…`, unseen from the `/var/log/containers` symlinks,
+/// and each rotated file is gzipped and deleted at the next rotation. Every generation
+/// must be opened before that.
+pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_nothing(
+    scale: u64,
+) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = agent_at_the_default_intervals(&tree, &es);
+    let writer = storm_writer(&tree, scale, Rotation::KubeletGzip);
     let deleted = writer.deleted.clone();
     let total = writer.finish();
     assert!(deleted.load(Ordering::Relaxed) > 0, "kubelet deleted files");
@@ -1080,28 +1069,8 @@ pub fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repe
 pub fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing(scale: u64) {
     let es = EsServer::start();
     let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
-    fs::write(
-        &agent.config,
-        fs::read_to_string(&agent.config)
-            .unwrap()
-            .replace("rescan_interval = \"100ms\"", "rescan_interval = \"5s\"")
-            .replace("max_idle_poll = \"20ms\"", "max_idle_poll = \"500ms\""),
-    )
-    .unwrap();
-    agent.start();
-    std::thread::sleep(Duration::from_millis(300));
-    let writer = Writer::start(
-        &tree,
-        WriterSpec {
-            pods: 4,
-            lines: 100_000 * scale,
-            rotate_bytes: 256 * 1024,
-            keep: 3,
-            rotation: Rotation::DockerNumbered,
-            ..WriterSpec::default()
-        },
-    );
+    let mut agent = agent_at_the_default_intervals(&tree, &es);
+    let writer = storm_writer(&tree, scale, Rotation::DockerNumbered);
     let deleted = writer.deleted.clone();
     let total = writer.finish();
     assert!(
