@@ -169,6 +169,10 @@ impl Batch {
     /// Finishes the body: what is sent, and what is kept to settle the items.
     pub fn seal(mut self) -> Sealed {
         self.compress_pending();
+        // A batch in flight keeps its item index as long as it is out: without the slack
+        // a growing vector leaves (up to as much again as 20,000 × 52 bytes).
+        self.items.shrink_to_fit();
+        self.meta.shrink_to_fit();
         let raw_len = self.raw_len();
         let (payload, gzip) = match self.gzip.take() {
             Some(gz) => (Bytes::from(gz.finish().unwrap_or_default()), true),

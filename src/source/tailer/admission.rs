@@ -155,7 +155,12 @@ impl Tailer {
         // Files still there: a full look forgets those checked that are gone.
         let mut listed: HashSet<(u64, u64)> = HashSet::new();
         for dir in dirs {
-            let Some(&since) = self.container_dirs.get(dir) else {
+            // File times come from the kernel's coarse clock, a tick behind ours.
+            let Some(since) = self
+                .container_dirs
+                .get(dir)
+                .map(|&t| t - Duration::from_millis(100))
+            else {
                 continue;
             };
             let Some(path) = self
