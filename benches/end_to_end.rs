@@ -15,6 +15,7 @@
 //! cargo bench --bench end_to_end -- --live 6000 --capacity 4000
 //! cargo bench --bench end_to_end -- --live 10000 --outage-at 5 --outage-seconds 15
 //! cargo bench --bench end_to_end -- --latency-ms 200 --max-in-flight 2
+//! cargo bench --bench end_to_end -- --live 20000 --pods 4 --rotate-kib 1024 --copytruncate
 //! ```
 //! Under `cargo test` (no `--bench` argument) it runs each mode once on a small scale and
 //! fails on any lost or repeated document, so it cannot rot.
@@ -67,6 +68,10 @@ struct Args {
     /// is 10 MiB and 5 files).
     #[arg(long, default_value_t = 10 * 1024)]
     rotate_kib: u64,
+    /// Live mode rotates as logrotate's `copytruncate` does (copy, then truncate in place)
+    /// instead of kubelet's rename.
+    #[arg(long)]
+    copytruncate: bool,
     /// Live mode: share of bulk items the cluster answers 429 `es_rejected_execution_exception`.
     #[arg(long, default_value_t = 0.0)]
     item_429: f64,
@@ -677,8 +682,13 @@ fn live(args: &Args, rate: u64) -> Value {
             if f.size >= rotate_at {
                 rotations += 1;
                 let to = pods[i].path.with_extension(format!("log.{rotations:06}"));
-                fs::rename(&pods[i].path, &to).expect("rotate");
-                f.file = fs::File::create(&pods[i].path).expect("new 0.log");
+                if args.copytruncate {
+                    fs::copy(&pods[i].path, &to).expect("copy");
+                    f.file.set_len(0).expect("truncate");
+                } else {
+                    fs::rename(&pods[i].path, &to).expect("rotate");
+                    f.file = fs::File::create(&pods[i].path).expect("new 0.log");
+                }
                 f.size = 0;
                 f.rotated.push(to);
                 if f.rotated.len() > 4 {
