@@ -1,5 +1,6 @@
 //! How the read loop sleeps: until a timeout, a filesystem event, or a stop request.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -12,7 +13,7 @@ pub struct Wake {
     rescan: AtomicBool,
     stop: AtomicBool,
     /// Directories something was created in or renamed into since the last look.
-    changed: Mutex<Vec<PathBuf>>,
+    changed: Mutex<HashSet<PathBuf>>,
 }
 
 impl Wake {
@@ -34,13 +35,13 @@ impl Wake {
 
     /// A file appeared in `dir` (created, or renamed into it).
     pub fn note_changed_dir(&self, dir: PathBuf) {
-        let mut c = self.changed.lock().unwrap_or_else(|e| e.into_inner());
-        if !c.contains(&dir) {
-            c.push(dir);
-        }
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir);
     }
 
-    pub fn take_changed_dirs(&self) -> Vec<PathBuf> {
+    pub fn take_changed_dirs(&self) -> HashSet<PathBuf> {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 

@@ -80,8 +80,6 @@ pub struct Batch {
     pub items: Vec<Item>,
     meta: Vec<ItemMeta>,
     pub started: Option<Instant>,
-    /// Holds items sent before: it goes without waiting for the flush interval.
-    pub resends: bool,
 }
 
 impl Batch {
@@ -95,7 +93,6 @@ impl Batch {
             items: Vec::new(),
             meta: Vec::new(),
             started: None,
-            resends: false,
         }
     }
 
@@ -116,7 +113,6 @@ impl Batch {
         self.pending.extend_from_slice(item);
         let action_len = memchr::memchr(b'\n', item).map_or(item.len(), |i| i + 1);
         self.end_item(a, action_len);
-        self.resends |= meta.attempts > 0 || meta.rescued;
         self.meta.push(meta);
     }
 

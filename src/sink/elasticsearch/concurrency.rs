@@ -121,6 +121,7 @@ impl Controller {
     }
 
     /// The share of items rejected regardless of pace, as learnt.
+    #[cfg(test)]
     pub fn baseline(&self) -> f64 {
         self.baseline
     }
@@ -256,7 +257,8 @@ impl Controller {
             });
             self.rate = Some(rate);
             self.step = (rate * 0.01).max(1.0);
-            self.tokens = self.tokens.min(self.burst(rate)).min(0.0);
+            // The bucket starts empty: the next request waits its share of the new pace.
+            self.tokens = self.tokens.min(0.0);
             self.tokens_at = Some(now);
             self.limit = (self.limit / 2).max(1);
             self.clean = 0;
@@ -267,11 +269,11 @@ impl Controller {
             if let Some(r) = self.rate {
                 self.rate = Some(r + self.step);
             }
-            self.grow(now, sent_at);
+            self.grow(sent_at);
         }
     }
 
-    fn grow(&mut self, _now: Instant, sent_at: Instant) {
+    fn grow(&mut self, sent_at: Instant) {
         if self.last_cut.is_some_and(|c| sent_at < c) {
             return;
         }
@@ -297,9 +299,9 @@ impl Controller {
 
     /// A whole request went through (a response other than a load refusal, without items
     /// to judge, such as a 413).
-    pub fn on_success(&mut self, now: Instant, sent_at: Instant) {
+    pub fn on_success(&mut self, sent_at: Instant) {
         if self.adaptive {
-            self.grow(now, sent_at);
+            self.grow(sent_at);
         }
     }
 }
@@ -349,6 +351,19 @@ mod tests {
         whole: f64,
         latency: Duration,
         slots: usize,
+    }
+
+    /// A healthy cluster: no limit, no refusal, 5 ms answers.
+    impl Default for Cluster {
+        fn default() -> Self {
+            Cluster {
+                capacity: 1e9,
+                random: 0.0,
+                whole: 0.0,
+                latency: Duration::from_millis(5),
+                slots: 100,
+            }
+        }
     }
 
     struct Outcome {
@@ -437,10 +452,7 @@ mod tests {
     fn a_capacity_limited_cluster_is_used_to_the_full_with_little_waste() {
         let cluster = Cluster {
             capacity: 4_000.0,
-            random: 0.0,
-            whole: 0.0,
-            latency: Duration::from_millis(5),
-            slots: 100,
+            ..Cluster::default()
         };
         // 6,000 documents a second offered to a cluster that takes 4,000.
         let o = simulate(&cluster, Some(6_000.0), 60);
@@ -461,11 +473,9 @@ mod tests {
         // help, so the agent must keep offering what comes (5,000 a second) plus the
         // resends.
         let cluster = Cluster {
-            capacity: 1e9,
             random: 0.3,
             whole: 0.2,
-            latency: Duration::from_millis(5),
-            slots: 100,
+            ..Cluster::default()
         };
         let o = simulate(&cluster, Some(5_000.0), 60);
         let rate = o.delivered as f64 / o.seconds;
@@ -485,11 +495,9 @@ mod tests {
     #[test]
     fn a_cluster_with_few_write_slots_brings_the_requests_in_flight_down() {
         let cluster = Cluster {
-            capacity: 1e9,
-            random: 0.0,
-            whole: 0.0,
             latency: Duration::from_millis(200),
             slots: 2,
+            ..Cluster::default()
         };
         let o = simulate(&cluster, None, 30);
         assert!(o.final_limit <= 3, "limit {}", o.final_limit);

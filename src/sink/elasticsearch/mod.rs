@@ -17,16 +17,15 @@ pub mod shipper;
 pub mod spool;
 pub mod target;
 
-use self::batch::Origin;
 use self::client::BulkClient;
 use self::dead_letter::DeadLetter;
-use self::retry::Backoff;
+use self::retry::{Acked, Backoff};
 use self::shipper::Shipper;
 use self::target::{Router, Targets};
 use crate::checkpoint::CheckpointMsg;
 use crate::config::ElasticsearchConfig;
 use crate::encode::DocumentEncoder;
-use crate::event::{AckBuilder, LogEvent};
+use crate::event::LogEvent;
 use crate::log_limit;
 use crate::stats::Stats;
 use std::collections::HashMap;
@@ -99,7 +98,7 @@ impl ElasticsearchSink {
             tokio::select! {
                 ev = shipper.next(), if shipper.busy() => {
                     let acked = shipper.settle(ev, Instant::now());
-                    self.acknowledge(&acked);
+                    self.acknowledge(acked);
                 }
                 msg = rx.recv(), if open && shipper.accepts_input() => match msg {
                     Some(events) => {
@@ -212,23 +211,11 @@ impl ElasticsearchSink {
         }
     }
 
-    /// Acknowledges delivered events to the checkpointer, joined into runs.
-    fn acknowledge(&self, acked: &[Origin]) {
-        if acked.is_empty() {
-            return;
+    /// Acknowledges delivered events to the checkpointer.
+    fn acknowledge(&self, acked: Acked) {
+        if !acked.events.is_empty() {
+            let _ = self.acks.send(CheckpointMsg::Acked(acked.events.finish()));
         }
-        let mut b = AckBuilder::default();
-        for o in acked {
-            if let Origin::Event {
-                key,
-                seq,
-                safe_point,
-            } = *o
-            {
-                b.push_parts(key, seq, safe_point);
-            }
-        }
-        let _ = self.acks.send(CheckpointMsg::Acked(b.finish()));
     }
 }
 
@@ -236,14 +223,13 @@ impl ElasticsearchSink {
 fn free_records(
     reader: &mut crate::buffer::QueueReader,
     unsettled: &mut HashMap<u64, usize>,
-    acked: &[Origin],
+    acked: &Acked,
 ) {
-    for o in acked {
-        let Origin::Record(t) = *o else { continue };
+    for &(t, settled) in &acked.records {
         let Some(n) = unsettled.get_mut(&t) else {
             continue;
         };
-        *n -= 1;
+        *n -= settled;
         if *n == 0 {
             unsettled.remove(&t);
             if let Err(e) = reader.ack(crate::buffer::Ticket::from_id(t)) {

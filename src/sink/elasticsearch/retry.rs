@@ -7,6 +7,7 @@ use super::batch::{ItemMeta, Origin, Sealed};
 use super::client::Reply;
 use super::response::{classify, Outcome};
 use super::Shared;
+use crate::event::AckBuilder;
 use crate::log_limit;
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -32,6 +33,31 @@ pub struct Pending {
     pub ready_at: Option<Instant>,
 }
 
+/// Settled items, to acknowledge: events as runs of a file's sequence numbers (joined here,
+/// in the request's task), disk-buffer records as runs of one read ticket.
+#[derive(Debug, Default)]
+pub struct Acked {
+    pub events: AckBuilder,
+    /// (ticket, records) in the order read.
+    pub records: Vec<(u64, usize)>,
+}
+
+impl Acked {
+    fn push(&mut self, origin: Origin) {
+        match origin {
+            Origin::Event {
+                key,
+                seq,
+                safe_point,
+            } => self.events.push_parts(key, seq, safe_point),
+            Origin::Record(t) => match self.records.last_mut() {
+                Some((last, n)) if *last == t => *n += 1,
+                _ => self.records.push((t, 1)),
+            },
+        }
+    }
+}
+
 /// What the cluster said of a request as a whole: the shipper's cue for its pace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -54,7 +80,7 @@ pub struct Completion {
     pub docs: usize,
     pub raw_len: usize,
     /// Items delivered, duplicate or dead-lettered: acknowledge them.
-    pub acked: Vec<Origin>,
+    pub acked: Acked,
     /// Items to send again with later requests.
     pub loose: Vec<Pending>,
     /// The whole request to send again as it is (nothing in it got through).
@@ -98,7 +124,7 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
         sent_at,
         docs: batch.len(),
         raw_len: batch.raw_len,
-        acked: Vec::with_capacity(batch.len()),
+        acked: Acked::default(),
         loose: Vec::new(),
         again: None,
         settled: Settled::default(),

@@ -11,7 +11,7 @@
 
 use super::batch::{Batch, ItemMeta, Origin, Sealed};
 use super::concurrency::Controller;
-use super::retry::{self, Backoff, Completion, Pending, Settled, Verdict};
+use super::retry::{self, Acked, Backoff, Completion, Pending, Settled, Verdict};
 use super::target::Target;
 use super::Shared;
 use crate::encode::DocumentEncoder;
@@ -41,6 +41,16 @@ pub enum Event {
     Probe(bool),
     /// A request's task ended without an answer (aborted at shutdown).
     Lost,
+}
+
+impl Event {
+    fn done(r: Result<Completion, tokio::task::JoinError>) -> Event {
+        r.map_or(Event::Lost, |c| Event::Done(Box::new(c)))
+    }
+
+    fn probed(r: Result<bool, tokio::task::JoinError>) -> Event {
+        Event::Probe(r.unwrap_or(false))
+    }
 }
 
 pub struct Shipper {
@@ -185,6 +195,8 @@ impl Shipper {
     /// flight and the pace allow. `closing`: no more input, send without waiting to fill.
     /// Returns when to look again (besides answers and input).
     pub fn dispatch(&mut self, now: Instant, closing: bool) -> Option<Instant> {
+        // A resend has waited its turn already: the batch it joins goes at once.
+        let mut merged = false;
         while let Some(p) = self.loose.front().filter(|p| p.ready_at <= Some(now)) {
             // Its size is known: it starts a new request rather than overfill this one.
             let overfills =
@@ -197,13 +209,14 @@ impl Shipper {
             };
             self.loose_bytes -= p.lines.len();
             self.batch.push_encoded(&p.lines, p.meta);
+            merged = true;
         }
         let flush_at = self
             .batch
             .started
             .map(|s| s + self.shared.cfg.flush_interval);
         if !self.batch.is_empty()
-            && (closing || self.batch.resends || self.room() == 0 || flush_at <= Some(now))
+            && (closing || merged || self.room() == 0 || flush_at <= Some(now))
         {
             self.seal(now);
         }
@@ -274,30 +287,22 @@ impl Shipper {
     /// The next answer (or probe result). Only while `busy`.
     pub async fn next(&mut self) -> Event {
         tokio::select! {
-            Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => match done {
-                Ok(c) => Event::Done(Box::new(c)),
-                Err(_) => Event::Lost,
-            },
-            Some(up) = self.probes.join_next(), if !self.probes.is_empty() => Event::Probe(up.unwrap_or(false)),
+            Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => Event::done(done),
+            Some(up) = self.probes.join_next(), if !self.probes.is_empty() => Event::probed(up),
         }
     }
 
     /// An answer that is already there, without waiting.
     pub fn ready_event(&mut self) -> Option<Event> {
-        if let Some(done) = self.in_flight.try_join_next() {
-            return Some(match done {
-                Ok(c) => Event::Done(Box::new(c)),
-                Err(_) => Event::Lost,
-            });
+        match self.in_flight.try_join_next() {
+            Some(done) => Some(Event::done(done)),
+            None => self.probes.try_join_next().map(Event::probed),
         }
-        self.probes
-            .try_join_next()
-            .map(|up| Event::Probe(up.unwrap_or(false)))
     }
 
     /// Takes in an answer: the pace and backoff follow it, refused items join the retry
     /// queue. Returns the items to acknowledge.
-    pub fn settle(&mut self, event: Event, now: Instant) -> Vec<Origin> {
+    pub fn settle(&mut self, event: Event, now: Instant) -> Acked {
         let c = match event {
             Event::Done(c) => *c,
             Event::Probe(up) => {
@@ -305,9 +310,9 @@ impl Shipper {
                     tracing::info!("Elasticsearch answers again; resuming at once");
                     self.reopen(now);
                 }
-                return Vec::new();
+                return Acked::default();
             }
-            Event::Lost => return Vec::new(),
+            Event::Lost => return Acked::default(),
         };
         self.in_flight_bytes -= c.raw_len;
         record_settled(&self.shared.stats, c.settled);
@@ -341,7 +346,7 @@ impl Shipper {
                         "Elasticsearch refused a request as too large (413); sending smaller ones"
                     );
                 }
-                self.controller.on_success(now, c.sent_at);
+                self.controller.on_success(c.sent_at);
                 now
             }
             Verdict::Refused => {

@@ -132,10 +132,11 @@ impl Tailer {
         }
         self.first_scan_done = true;
         self.watch_container_dirs();
+        let changed = self.wake.take_changed_dirs();
         let dirs: Vec<PathBuf> = if full {
             self.container_dirs.keys().cloned().collect()
         } else {
-            self.wake.take_changed_dirs()
+            changed.into_iter().collect()
         };
         self.read_missed_generations(&dirs, full, &present, now);
     }
