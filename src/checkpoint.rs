@@ -4,7 +4,7 @@
 
 use crate::event::{AckRange, FileIdentity, FileKey};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -104,6 +104,8 @@ pub struct Loaded {
     /// No checkpoint file existed: files already present follow `start_at`.
     pub first_start: bool,
     pub entries: Vec<Entry>,
+    /// When the checkpoints were last written (the file's time).
+    pub saved_at: Option<SystemTime>,
 }
 
 impl Loaded {
@@ -112,11 +114,17 @@ impl Loaded {
     pub fn lookup(&self) -> CheckpointLookup {
         let mut exact = HashMap::new();
         let mut loose = HashMap::new();
+        let mut first_lines = HashMap::new();
         for e in &self.entries {
             exact.insert(e.identity, e.offset);
             loose.insert((e.identity.inode, e.identity.fingerprint), e.offset);
+            first_lines.insert(e.identity.fingerprint, (e.identity, e.offset));
         }
-        CheckpointLookup { exact, loose }
+        CheckpointLookup {
+            exact,
+            loose,
+            first_lines,
+        }
     }
 }
 
@@ -124,6 +132,7 @@ impl Loaded {
 pub struct CheckpointLookup {
     exact: HashMap<FileIdentity, u64>,
     loose: HashMap<(u64, u64), u64>,
+    first_lines: HashMap<u64, (FileIdentity, u64)>,
 }
 
 impl CheckpointLookup {
@@ -134,9 +143,10 @@ impl CheckpointLookup {
             .copied()
     }
 
-    /// Whether a file with this first line was read in the last run, whatever its inode.
-    pub fn has_fingerprint(&self, fingerprint: u64) -> bool {
-        self.exact.keys().any(|id| id.fingerprint == fingerprint)
+    /// The file of the last run with this first line, whatever its inode (a compressed
+    /// copy of it has another), and its offset.
+    pub fn by_fingerprint(&self, fingerprint: u64) -> Option<(FileIdentity, u64)> {
+        self.first_lines.get(&fingerprint).copied()
     }
 }
 
@@ -163,11 +173,13 @@ impl CheckpointStore {
             tmp: dir.join(format!("{FILE_NAME}.tmp")),
             dir: dir.to_path_buf(),
         };
+        let saved_at = fs::metadata(&store.path).and_then(|m| m.modified()).ok();
         let loaded = match fs::read(&store.path) {
             Ok(data) => match serde_json::from_slice::<StateFile>(&data) {
                 Ok(s) => Loaded {
                     first_start: false,
                     entries: s.files,
+                    saved_at,
                 },
                 Err(e) => {
                     let aside = dir.join(format!("{FILE_NAME}.corrupt-{}", unix_now()));
@@ -178,13 +190,13 @@ impl CheckpointStore {
                     let _ = fs::rename(&store.path, &aside);
                     Loaded {
                         first_start: true,
-                        entries: vec![],
+                        ..Loaded::default()
                     }
                 }
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded {
                 first_start: true,
-                entries: vec![],
+                ..Loaded::default()
             },
             Err(source) => {
                 return Err(CheckpointError::Read {
@@ -265,6 +277,9 @@ struct Tracked {
     tracker: AckTracker,
     released_after: Option<u64>,
 }
+
+/// How soon the files opened are written down: opens close together share one write.
+const OPENED_PERSIST_DELAY: Duration = Duration::from_millis(5);
 
 /// Released files whose path now names another file are forgotten; others after a day.
 const RELEASED_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -382,15 +397,35 @@ impl Checkpointer {
             return Ok(());
         }
         let now = unix_now();
-        self.entries.retain(|_, e| match e.released_at {
+        let kept = recent_generations(self.entries.values());
+        self.entries.retain(|id, e| match e.released_at {
             None => true,
-            Some(at) => now.saturating_sub(at) < RELEASED_TTL.as_secs() && still_there(e),
+            Some(at) => {
+                now.saturating_sub(at) < RELEASED_TTL.as_secs()
+                    && (still_there(e) || kept.contains(id))
+            }
         });
         if let Some(store) = &self.store {
             store.save(self.committed())?;
         }
         self.dirty = false;
         Ok(())
+    }
+
+    /// Persists, saying once when writing starts failing and once when it works again.
+    fn persist_reporting(&mut self, failing: &mut bool) {
+        match self.persist() {
+            Ok(()) if *failing => {
+                tracing::info!("checkpoints written again");
+                *failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !*failing => {
+                tracing::error!(error = %e, "cannot write checkpoints; shipping goes on and the write is retried");
+                *failing = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Receives messages until all senders are gone, persisting every `interval`.
@@ -402,28 +437,32 @@ impl Checkpointer {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        // A file opened is written down at once, not at the next interval: its identity
+        // (the inode) must outlive a crash even if kubelet compresses the file meanwhile,
+        // or its replay from the `.gz` would get other ids.
+        let mut opened_at: Option<tokio::time::Instant> = None;
         loop {
+            let soon = opened_at.map(|t| t + OPENED_PERSIST_DELAY);
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m),
+                    Some(m) => {
+                        if matches!(m, CheckpointMsg::Opened { .. }) {
+                            opened_at.get_or_insert_with(tokio::time::Instant::now);
+                        }
+                        self.handle(m);
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {
                     if let Some(h) = &self.publish {
                         h.publish_checkpoints(self.committed());
                     }
-                    match self.persist() {
-                        Ok(()) if failing => {
-                            tracing::info!("checkpoints written again");
-                            failing = false;
-                        }
-                        Ok(()) => {}
-                        Err(e) if !failing => {
-                            tracing::error!(error = %e, "cannot write checkpoints; shipping goes on and the write is retried");
-                            failing = true;
-                        }
-                        Err(_) => {}
-                    }
+                    opened_at = None;
+                    self.persist_reporting(&mut failing);
+                }
+                _ = tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)), if soon.is_some() => {
+                    opened_at = None;
+                    self.persist_reporting(&mut failing);
                 }
             }
         }
@@ -433,6 +472,37 @@ impl Checkpointer {
         }
         self.committed()
     }
+}
+
+/// Released generations remembered per directory, the newest, whether or not a path still
+/// names them: kubelet may compress one after it was read, and its `.gz` must be known for
+/// what it is after a restart. Kubelet keeps 4 rotated files by default.
+const RELEASED_PER_DIRECTORY: usize = 5;
+
+/// The newest released entries of each directory that still exists.
+fn recent_generations<'a>(entries: impl Iterator<Item = &'a Entry>) -> HashSet<FileIdentity> {
+    let mut by_dir: HashMap<&Path, Vec<(u64, FileIdentity)>> = HashMap::new();
+    for e in entries {
+        if let (Some(at), Some(dir)) =
+            (e.released_at, e.real_path.as_deref().and_then(Path::parent))
+        {
+            by_dir.entry(dir).or_default().push((at, e.identity));
+        }
+    }
+    let mut kept = HashSet::new();
+    for (dir, mut released) in by_dir {
+        if !dir.is_dir() {
+            continue;
+        }
+        released.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.inode.cmp(&a.1.inode)));
+        kept.extend(
+            released
+                .into_iter()
+                .take(RELEASED_PER_DIRECTORY)
+                .map(|(_, id)| id),
+        );
+    }
+    kept
 }
 
 /// Whether the entry's path still names the same file.
@@ -540,11 +610,13 @@ mod tests {
             inode: 2,
             fingerprint: 3,
         };
+        let container = dir.path().join("pod/app");
+        fs::create_dir_all(&container).unwrap();
         c.handle(CheckpointMsg::Opened {
             key: 7,
             identity,
             path: dir.path().join("gone.log"),
-            real_path: dir.path().join("gone.log"),
+            real_path: container.join("0.log"),
             offset: 0,
         });
         c.handle(CheckpointMsg::Acked(vec![AckRange {
@@ -563,8 +635,42 @@ mod tests {
         }]));
         assert_eq!(c.committed()[0].offset, 20);
         assert!(c.committed()[0].released_at.is_some());
-        // Its path names no file: the entry is dropped at the next write.
+        // Its path names no file, but its directory is there: kubelet may compress it, and
+        // the `.gz` must be known for what it is after a restart.
+        c.persist().unwrap();
+        assert_eq!(c.committed().len(), 1);
+        // Its directory is gone (the pod was deleted): dropped at the next write.
+        fs::remove_dir_all(&container).unwrap();
+        c.dirty = true;
         c.persist().unwrap();
         assert!(c.committed().is_empty());
+    }
+
+    #[test]
+    fn the_newest_released_generations_of_a_directory_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        let mut c = Checkpointer::new(Some(store), &loaded);
+        let container = dir.path().join("pod/app");
+        fs::create_dir_all(&container).unwrap();
+        for key in 1..=8u64 {
+            c.handle(CheckpointMsg::Opened {
+                key,
+                identity: FileIdentity {
+                    dev: 1,
+                    inode: key,
+                    fingerprint: key,
+                },
+                path: dir.path().join("gone.log"),
+                real_path: container.join(format!("0.log.{key}")),
+                offset: 0,
+            });
+            c.handle(CheckpointMsg::Released { key, events: 0 });
+        }
+        c.persist().unwrap();
+        let mut kept: Vec<u64> = c.committed().iter().map(|e| e.identity.inode).collect();
+        kept.sort();
+        // Released in the same second: the ties go to the later inodes.
+        assert_eq!(kept, vec![4, 5, 6, 7, 8]);
     }
 }

@@ -147,6 +147,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.generations_recovered,
         ),
         (
+            "generations_decompressed_total",
+            "Generations compressed before they were read to their end, read on from their .gz.",
+            Counter,
+            &s.generations_decompressed,
+        ),
+        (
             "read_errors_total",
             "Errors opening or reading log files.",
             Counter,

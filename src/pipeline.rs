@@ -105,6 +105,7 @@ pub async fn run(
             Loaded {
                 first_start: opts.resume.is_none(),
                 entries: opts.resume.clone().unwrap_or_default(),
+                saved_at: None,
             },
         ),
     };
@@ -269,7 +270,8 @@ pub async fn run(
         wake.clone(),
         stats.clone(),
         exclusion,
-    );
+    )
+    .resuming_since(loaded.saved_at);
     let mut tailer = tokio::task::spawn_blocking(move || tailer.run());
     opts.health.track("checkpoint", checkpointer.abort_handle());
     opts.health.track("output", sink.abort_handle());

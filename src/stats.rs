@@ -77,6 +77,8 @@ pub struct Stats {
     pub truncations_unrecovered: AtomicU64,
     /// Generations rotated away before they were opened, found in their directory and read.
     pub generations_recovered: AtomicU64,
+    /// Generations compressed before they were read to their end, read from their `.gz`.
+    pub generations_decompressed: AtomicU64,
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
@@ -184,6 +186,7 @@ impl Default for Stats {
             truncation_recovered_bytes: AtomicU64::new(0),
             truncations_unrecovered: AtomicU64::new(0),
             generations_recovered: AtomicU64::new(0),
+            generations_decompressed: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
             events_stderr: AtomicU64::new(0),

@@ -96,3 +96,15 @@ fn a_kubelet_rotation_storm_under_the_default_rescan_interval_loses_and_repeats_
 fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing() {
     chaos::a_docker_numbered_rotation_storm_loses_and_repeats_nothing(20);
 }
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn generations_compressed_while_the_agent_was_frozen_are_read_from_their_gz() {
+    chaos::generations_compressed_while_the_agent_was_frozen_are_read_from_their_gz(20);
+}
+
+#[test]
+#[ignore = "long: run with --ignored"]
+fn kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation() {
+    chaos::kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation(20);
+}

@@ -12,13 +12,18 @@ pub const FINGERPRINT_BYTES: usize = 1024;
 pub fn fingerprint(file: &File) -> io::Result<Option<u64>> {
     let mut buf = [0u8; FINGERPRINT_BYTES];
     let n = read_head(file, &mut buf)?;
-    let data = &buf[..n];
-    let end = match memchr(b'\n', data) {
+    Ok(hash_head(&buf[..n]))
+}
+
+/// The fingerprint of a file's first bytes: its first line, or the whole head when it is
+/// `FINGERPRINT_BYTES` long without a line end. `None` while there is no such thing yet.
+pub fn hash_head(head: &[u8]) -> Option<u64> {
+    let end = match memchr(b'\n', head) {
         Some(i) => i + 1,
-        None if n == FINGERPRINT_BYTES => n,
-        None => return Ok(None),
+        None if head.len() == FINGERPRINT_BYTES => head.len(),
+        None => return None,
     };
-    Ok(Some(xxhash_rust::xxh3::xxh3_64(&data[..end])))
+    Some(xxhash_rust::xxh3::xxh3_64(&head[..end]))
 }
 
 /// For a file that will not grow any more but never got a whole first line: the hash of

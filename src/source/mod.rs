@@ -2,6 +2,7 @@
 //! into events. Parsers and assembly are pure; `tailer` owns all file I/O.
 
 pub mod assembler;
+pub mod compressed;
 pub mod cri;
 pub mod discover;
 pub mod docker;

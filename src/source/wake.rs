@@ -11,6 +11,8 @@ pub struct Wake {
     woken: Mutex<bool>,
     cv: Condvar,
     rescan: AtomicBool,
+    /// Events were lost (the kernel's queue overflowed): every directory is to be looked at.
+    full_rescan: AtomicBool,
     stop: AtomicBool,
     /// Directories something was created in or renamed into since the last look.
     changed: Mutex<HashSet<PathBuf>>,
@@ -31,6 +33,16 @@ impl Wake {
 
     pub fn take_rescan(&self) -> bool {
         self.rescan.swap(false, Ordering::AcqRel)
+    }
+
+    /// Events were lost: look everywhere, not only where events said.
+    pub fn request_full_rescan(&self) {
+        self.full_rescan.store(true, Ordering::Release);
+        self.request_rescan();
+    }
+
+    pub fn take_full_rescan(&self) -> bool {
+        self.full_rescan.swap(false, Ordering::AcqRel)
     }
 
     /// A file appeared in `dir` (created, or renamed into it).

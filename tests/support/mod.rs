@@ -105,6 +105,19 @@ impl ContainerLog {
     }
 }
 
+/// kubelet's compression of a rotated file: gzipped to `.tmp`, renamed to `.gz`, and the
+/// original deleted.
+pub fn gzip_like_kubelet(rotated: &Path) {
+    let name = rotated.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = rotated.with_file_name(format!("{name}.tmp"));
+    let mut enc =
+        flate2::write::GzEncoder::new(fs::File::create(&tmp).unwrap(), flate2::Compression::fast());
+    enc.write_all(&fs::read(rotated).unwrap()).unwrap();
+    enc.finish().unwrap();
+    fs::rename(&tmp, rotated.with_file_name(format!("{name}.gz"))).unwrap();
+    fs::remove_file(rotated).unwrap();
+}
+
 static CLOCK: AtomicU64 = AtomicU64::new(0);
 
 /// A CRI line with a unique, increasing timestamp.

@@ -4,12 +4,88 @@
 
 use super::*;
 
+/// The file that is the generation `id` names, last seen at `last_path`: there or in its
+/// directory, the same inode with the same first line, or (kubelet compressed it since) a
+/// `.gz` whose content begins with that line.
+fn find_generation(
+    last_path: &Path,
+    id: FileIdentity,
+) -> Option<(PathBuf, File, std::fs::Metadata)> {
+    // Most often still where it was (the current file): no directory to list.
+    if let Some((path, file, meta, false)) = generation_at(last_path, id) {
+        return Some((path, file, meta));
+    }
+    let mut compressed = None;
+    for d in std::fs::read_dir(last_path.parent()?).ok()?.flatten() {
+        match generation_at(&d.path(), id) {
+            Some((path, file, meta, false)) => return Some((path, file, meta)),
+            Some((path, file, meta, true)) => compressed = Some((path, file, meta)),
+            None => {}
+        }
+    }
+    compressed
+}
+
+/// The file at `path` if it is generation `id`: its inode with its first line, or a `.gz`
+/// of it under another inode (the last item says so).
+fn generation_at(
+    path: &Path,
+    id: FileIdentity,
+) -> Option<(PathBuf, File, std::fs::Metadata, bool)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let same_inode = (meta.dev(), meta.ino()) == (id.dev, id.inode);
+    let gz = path.to_string_lossy().ends_with(".gz");
+    if !meta.is_file() || (!same_inode && !gz) {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    let compressed = is_gzip(&file);
+    let fp = if compressed {
+        compressed::fingerprint(&file)
+    } else {
+        fingerprint(&file)
+    };
+    // Another first line: the inode now holds another file.
+    matches!(fp, Ok(Some(fp)) if fp == id.fingerprint)
+        .then(|| (path.to_path_buf(), file, meta, !same_inode))
+}
+
+/// A file of a container directory looked at for a missed generation, as it was then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Checked {
+    dev: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+/// A generation found in a container directory that no one was reading.
+struct Missed {
+    found: Found,
+    file: File,
+    compressed: bool,
+    modified: std::time::SystemTime,
+    known: Option<Known>,
+    fingerprint: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Known {
+    Reading,
+    At(FileIdentity, u64),
+}
+
 impl Tailer {
     pub(super) fn start_watcher(&mut self) {
         use notify::event::{EventKind, ModifyKind};
         let wake = self.wake.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
+                if ev.need_rescan() {
+                    // The kernel's queue overflowed (a frozen or starved agent in a storm).
+                    wake.request_full_rescan();
+                    return;
+                }
                 if matches!(
                     ev.kind,
                     EventKind::Create(_)
@@ -80,8 +156,14 @@ impl Tailer {
             }
             match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    self.container_dirs
-                        .insert(dir, std::time::SystemTime::now());
+                    // At a restart, what was written while logferry was down counts too.
+                    let now = std::time::SystemTime::now();
+                    // File times come from the kernel's coarse clock, a tick behind ours.
+                    let since = match self.resume_since {
+                        Some(saved) => saved.min(now),
+                        None => now - Duration::from_millis(100),
+                    };
+                    self.container_dirs.insert(dir, since);
                 }
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a container's log directory")
@@ -113,13 +195,12 @@ impl Tailer {
         self.deferred.retain(|k| present.contains(k));
         // A waiting file that vanished is held open: it stays until decided.
         for i in 0..self.files.len() {
-            let f = &mut self.files[i];
+            let f = &self.files[i];
             if f.gone_since.is_none() && !present.contains(&(f.dev, f.inode)) {
                 tracing::debug!(path = %f.path.display(), "file rotated away or deleted; reading it to its end");
-                f.gone_since = Some(now);
-                Stats::add(&self.stats.rotations, 1);
+                self.mark_rotated(i, now);
             }
-            if f.gone_since.is_none() && self.replaced(i) {
+            if self.files[i].gone_since.is_none() && self.replaced(i) {
                 self.restart_generation(i, now, None);
             }
         }
@@ -132,6 +213,7 @@ impl Tailer {
         }
         self.first_scan_done = true;
         self.watch_container_dirs();
+        self.resume_since = None;
         let changed = self.wake.take_changed_dirs();
         let dirs: Vec<PathBuf> = if full {
             self.container_dirs.keys().cloned().collect()
@@ -142,10 +224,11 @@ impl Tailer {
     }
 
     /// Generations that came and were rotated away between two looks (created and
-    /// renamed within milliseconds, or copied by `copytruncate` before the agent read the
-    /// file's first line): a file in a watched container directory, not compressed, not
-    /// followed, written since the directory was first watched, whose first line is no
-    /// file's read in this run or the last, is read from its start and let go.
+    /// renamed within milliseconds, copied by `copytruncate` before the agent read the
+    /// file's first line, or compressed by kubelet before it was opened): a file in a
+    /// watched container directory, not followed, not half-compressed (`.tmp`), written
+    /// since the directory was first watched, whose first line is no file's read in this
+    /// run or the last. Read oldest first, and let go at their end.
     pub(super) fn read_missed_generations(
         &mut self,
         dirs: &[PathBuf],
@@ -154,14 +237,10 @@ impl Tailer {
         now: Instant,
     ) {
         // Files still there: a full look forgets those checked that are gone.
-        let mut listed: HashSet<(u64, u64)> = HashSet::new();
+        let mut listed: HashSet<Checked> = HashSet::new();
+        let mut missed: Vec<Missed> = Vec::new();
         for dir in dirs {
-            // File times come from the kernel's coarse clock, a tick behind ours.
-            let Some(since) = self
-                .container_dirs
-                .get(dir)
-                .map(|&t| t - Duration::from_millis(100))
-            else {
+            let Some(&since) = self.container_dirs.get(dir) else {
                 continue;
             };
             let Some(path) = self
@@ -176,18 +255,24 @@ impl Tailer {
                 continue;
             };
             for entry in listing.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(".gz") || name.ends_with(".tmp") {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
                     continue;
                 }
                 let Ok(meta) = entry.metadata() else { continue };
                 let key = (meta.dev(), meta.ino());
-                listed.insert(key);
+                // Inodes are reused at once in a storm: a file is known as checked by its
+                // inode, size and time together.
+                let checked = Checked {
+                    dev: key.0,
+                    inode: key.1,
+                    len: meta.len(),
+                    modified: meta.modified().ok(),
+                };
+                listed.insert(checked);
                 if !meta.is_file()
                     || meta.len() == 0
                     || present.contains(&key)
-                    || self.generations_checked.contains(&key)
+                    || self.generations_checked.contains(&checked)
                     || self.files.iter().any(|f| (f.dev, f.inode) == key)
                     || meta.modified().map_or(true, |m| m < since)
                 {
@@ -197,100 +282,168 @@ impl Tailer {
                 let Ok(file) = File::open(&real_path) else {
                     continue;
                 };
-                let Ok(Some(fp)) = fingerprint(&file) else {
-                    continue;
+                let compressed = is_gzip(&file);
+                let fp = if compressed {
+                    compressed::fingerprint(&file)
+                } else {
+                    fingerprint(&file)
                 };
-                self.generations_checked.insert(key);
-                let known = self.seen.keys().any(|id| id.fingerprint == fp)
-                    || self.truncated.contains_key(&fp)
-                    || self.checkpoints.has_fingerprint(fp)
-                    || self.files.iter().any(|f| {
-                        f.reading
-                            .as_ref()
-                            .is_some_and(|r| r.asm.context().identity.fingerprint == fp)
-                    });
-                if known {
+                let Ok(Some(fp)) = fp else { continue };
+                self.generations_checked.insert(checked);
+                let known = self.known_generation(fp);
+                if known.is_some() && !compressed {
                     continue;
                 }
-                tracing::info!(path = %real_path.display(), "reading a generation rotated away before it was opened");
-                Stats::add(&self.stats.generations_recovered, 1);
-                let n = self.files.len();
-                self.open_with(
-                    Found {
-                        path: path.clone(),
-                        real_path,
-                        dev: key.0,
-                        inode: key.1,
-                    },
-                    Some(file),
-                    now,
-                    now,
-                );
-                if self.files.len() > n {
-                    if let Some(f) = self.files.last_mut() {
-                        f.gone_since = Some(now);
-                        Stats::add(&self.stats.rotations, 1);
-                    }
-                }
+                let found = Found {
+                    path: path.clone(),
+                    real_path,
+                    dev: key.0,
+                    inode: key.1,
+                };
+                missed.push(Missed {
+                    found,
+                    file,
+                    compressed,
+                    modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    known,
+                    fingerprint: fp,
+                });
             }
         }
         if full {
             self.generations_checked.retain(|k| listed.contains(k));
         }
+        missed.sort_by(|a, b| {
+            let age = |m: &Missed| (!m.compressed, m.modified);
+            age(a)
+                .cmp(&age(b))
+                .then_with(|| a.found.real_path.cmp(&b.found.real_path))
+        });
+        for m in missed {
+            let (identity, offset) = match m.known {
+                // Read already (its original, or in part): only what is beyond is read,
+                // as the same file, so that its documents keep their ids.
+                Some(Known::At(identity, offset)) => (identity, offset),
+                // Being read through the original: nothing to do here.
+                Some(Known::Reading) => continue,
+                None => (
+                    FileIdentity {
+                        dev: m.found.dev,
+                        inode: m.found.inode,
+                        fingerprint: m.fingerprint,
+                    },
+                    0,
+                ),
+            };
+            if m.compressed {
+                if self.open_compressed(m.found, m.file, identity, offset, now) && m.known.is_none()
+                {
+                    Stats::add(&self.stats.generations_recovered, 1);
+                }
+                continue;
+            }
+            tracing::info!(path = %m.found.real_path.display(), "reading a generation rotated away before it was opened");
+            Stats::add(&self.stats.generations_recovered, 1);
+            let n = self.files.len();
+            self.open_with(m.found, Some(m.file), now, now);
+            if self.files.len() > n {
+                self.mark_rotated(n, now);
+            }
+        }
+    }
+
+    /// What is known of a generation with this first line: being read, or read (in this
+    /// run or the last) up to an offset, under an identity.
+    fn known_generation(&self, fp: u64) -> Option<Known> {
+        let reading = self.files.iter().any(|f| {
+            f.reading
+                .as_ref()
+                .is_some_and(|r| r.asm.context().identity.fingerprint == fp)
+        });
+        if reading || self.truncated.contains_key(&fp) {
+            return Some(Known::Reading);
+        }
+        self.seen
+            .iter()
+            .find(|(id, _)| id.fingerprint == fp)
+            .map(|(id, (o, _))| (*id, *o))
+            .or_else(|| self.checkpoints.by_fingerprint(fp))
+            .map(|(id, o)| Known::At(id, o))
+    }
+
+    /// Reads a compressed generation from `offset` of its content, as `identity`: that of
+    /// the file it was before when it is known, so that its documents keep their ids.
+    /// Returns whether there was anything left to read.
+    pub(super) fn open_compressed(
+        &mut self,
+        fd: Found,
+        file: File,
+        identity: FileIdentity,
+        offset: u64,
+        now: Instant,
+    ) -> bool {
+        let content = match Decompressed::open_at(&file, offset) {
+            Ok(Some(c)) => c,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(path = %fd.real_path.display(), error = %e, "cannot read a compressed generation");
+                Stats::add(&self.stats.read_errors, 1);
+                return false;
+            }
+        };
+        tracing::info!(path = %fd.real_path.display(), offset, "reading a generation compressed before it was read to its end");
+        Stats::add(&self.stats.generations_decompressed, 1);
+        let i = self.follow(file, fd, now, now);
+        self.files[i].compressed = Some(Box::new(content));
+        self.start_reading(i, identity, offset);
+        self.mark_rotated(i, now);
+        true
     }
 
     /// Finds the files of the last run that no glob matches now, typically rotated to
-    /// `0.log.<time>` while we were down, and drains them from their checkpoint. A file the
-    /// globs still match (`present`) is left to discovery, even while it waits for its pod
-    /// or is excluded: recovering it too would read it twice.
+    /// `0.log.<time>` while we were down (or compressed to `.gz` since), and drains them
+    /// from their checkpoint, oldest first. A file the globs still match (`present`) is
+    /// left to discovery, even while it waits for its pod or is excluded: recovering it
+    /// too would read it twice.
     pub(super) fn recover_unfinished(&mut self, present: &HashSet<(u64, u64)>, now: Instant) {
+        let mut found: Vec<(Entry, Found, File, bool, std::fs::Metadata)> = Vec::new();
         for entry in std::mem::take(&mut self.recover) {
             let id = entry.identity;
-            if present.contains(&(id.dev, id.inode))
-                || self
-                    .files
-                    .iter()
-                    .any(|f| (f.dev, f.inode) == (id.dev, id.inode))
-            {
+            let Some(last_path) = entry.real_path.as_deref() else {
+                continue;
+            };
+            let Some((real_path, file, meta)) = find_generation(last_path, id) else {
+                continue;
+            };
+            // The inode of a deleted file is soon another's: only the same inode with the
+            // same first line is the file discovery found.
+            let key = (meta.dev(), meta.ino());
+            if present.contains(&key) || self.files.iter().any(|f| (f.dev, f.inode) == key) {
                 continue;
             }
-            let Some(dir) = entry.real_path.as_deref().and_then(|p| p.parent()) else {
-                continue;
+            let fd = Found {
+                path: entry.path.clone(),
+                real_path,
+                dev: meta.dev(),
+                inode: meta.ino(),
             };
-            let Ok(listing) = std::fs::read_dir(dir) else {
+            let compressed = is_gzip(&file);
+            found.push((entry, fd, file, compressed, meta));
+        }
+        // Oldest first: kubelet compresses all rotated files but the newest.
+        found.sort_by_key(|(_, fd, _, compressed, meta)| {
+            (!compressed, meta.modified().ok(), fd.real_path.clone())
+        });
+        for (entry, fd, file, compressed, _) in found {
+            if compressed {
+                self.open_compressed(fd, file, entry.identity, entry.offset, now);
                 continue;
-            };
-            let found = listing.flatten().find_map(|d| {
-                let m = d.metadata().ok()?;
-                (m.is_file() && (m.dev(), m.ino()) == (id.dev, id.inode)).then(|| d.path())
-            });
-            let Some(real_path) = found else { continue };
-            tracing::info!(path = %real_path.display(), "resuming a file rotated away while logferry was down");
-            self.open(
-                Found {
-                    path: entry.path.clone(),
-                    real_path,
-                    dev: id.dev,
-                    inode: id.inode,
-                },
-                now,
-            );
-            let Some(f) = self
-                .files
-                .last_mut()
-                .filter(|f| (f.dev, f.inode) == (id.dev, id.inode))
-            else {
-                continue;
-            };
-            if f.reading
-                .as_ref()
-                .is_some_and(|r| r.asm.context().identity == id)
-            {
-                f.gone_since = Some(now);
-                Stats::add(&self.stats.rotations, 1);
-            } else {
-                // The inode now holds another file: not what the checkpoint is about.
-                self.files.pop();
+            }
+            tracing::info!(path = %fd.real_path.display(), "resuming a file rotated away while logferry was down");
+            let n = self.files.len();
+            self.open_with(fd, Some(file), now, now);
+            if self.files.len() > n {
+                self.mark_rotated(n, now);
             }
         }
     }
@@ -338,10 +491,6 @@ impl Tailer {
         }
     }
 
-    pub(super) fn open(&mut self, fd: Found, now: Instant) {
-        self.open_with(fd, None, now, now)
-    }
-
     pub(super) fn open_with(
         &mut self,
         fd: Found,
@@ -370,29 +519,21 @@ impl Tailer {
             self.wake.request_rescan();
             return;
         }
+        let i = self.follow(file, fd, since, now);
+        self.identify(i);
+    }
+
+    /// Takes a file in; returns its index.
+    fn follow(&mut self, file: File, fd: Found, since: Instant, now: Instant) -> usize {
         tracing::debug!(path = %fd.path.display(), real = %fd.real_path.display(), "following file");
         Stats::add(&self.stats.files_opened, 1);
         let kube = PathMetadata::from_paths(&fd.path, &fd.real_path);
         if let (Some(open), Some(key)) = (self.exclusion.open_pods(), pod_key(&kube)) {
             open.opened(&key);
         }
-        self.files.push(Followed {
-            file,
-            path: fd.path,
-            real_path: fd.real_path,
-            dev: fd.dev,
-            inode: fd.inode,
-            kube,
-            reading: None,
-            gone_since: None,
-            last_data: now,
-            at_eof: false,
-            last_path_check: now,
-            found_at_start: !self.first_scan_done,
-            fresh: false,
-            known_since: since,
-        });
-        let i = self.files.len() - 1;
-        self.identify(i);
+        let mut f = Followed::new(file, fd, kube, since, now);
+        f.found_at_start = !self.first_scan_done;
+        self.files.push(f);
+        self.files.len() - 1
     }
 }

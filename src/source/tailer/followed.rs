@@ -63,6 +63,12 @@ impl Tailer {
             tracing::warn!(path = %f.path.display(), error = %e, "cannot seek log file");
             return;
         }
+        self.start_reading(i, identity, offset);
+    }
+
+    /// File `i` is read as `identity` from `offset` on (the file is positioned there).
+    pub(super) fn start_reading(&mut self, i: usize, identity: FileIdentity, offset: u64) {
+        let f = &mut self.files[i];
         let key = self.next_key;
         self.next_key += 1;
         let ctx = Arc::new(FileContext {
@@ -92,6 +98,7 @@ impl Tailer {
     /// One turn over every file; returns the bytes read.
     pub(super) fn read_pass(&mut self) -> Result<usize, ChannelClosed> {
         let mut total = 0;
+        let older = self.oldest_unfinished_generations();
         for i in 0..self.files.len() {
             if self.files[i].reading.is_none() {
                 self.identify(i);
@@ -99,56 +106,76 @@ impl Tailer {
             let now = Instant::now();
             let quantum = self.settings.quantum;
             let f = &mut self.files[i];
+            // A container's generations are read in order: the newer wait for the older.
+            if !older.is_empty()
+                && older
+                    .iter()
+                    .any(|(dir, rank)| *rank < f.rank && f.real_path.parent() == Some(dir))
+            {
+                continue;
+            }
             let Some(r) = f.reading.as_mut() else {
                 f.at_eof = true;
                 continue;
             };
-            // The size says what there is to read: idle files cost one fstat, no buffer.
-            let size = match f.file.metadata() {
-                Ok(m) => m.len(),
-                Err(e) => {
-                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
-                    if let Some(held_back) = crate::log_limit::allow("tail.stat") {
-                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "cannot stat log file; will retry");
+            let n = if let Some(content) = f.compressed.as_deref_mut() {
+                match r.reader.read(content, quantum, u64::MAX, &mut self.raw) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(path = %f.real_path.display(), error = %e, "compressed generation is corrupt; what was read of it is shipped");
+                        Stats::add(&self.stats.read_errors, 1);
+                        0
                     }
-                    Stats::add(&self.stats.read_errors, 1);
-                    f.at_eof = true;
+                }
+            } else {
+                // The size says what there is to read: idle files cost one fstat, no buffer.
+                let size = match f.file.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) => {
+                        // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                        if let Some(held_back) = crate::log_limit::allow("tail.stat") {
+                            tracing::warn!(path = %f.path.display(), error = %e, held_back, "cannot stat log file; will retry");
+                        }
+                        Stats::add(&self.stats.read_errors, 1);
+                        f.at_eof = true;
+                        continue;
+                    }
+                };
+                let position = r.reader.read_position();
+                if size < position {
+                    self.restart_generation(i, now, None);
                     continue;
                 }
-            };
-            let position = r.reader.read_position();
-            if size < position {
-                self.restart_generation(i, now, None);
-                continue;
-            }
-            let line_start = r.reader.line_start();
-            let n = match r
-                .reader
-                .read(&mut f.file, quantum, size - position, &mut self.raw)
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    // Repeats every turn while it lasts: logged once, then every 30 s with a count.
-                    if let Some(held_back) = crate::log_limit::allow("tail.read_retry") {
-                        tracing::warn!(path = %f.path.display(), error = %e, held_back, "read failed; will retry");
+                let line_start = r.reader.line_start();
+                let n = match r
+                    .reader
+                    .read(&mut f.file, quantum, size - position, &mut self.raw)
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Repeats every turn while it lasts: logged once, then every 30 s with a count.
+                        if let Some(held_back) = crate::log_limit::allow("tail.read_retry") {
+                            tracing::warn!(path = %f.path.display(), error = %e, held_back, "read failed; will retry");
+                        }
+                        Stats::add(&self.stats.read_errors, 1);
+                        0
                     }
-                    Stats::add(&self.stats.read_errors, 1);
-                    0
+                };
+                // Truncated and rewritten past our offset since the last read: what was
+                // just read is the middle of new content. Checked after the read, so data
+                // read before a truncation is never thrown away.
+                if n > 0
+                    && !matches!(fingerprint(&f.file), Ok(Some(fp)) if fp == r.asm.context().identity.fingerprint)
+                {
+                    self.raw.clear();
+                    // What was just read is the new content: the old one is resumed, on
+                    // its copy, from the line this read began in.
+                    self.restart_generation(i, now, Some(line_start));
+                    total += n;
+                    continue;
                 }
+                n
             };
-            // Truncated and rewritten past our offset since the last read: what was just
-            // read is the middle of new content. Checked after the read, so data read before
-            // a truncation is never thrown away.
-            if n > 0
-                && !matches!(fingerprint(&f.file), Ok(Some(fp)) if fp == r.asm.context().identity.fingerprint)
-            {
-                self.raw.clear();
-                // What was just read is the new content: the old one is resumed, on its
-                // copy, from the line this read began in.
-                self.restart_generation(i, now, Some(line_start));
-                total += n;
-                continue;
-            }
             total += n;
             Stats::add(&self.stats.bytes_read, n as u64);
             Stats::add(&self.stats.lines_read, self.raw.len() as u64);
@@ -166,6 +193,22 @@ impl Tailer {
             }
         }
         Ok(total)
+    }
+
+    /// For each directory with a rotated generation not yet read to its end, the rank of
+    /// the oldest such: the files after it there wait. Empty on a calm node.
+    fn oldest_unfinished_generations(&self) -> Vec<(PathBuf, u64)> {
+        let mut older: Vec<(PathBuf, u64)> = Vec::new();
+        for f in self.files.iter().filter(|f| f.rank != LIVE && !f.at_eof) {
+            let Some(dir) = f.real_path.parent() else {
+                continue;
+            };
+            match older.iter_mut().find(|(d, _)| d == dir) {
+                Some((_, rank)) => *rank = (*rank).min(f.rank),
+                None => older.push((dir.to_path_buf(), f.rank)),
+            }
+        }
+        older
     }
 
     /// Has the file's path moved on to a new file (rotation)? The fallback to the watch on
@@ -200,7 +243,7 @@ impl Tailer {
             if copy.is_none() {
                 Stats::add(&self.stats.truncations_unrecovered, 1);
             }
-            match copy.filter(|c| c.len > position) {
+            match copy.filter(Copy::has_more) {
                 // copytruncate copied the file before truncating it: what was not read yet
                 // is in the copy. The same reading goes on there, to its end.
                 Some(copy) => {
@@ -213,25 +256,21 @@ impl Tailer {
                         );
                         r.reader.skipped_bytes = skipped;
                     }
-                    Stats::add(&self.stats.truncation_recovered_bytes, copy.len - position);
-                    tracing::info!(copy = %copy.path.display(), bytes = copy.len - position, "reading the rest of the truncated file from its copy");
-                    let followed = Followed {
-                        file: copy.file,
+                    Stats::add(&self.stats.truncation_recovered_bytes, copy.remaining);
+                    tracing::info!(copy = %copy.path.display(), bytes = copy.remaining, "reading the rest of the truncated file from its copy");
+                    let found = Found {
                         path: f.path.clone(),
                         real_path: copy.path,
                         dev: copy.dev,
                         inode: copy.inode,
-                        kube: f.kube.clone(),
-                        reading: Some(r),
-                        gone_since: Some(now),
-                        last_data: now,
-                        at_eof: false,
-                        last_path_check: now,
-                        found_at_start: false,
-                        fresh: false,
-                        known_since: f.known_since,
                     };
-                    self.files.push(followed);
+                    let content = copy.compressed.map(Box::new);
+                    let mut copy =
+                        Followed::new(copy.file, found, f.kube.clone(), f.known_since, now);
+                    copy.reading = Some(r);
+                    copy.compressed = content;
+                    self.files.push(copy);
+                    self.mark_rotated(self.files.len() - 1, now);
                 }
                 None => {
                     r.asm.flush_all(now, &mut self.out);
@@ -374,20 +413,29 @@ pub(super) struct Copy {
     path: PathBuf,
     dev: u64,
     inode: u64,
-    len: u64,
+    /// Bytes beyond that place (of a compressed copy: as its trailer records them).
+    remaining: u64,
+    /// The content of a copy that was compressed (`compress` without `delaycompress`).
+    compressed: Option<Decompressed>,
+}
+
+impl Copy {
+    fn has_more(&self) -> bool {
+        self.remaining > 0 || self.compressed.is_some()
+    }
 }
 
 /// The copy logrotate's `copytruncate` left beside `real_path` before truncating it: a
-/// file in the same directory (not compressed, not half-written) that is not the file
-/// itself and begins with the same first line. Opened at `position` (its end if shorter:
-/// everything in it was read).
+/// file in the same directory (not half-written) that is not the file itself and begins
+/// with the same first line, uncompressed or gzipped. Opened at `position` (its end if
+/// shorter: everything in it was read).
 pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64) -> Option<Copy> {
     let dir = real_path.parent()?;
+    let mut compressed = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".gz") || name.ends_with(".tmp") || path == real_path {
+        if name.to_string_lossy().ends_with(".tmp") || path == real_path {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
@@ -397,7 +445,31 @@ pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64)
         let Ok(mut file) = File::open(&path) else {
             continue;
         };
-        if !matches!(fingerprint(&file), Ok(Some(fp)) if fp == identity.fingerprint) {
+        let gz = is_gzip(&file);
+        let fp = if gz {
+            compressed::fingerprint(&file)
+        } else {
+            fingerprint(&file)
+        };
+        if !matches!(fp, Ok(Some(fp)) if fp == identity.fingerprint) {
+            continue;
+        }
+        let mut copy = Copy {
+            remaining: meta.len().saturating_sub(position),
+            path,
+            dev: meta.dev(),
+            inode: meta.ino(),
+            compressed: None,
+            file: file.try_clone().ok()?,
+        };
+        if gz {
+            // An uncompressed copy, if there is one too, costs less to read.
+            if compressed.is_none() {
+                copy.compressed = Decompressed::open_at(&file, position).ok().flatten();
+                copy.remaining =
+                    compressed::recorded_size(&file).map_or(0, |n| n.saturating_sub(position));
+                compressed = Some(copy);
+            }
             continue;
         }
         if file
@@ -406,15 +478,10 @@ pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64)
         {
             continue;
         }
-        return Some(Copy {
-            file,
-            path,
-            dev: meta.dev(),
-            inode: meta.ino(),
-            len: meta.len(),
-        });
+        copy.file = file;
+        return Some(copy);
     }
-    None
+    compressed
 }
 
 /// Where reading from the end starts: just past the last complete line.
@@ -490,8 +557,7 @@ mod tests {
         let lines: String = (0..10).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&live, &lines).unwrap();
         let identity = identity_of(&live);
-        // Decoys: compressed, half-written, another file.
-        std::fs::write(dir.path().join("0.log.1.gz"), &lines).unwrap();
+        // Decoys: half-written, another file.
         std::fs::write(dir.path().join("0.log.1.tmp"), &lines).unwrap();
         std::fs::write(dir.path().join("other.log"), "another first line\nmore\n").unwrap();
         // copytruncate: copy, then truncate in place.
@@ -505,7 +571,7 @@ mod tests {
         let read_up_to = "line 0\nline 1\n".len() as u64;
         let mut copy = find_copy(&live, identity, read_up_to).expect("the copy");
         assert_eq!(copy.path, dir.path().join("0.log.1"));
-        assert_eq!(copy.len, lines.len() as u64);
+        assert_eq!(copy.remaining, (lines.len() as u64) - read_up_to);
         let mut rest = String::new();
         copy.file.read_to_string(&mut rest).unwrap();
         assert!(
@@ -517,8 +583,24 @@ mod tests {
         rest.clear();
         all.file.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "");
-        // No copy at all (the file was truncated by its writer).
+        assert!(!all.has_more());
+        // The copy compressed at once (`compress` without `delaycompress`): read from its
+        // content.
+        let gz = dir.path().join("0.log.1.gz");
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(lines.as_bytes()).unwrap();
+        enc.finish().unwrap();
         std::fs::remove_file(dir.path().join("0.log.1")).unwrap();
+        let copy = find_copy(&live, identity, read_up_to).expect("the compressed copy");
+        assert_eq!(copy.path, gz);
+        rest.clear();
+        copy.compressed.unwrap().read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, lines[read_up_to as usize..]);
+        let all = find_copy(&live, identity, lines.len() as u64).expect("the compressed copy");
+        assert!(!all.has_more(), "read to its end already");
+        // No copy at all (the file was truncated by its writer).
+        std::fs::remove_file(&gz).unwrap();
         assert!(find_copy(&live, identity, read_up_to).is_none());
         // A copy of a later generation (another first line) is not this file's.
         let mut f = File::options().append(true).open(&live).unwrap();

@@ -3,6 +3,7 @@
 //! truncation and deletion, and sends event batches down a bounded channel (backpressure).
 
 use super::assembler::{Assembler, AssemblyRules};
+use super::compressed::{self, is_gzip, Decompressed};
 use super::discover::{Discovery, Found};
 use super::fingerprint::{fingerprint, fingerprint_unterminated};
 use super::reader::{LineReader, RawLine};
@@ -121,6 +122,37 @@ struct Followed {
     fresh: bool,
     /// When discovery first saw it (before any wait for its pod).
     known_since: Instant,
+    /// A generation kubelet compressed before it was read to its end: read from here.
+    compressed: Option<Box<Decompressed>>,
+    /// Order among the generations of its directory, given when it was found rotated:
+    /// older ones are read to their end first. `LIVE` while it is the current file.
+    rank: u64,
+}
+
+/// The rank of a file its path still names.
+const LIVE: u64 = u64::MAX;
+
+impl Followed {
+    fn new(file: File, fd: Found, kube: PathMetadata, since: Instant, now: Instant) -> Followed {
+        Followed {
+            file,
+            path: fd.path,
+            real_path: fd.real_path,
+            dev: fd.dev,
+            inode: fd.inode,
+            kube,
+            reading: None,
+            gone_since: None,
+            last_data: now,
+            at_eof: false,
+            last_path_check: now,
+            found_at_start: false,
+            fresh: false,
+            known_since: since,
+            compressed: None,
+            rank: LIVE,
+        }
+    }
 }
 
 pub struct Tailer {
@@ -147,8 +179,13 @@ pub struct Tailer {
     /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
     /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
     container_dirs: HashMap<PathBuf, std::time::SystemTime>,
+    /// The last checkpoint's time, at a restart: generations written since then in the
+    /// directories of the files followed were not all read.
+    resume_since: Option<std::time::SystemTime>,
+    /// The next rank of a rotated generation.
+    next_rank: u64,
     /// Files of those directories already looked at for a missed generation.
-    generations_checked: HashSet<(u64, u64)>,
+    generations_checked: HashSet<admission::Checked>,
     /// First lines of generations read and then truncated (their identity is forgotten so
     /// that the file is read again from 0): their copies are not missed generations.
     truncated: HashMap<u64, Instant>,
@@ -196,6 +233,8 @@ impl Tailer {
             watcher: None,
             watched: HashSet::new(),
             container_dirs: HashMap::new(),
+            resume_since: None,
+            next_rank: 0,
             generations_checked: HashSet::new(),
             truncated: HashMap::new(),
             exclusion,
@@ -203,6 +242,22 @@ impl Tailer {
             deferred: HashSet::new(),
             waiting: Vec::new(),
         }
+    }
+
+    /// At a restart: the time of the checkpoints it resumes from.
+    pub fn resuming_since(mut self, saved: Option<std::time::SystemTime>) -> Self {
+        self.resume_since = saved;
+        self
+    }
+
+    /// File `i` is no longer what its path names (rotated away or deleted): it is read to
+    /// its end after the generations found rotated before it, then let go.
+    fn mark_rotated(&mut self, i: usize, now: Instant) {
+        let f = &mut self.files[i];
+        f.gone_since = Some(now);
+        f.rank = self.next_rank;
+        self.next_rank += 1;
+        Stats::add(&self.stats.rotations, 1);
     }
 
     /// Runs until stopped (or, with `once`, until every file is read to its end).
@@ -222,7 +277,7 @@ impl Tailer {
             }
             let now = Instant::now();
             rescan_pending |= self.wake.take_rescan();
-            let periodic = now >= next_rescan;
+            let periodic = now >= next_rescan || self.wake.take_full_rescan();
             if periodic || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP) {
                 self.rescan(now, periodic);
                 next_rescan = now + self.settings.rescan_interval;
@@ -329,7 +384,8 @@ impl Tailer {
                 // deletes stays readable.
                 Err(_) => {
                     let now = Instant::now();
-                    let periodic = now.duration_since(last_rescan) >= self.settings.rescan_interval;
+                    let periodic = now.duration_since(last_rescan) >= self.settings.rescan_interval
+                        || self.wake.take_full_rescan();
                     if self.wake.take_rescan() || periodic {
                         self.rescan(now, periodic);
                         last_rescan = now;
