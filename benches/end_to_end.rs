@@ -72,6 +72,10 @@ struct Args {
     /// instead of kubelet's rename.
     #[arg(long)]
     copytruncate: bool,
+    /// Live mode: as kubelet does at each rotation, the previous rotated file is gzipped
+    /// (through `.tmp`) and the original deleted.
+    #[arg(long)]
+    kubelet_gzip: bool,
     /// Live mode: share of bulk items the cluster answers 429 `es_rejected_execution_exception`.
     #[arg(long, default_value_t = 0.0)]
     item_429: f64,
@@ -605,6 +609,23 @@ struct LiveFile {
     rotated: Vec<PathBuf>,
 }
 
+/// kubelet's compression of a rotated file; returns the `.gz` path.
+fn gzip_like_kubelet(rotated: &Path) -> PathBuf {
+    let name = rotated.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = rotated.with_file_name(format!("{name}.tmp"));
+    let gz = rotated.with_file_name(format!("{name}.gz"));
+    let mut enc = flate2::write::GzEncoder::new(
+        fs::File::create(&tmp).expect("tmp"),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(&fs::read(rotated).expect("rotated file"))
+        .expect("gzip");
+    enc.finish().expect("gzip");
+    fs::rename(&tmp, &gz).expect("rename .tmp");
+    fs::remove_file(rotated).expect("remove rotated");
+    gz
+}
+
 fn live(args: &Args, rate: u64) -> Value {
     let (dir, _tmp) = work_dir(args);
     let mut pods = workload::layout(&dir, args.pods);
@@ -686,6 +707,11 @@ fn live(args: &Args, rate: u64) -> Value {
                     fs::copy(&pods[i].path, &to).expect("copy");
                     f.file.set_len(0).expect("truncate");
                 } else {
+                    if args.kubelet_gzip {
+                        if let Some(prev) = f.rotated.last_mut() {
+                            *prev = gzip_like_kubelet(prev);
+                        }
+                    }
                     fs::rename(&pods[i].path, &to).expect("rotate");
                     f.file = fs::File::create(&pods[i].path).expect("new 0.log");
                 }
@@ -751,6 +777,7 @@ fn live(args: &Args, rate: u64) -> Value {
         "lines": lines,
         "documents": docs,
         "rotations": rotations,
+        "rotation": if args.copytruncate { "copytruncate" } else if args.kubelet_gzip { "rename, gzip previous" } else { "rename" },
         "lag_p50_s": pct(0.50),
         "lag_p95_s": pct(0.95),
         "lag_max_s": lags.last().map_or(0.0, |&us| us as f64 / 1e6),

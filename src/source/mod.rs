@@ -4,6 +4,7 @@
 pub mod assembler;
 pub mod compressed;
 pub mod cri;
+pub mod dir_watch;
 pub mod discover;
 pub mod docker;
 pub mod fingerprint;

@@ -77,31 +77,7 @@ enum Known {
 
 impl Tailer {
     pub(super) fn start_watcher(&mut self) {
-        use notify::event::{EventKind, ModifyKind};
-        let wake = self.wake.clone();
-        let handler = move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if ev.need_rescan() {
-                    // The kernel's queue overflowed (a frozen or starved agent in a storm).
-                    wake.request_full_rescan();
-                    return;
-                }
-                if matches!(
-                    ev.kind,
-                    EventKind::Create(_)
-                        | EventKind::Remove(_)
-                        | EventKind::Modify(ModifyKind::Name(_))
-                ) {
-                    if !matches!(ev.kind, EventKind::Remove(_)) {
-                        for dir in ev.paths.iter().filter_map(|p| p.parent()) {
-                            wake.note_changed_dir(dir.to_path_buf());
-                        }
-                    }
-                    wake.request_rescan();
-                }
-            }
-        };
-        match notify::recommended_watcher(handler) {
+        match DirWatcher::start(self.wake.clone()) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable; new files are found by periodic rescans only")
@@ -111,7 +87,6 @@ impl Tailer {
 
     /// Watches the include directories that exist (again after they appear).
     pub(super) fn watch_dirs(&mut self) {
-        use notify::Watcher;
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
@@ -119,7 +94,7 @@ impl Tailer {
             if self.watched.contains(&dir) || !dir.is_dir() {
                 continue;
             }
-            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            match w.watch(&dir) {
                 Ok(()) => {
                     self.watched.insert(dir);
                 }
@@ -133,7 +108,6 @@ impl Tailer {
     /// Watches the directory of each followed file (draining ones included), and no other:
     /// a rename or a new file there (a rotation) asks for a rescan at once.
     pub(super) fn watch_container_dirs(&mut self) {
-        use notify::Watcher;
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
@@ -146,15 +120,14 @@ impl Tailer {
             .filter(|d| !self.watched.contains(d))
             .collect();
         for dir in self.container_dirs.keys().filter(|d| !wanted.contains(*d)) {
-            // Gone with its pod, most often: inotify has dropped it already.
-            let _ = w.unwatch(dir);
+            w.unwatch(dir);
         }
         self.container_dirs.retain(|d, _| wanted.contains(d));
         for dir in wanted {
             if self.container_dirs.contains_key(&dir) {
                 continue;
             }
-            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            match w.watch(&dir) {
                 Ok(()) => {
                     // At a restart, what was written while logferry was down counts too.
                     let now = std::time::SystemTime::now();

@@ -4,6 +4,7 @@
 
 use super::assembler::{Assembler, AssemblyRules};
 use super::compressed::{self, is_gzip, Decompressed};
+use super::dir_watch::DirWatcher;
 use super::discover::{Discovery, Found};
 use super::fingerprint::{fingerprint, fingerprint_unterminated};
 use super::reader::{LineReader, RawLine};
@@ -174,7 +175,7 @@ pub struct Tailer {
     stats: Arc<Stats>,
     raw: Vec<RawLine>,
     out: Vec<LogEvent>,
-    watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<DirWatcher>,
     watched: HashSet<PathBuf>,
     /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
     /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
