@@ -446,5 +446,7 @@ proptest::proptest! {
         let got = seqs(&agent.docs());
         agent.stop();
         assert_exactly_once_or(&got, next, &format!("after {ops:?}"));
+        // Generations are read oldest first, each to its end before the next.
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order after {ops:?}: {got:?}");
     }
 }
