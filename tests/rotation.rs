@@ -203,16 +203,22 @@ fn excluded_files_are_not_read() {
     assert_eq!(Stats::get(&summary.stats.files_opened), 1);
 }
 
+/// A first run that reads 100 lines of `c` and stops; returns what it delivered.
+fn first_run_of_a_hundred_lines(tree: &Tree, c: &ContainerLog) -> Vec<u64> {
+    c.append(seq_lines(0, 100).as_bytes());
+    let agent = Agent::start(test_config(vec![tree.glob()]), Some(&tree.state_dir()));
+    agent.wait_until("the first lines", |d| seqs(d).len() == 100);
+    let first = seqs(&agent.docs());
+    agent.stop();
+    first
+}
+
 #[test]
 fn a_file_rotated_while_the_agent_was_down_is_finished_after_restart() {
     let tree = Tree::new();
     let c = tree.container("ns", "down", "app");
     let state = tree.state_dir();
-    c.append(seq_lines(0, 100).as_bytes());
-    let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
-    agent.wait_until("the first lines", |d| seqs(d).len() == 100);
-    let first = seqs(&agent.docs());
-    agent.stop();
+    let first = first_run_of_a_hundred_lines(&tree, &c);
     // While logferry is down the container writes on, and kubelet rotates the file.
     c.append(seq_lines(100, 50).as_bytes());
     c.rotate(1);
@@ -235,11 +241,7 @@ fn generations_rotated_and_compressed_while_the_agent_was_down_are_read_in_order
     let tree = Tree::new();
     let c = tree.container("ns", "down", "app");
     let state = tree.state_dir();
-    c.append(seq_lines(0, 100).as_bytes());
-    let agent = Agent::start(test_config(vec![tree.glob()]), Some(&state));
-    agent.wait_until("the first lines", |d| seqs(d).len() == 100);
-    let first = seqs(&agent.docs());
-    agent.stop();
+    let first = first_run_of_a_hundred_lines(&tree, &c);
     c.append(seq_lines(100, 50).as_bytes());
     c.rotate(1);
     c.append(seq_lines(150, 60).as_bytes());

@@ -1092,11 +1092,9 @@ pub fn a_docker_numbered_rotation_storm_loses_and_repeats_nothing(scale: u64) {
 }
 
 /// A kubelet rotation storm (two rotations a second per container, each rotated file
-/// compressed at the next rotation, 16 kept), interrupted twice by `interrupt`.
-fn storm_with_interruptions(
-    scale: u64,
-    interrupt: impl Fn(&mut AgentProcess),
-) -> (EsServer, Tree, AgentProcess, u64) {
+/// compressed at the next rotation, 16 kept), interrupted twice by `interrupt`: every line
+/// once, and some generation read from its `.gz`.
+fn storm_with_interruptions(scale: u64, interrupt: impl Fn(&mut AgentProcess)) {
     let es = EsServer::start();
     let tree = Tree::new();
     let mut agent = agent_at_the_default_intervals(&tree, &es);
@@ -1124,17 +1122,6 @@ fn storm_with_interruptions(
     if got < total {
         assert_all_once(&es, total, &agent);
     }
-    (es, tree, agent, total)
-}
-
-/// The agent frozen (SIGSTOP) for 1.6 s, three rotations of each container, twice: the
-/// generations created and compressed meanwhile are read from their `.gz`.
-pub fn generations_compressed_while_the_agent_was_frozen_are_read_from_their_gz(scale: u64) {
-    let (es, _tree, mut agent, total) = storm_with_interruptions(scale, |agent| {
-        agent.signal("STOP");
-        std::thread::sleep(Duration::from_millis(1600));
-        agent.signal("CONT");
-    });
     agent.stop();
     assert_all_once(&es, total, &agent);
     assert!(
@@ -1144,24 +1131,25 @@ pub fn generations_compressed_while_the_agent_was_frozen_are_read_from_their_gz(
         "no generation was read from its .gz\n{}",
         agent.log_tail()
     );
+}
+
+/// The agent frozen (SIGSTOP) for 1.6 s, three rotations of each container, twice: the
+/// generations created and compressed meanwhile are read from their `.gz`.
+pub fn generations_compressed_while_the_agent_was_frozen_are_read_from_their_gz(scale: u64) {
+    storm_with_interruptions(scale, |agent| {
+        agent.signal("STOP");
+        std::thread::sleep(Duration::from_millis(1600));
+        agent.signal("CONT");
+    });
 }
 
 /// `kill -9` in a kubelet rotation storm, restarted 1.6 s later: the file being read was
 /// compressed meanwhile and is read on from its checkpoint out of the `.gz`, with the same
 /// document ids; the generations written while the agent was down are read whole.
 pub fn kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation(scale: u64) {
-    let (es, _tree, mut agent, total) = storm_with_interruptions(scale, |agent| {
+    storm_with_interruptions(scale, |agent| {
         agent.kill9();
         std::thread::sleep(Duration::from_millis(1600));
         agent.start();
     });
-    agent.stop();
-    assert_all_once(&es, total, &agent);
-    assert!(
-        agent
-            .log()
-            .contains("reading a generation compressed before it was read to its end"),
-        "no generation was read from its .gz\n{}",
-        agent.log_tail()
-    );
 }
