@@ -154,3 +154,108 @@ fn a_write_capacity_refuses_the_items_beyond_it_with_429_and_refills_over_time()
     server.faults(|f| f.write_capacity = 0);
     assert_eq!(es.count(&ds), (took + again) as u64);
 }
+
+/// Elasticsearch checks ids per backing index: after a rollover the same id is indexed
+/// again, in the new write index. An `ids` query over the data stream sees every backing
+/// index, and the bulk items name the backing index that took them.
+#[test]
+fn ids_are_unique_per_backing_index_and_an_ids_query_sees_every_backing_index() {
+    let es = Es::new();
+    let ds = format!("logs-conformance-{}", unique("r"));
+    let create = |id: &str| {
+        format!("{{\"create\":{{\"_index\":\"{ds}\",\"_id\":\"{id}\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\",\"message\":\"{id}\"}}\n")
+    };
+    let written_index = |v: &Value| {
+        v["items"][0]["create"]["_index"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (_, v) = es.bulk_raw(&create("a"));
+    assert_eq!(item_status(&v, 0), 201, "{v}");
+    let first = written_index(&v);
+    assert!(first.starts_with(".ds-"), "{first}");
+    let (status, r) = es.call("POST", &format!("/{ds}/_rollover"), None);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["old_index"], first.as_str());
+    let (_, v) = es.bulk_raw(&create("a"));
+    assert_eq!(
+        item_status(&v, 0),
+        201,
+        "a second time, in the new write index: {v}"
+    );
+    let second = written_index(&v);
+    assert_ne!(first, second);
+    assert_eq!(r["new_index"], second.as_str());
+    let (_, v) = es.bulk_raw(&create("a"));
+    assert_eq!(
+        item_status(&v, 0),
+        409,
+        "a third time, in the same write index: {v}"
+    );
+    // What a replay asks before sending: which of these ids does the stream hold anywhere?
+    let (status, _) = es.call("POST", &format!("/{ds}/_refresh"), None);
+    assert_eq!(status, 200);
+    let (status, r) = es.call(
+        "POST",
+        &format!("/{ds}/_search"),
+        Some(serde_json::json!({ "size": 100, "_source": false, "query": { "ids": { "values": ["a", "b"] } } })),
+    );
+    assert_eq!(status, 200, "{r}");
+    let hits = r["hits"]["hits"].as_array().unwrap();
+    let mut found: Vec<(String, String)> = hits
+        .iter()
+        .map(|h| {
+            (
+                h["_index"].as_str().unwrap().into(),
+                h["_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut expected = vec![(first, "a".to_string()), (second, "a".to_string())];
+    expected.sort();
+    assert_eq!(found, expected);
+    assert!(hits.iter().all(|h| h.get("_source").is_none()), "{r}");
+    let (status, r) = es.call("GET", &format!("/_data_stream/{ds}"), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        r["data_streams"][0]["indices"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
+}
+
+/// The in-tree server can index a request and cut the connection before answering: the
+/// client cannot know the outcome, as after a timeout.
+#[test]
+fn a_request_cut_after_it_was_indexed_is_indexed_but_unanswered() {
+    use std::io::{Read, Write};
+    let es = logferry_testkit::es_server::EsServer::start();
+    es.faults(|f| f.drop_after_apply = 1);
+    let body = "{\"create\":{\"_index\":\"logs-cut-default\",\"_id\":\"x\"}}\n{\"@timestamp\":\"2024-01-01T00:00:00Z\"}\n";
+    let addr = es.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /_bulk HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(es.with(|s| s.count("logs-cut-default")), 1);
+    // The next one is answered.
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /_bulk HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"status\":409"), "{answer}");
+}

@@ -33,6 +33,9 @@ pub struct Faults {
     /// items beyond it are answered 429 `es_rejected_execution_exception`, as a node with
     /// a full write queue answers. 0 = unlimited.
     pub write_capacity: u32,
+    /// The next N bulk requests are applied, then their connection is cut before the
+    /// answer: the client cannot know the outcome (a timeout after indexing).
+    pub drop_after_apply: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +53,54 @@ enum Kind {
 #[derive(Debug, Default)]
 struct Index {
     data_stream: bool,
+    /// The write index's documents (a data stream's current backing index). Ids are
+    /// unique here only, as in Elasticsearch.
     docs: BTreeMap<String, Value>,
     /// Hashes of the ids of documents not kept (`State::discard`).
     ids: HashSet<u64>,
+    /// A data stream's backing indices before the write index, oldest first.
+    earlier: Vec<Backing>,
+    /// A data stream's generation: its write index is the `generation`th backing index.
+    generation: u32,
     fields: HashMap<String, Kind>,
     dynamic_strings_keyword: bool,
+}
+
+/// A backing index a rollover left behind: read-only, still searched.
+#[derive(Debug, Default)]
+struct Backing {
+    name: String,
+    docs: BTreeMap<String, Value>,
+    ids: HashSet<u64>,
+}
+
+impl Index {
+    /// The index writes go to: the data stream's current backing index, or itself.
+    fn write_index(&self, name: &str) -> String {
+        if self.data_stream {
+            backing_name(name, self.generation)
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// Every document with the index that holds it, the oldest backing index first.
+    fn all_docs<'a>(&'a self, name: &str) -> impl Iterator<Item = (String, &'a String, &'a Value)> {
+        let current = self.write_index(name);
+        self.earlier
+            .iter()
+            .flat_map(|b| b.docs.iter().map(|(id, d)| (b.name.clone(), id, d)))
+            .chain(
+                self.docs
+                    .iter()
+                    .map(move |(id, d)| (current.clone(), id, d)),
+            )
+    }
+}
+
+/// Elasticsearch's name of a data stream's backing index.
+fn backing_name(stream: &str, generation: u32) -> String {
+    format!(".ds-{stream}-2026.01.01-{generation:06}")
 }
 
 /// Sees each document the server accepts: its index and source.
@@ -120,12 +166,21 @@ impl State {
         }
     }
 
-    /// Documents of an index or data stream (or a `*` pattern).
+    /// Documents of an index or data stream (or a `*` pattern), of every backing index: an
+    /// id indexed in two backing indices is there twice.
     pub fn docs(&self, pattern: &str) -> Vec<(String, Value)> {
+        self.docs_where(pattern)
+            .into_iter()
+            .map(|(_, id, d)| (id, d))
+            .collect()
+    }
+
+    /// Documents with the index that holds each: (index, id, source).
+    fn docs_where(&self, pattern: &str) -> Vec<(String, String, Value)> {
         self.indices
             .iter()
             .filter(|(n, _)| glob_match(pattern, n))
-            .flat_map(|(_, i)| i.docs.iter().map(|(id, d)| (id.clone(), d.clone())))
+            .flat_map(|(n, i)| i.all_docs(n).map(|(ix, id, d)| (ix, id.clone(), d.clone())))
             .collect()
     }
 
@@ -134,8 +189,29 @@ impl State {
         self.indices
             .iter()
             .filter(|(n, _)| glob_match(pattern, n))
-            .map(|(_, i)| i.docs.len() + i.ids.len())
+            .map(|(_, i)| {
+                i.docs.len()
+                    + i.ids.len()
+                    + i.earlier
+                        .iter()
+                        .map(|b| b.docs.len() + b.ids.len())
+                        .sum::<usize>()
+            })
             .sum()
+    }
+
+    /// Rolls a data stream over to a new write index, as ILM or `POST <stream>/_rollover`
+    /// does; returns the old and the new write index.
+    pub fn rollover(&mut self, stream: &str) -> Option<(String, String)> {
+        let idx = self.indices.get_mut(stream).filter(|i| i.data_stream)?;
+        let old = idx.write_index(stream);
+        idx.earlier.push(Backing {
+            name: old.clone(),
+            docs: std::mem::take(&mut idx.docs),
+            ids: std::mem::take(&mut idx.ids),
+        });
+        idx.generation += 1;
+        Some((old, idx.write_index(stream)))
     }
 
     pub fn is_data_stream(&self, name: &str) -> Option<bool> {
@@ -191,6 +267,11 @@ impl EsServer {
 
     pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.state.lock().unwrap())
+    }
+
+    /// Rolls a data stream over (see `State::rollover`).
+    pub fn rollover(&self, stream: &str) -> Option<(String, String)> {
+        self.state.lock().unwrap().rollover(stream)
     }
 }
 
@@ -321,7 +402,13 @@ async fn handle(
             Ok(items) => items,
             Err(reply) => return Ok(*reply),
         };
-        let results = apply_bulk(&mut state.lock().unwrap(), items);
+        let mut s = state.lock().unwrap();
+        let results = apply_bulk(&mut s, items);
+        if s.faults.drop_after_apply > 0 {
+            s.faults.drop_after_apply -= 1;
+            s.requests_failed += 1;
+            return Err(std::io::Error::other("connection cut after indexing"));
+        }
         return Ok(bulk_reply(&results, &filter));
     }
     let body_json: Value = if body.is_empty() {
@@ -406,30 +493,54 @@ async fn handle(
         ("GET" | "POST", [index, "_count"]) => reply(200, json!({ "count": s.count(index) })),
         ("GET" | "POST", [index, "_search"]) => {
             let size = body_json["size"].as_u64().unwrap_or(10) as usize;
-            let ids: Option<Vec<&str>> = body_json["query"]["ids"]["values"]
+            let ids: Option<HashSet<&str>> = body_json["query"]["ids"]["values"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect());
-            let docs: Vec<(String, Value)> = s
-                .docs(index)
+            let source = body_json["_source"] != false;
+            let docs: Vec<(String, String, Value)> = s
+                .docs_where(index)
                 .into_iter()
-                .filter(|(id, _)| ids.as_ref().is_none_or(|ids| ids.contains(&id.as_str())))
+                .filter(|(_, id, _)| ids.as_ref().is_none_or(|ids| ids.contains(id.as_str())))
                 .collect();
             let total = docs.len();
             let hits: Vec<Value> = docs
                 .into_iter()
                 .take(size)
-                .map(|(id, d)| json!({ "_index": index, "_id": id, "_source": d }))
+                .map(|(ix, id, d)| match source {
+                    true => json!({ "_index": ix, "_id": id, "_source": d }),
+                    false => json!({ "_index": ix, "_id": id }),
+                })
                 .collect();
             reply(
                 200,
                 json!({ "hits": { "total": { "value": total, "relation": "eq" }, "hits": hits } }),
             )
         }
-        ("GET", ["_data_stream", name]) => match s.indices.get(*name).filter(|i| i.data_stream) {
-            Some(_) => reply(
+        ("POST", [name, "_rollover"]) => match s.rollover(name) {
+            Some((old, new)) => reply(
                 200,
-                json!({ "data_streams": [ { "name": name, "template": template_for(&s, name).map(|(n, _)| n) } ] }),
+                json!({ "acknowledged": true, "shards_acknowledged": true, "old_index": old, "new_index": new, "rolled_over": true, "dry_run": false, "conditions": {} }),
             ),
+            None => error(
+                400,
+                "illegal_argument_exception",
+                &format!("rollover target [{name}] does not exist or is not a data stream"),
+            ),
+        },
+        ("GET", ["_data_stream", name]) => match s.indices.get(*name).filter(|i| i.data_stream) {
+            Some(i) => {
+                let indices: Vec<Value> = i
+                    .earlier
+                    .iter()
+                    .map(|b| b.name.clone())
+                    .chain([i.write_index(name)])
+                    .map(|n| json!({ "index_name": n }))
+                    .collect();
+                reply(
+                    200,
+                    json!({ "data_streams": [ { "name": name, "generation": i.generation, "indices": indices, "template": template_for(&s, name).map(|(n, _)| n) } ] }),
+                )
+            }
             None => error(
                 404,
                 "index_not_found_exception",
@@ -518,6 +629,7 @@ fn create_index(s: &State, name: &str) -> Index {
     }
     if idx.data_stream {
         idx.fields.insert("@timestamp".into(), Kind::Date);
+        idx.generation = 1;
     }
     idx
 }
@@ -740,6 +852,10 @@ fn apply_bulk(s: &mut State, items: Vec<BulkItem>) -> Vec<Applied> {
                 .unwrap_or_else(|| format!("auto-{}", s.bulk_items));
             s.bulk_items += 1;
             let (status, err) = index_one(s, &it.op, &it.index, &id, it.source.take());
+            // Items name the index that took them: a data stream's backing index.
+            if let Some(i) = s.indices.get(&it.index) {
+                it.index = i.write_index(&it.index);
+            }
             (it, id, status, err)
         })
         .collect()
