@@ -214,6 +214,15 @@ impl State {
         Some((old, idx.write_index(stream)))
     }
 
+    /// The names of the data streams that exist.
+    pub fn data_streams(&self) -> Vec<String> {
+        self.indices
+            .iter()
+            .filter(|(_, i)| i.data_stream)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub fn is_data_stream(&self, name: &str) -> Option<bool> {
         self.indices.get(name).map(|i| i.data_stream)
     }

@@ -1153,3 +1153,38 @@ pub fn kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation(scale:
         agent.start();
     });
 }
+
+/// Issue 14's test: `kill -9` under load, a rollover of the data stream while the agent is
+/// down, a restart. What the agent replays from its checkpoint goes to the new write index,
+/// where its ids are unknown: unless the replay asks which ids the stream holds first,
+/// it is indexed twice.
+pub fn kill_9_then_a_rollover_then_a_restart_indexes_every_line_once(scale: u64) {
+    let es = EsServer::start();
+    let tree = Tree::new();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    agent.start();
+    let writer = Writer::start(
+        &tree,
+        WriterSpec {
+            pods: 4,
+            lines: 40_000 * scale,
+            per_second: 10_000,
+            ..WriterSpec::default()
+        },
+    );
+    for _ in 0..scale {
+        std::thread::sleep(Duration::from_millis(1500));
+        agent.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        for stream in es.with(|s| s.data_streams()) {
+            es.rollover(&stream).expect("a data stream");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        agent.start();
+    }
+    let total = writer.finish();
+    wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+}
