@@ -575,3 +575,47 @@ fn a_slow_cluster_fills_the_request_slots_and_that_is_counted() {
     assert!(Stats::get(&summary.stats.es_in_flight_full) > 0);
     assert_eq!(es.count(&stream(&ns)), 2_000);
 }
+
+/// What a replay asks before sending (issue 14): which ids the data stream holds in any of
+/// its backing indices, also across a rollover and in more ids than one search takes.
+#[test]
+fn the_ids_a_stream_holds_are_found_in_every_backing_index() {
+    use logferry::sink::elasticsearch::lookup::{present_ids, IDS_PER_LOOKUP};
+    let es = Es::new();
+    let ds = format!("logs-lookup-{}", unique("l"));
+    let create = |ids: &[&str]| {
+        let body: String = ids
+            .iter()
+            .map(|id| format!("{{\"create\":{{\"_index\":\"{ds}\",\"_id\":\"{id}\"}}}}\n{{\"@timestamp\":\"2024-01-01T00:00:00Z\"}}\n"))
+            .collect();
+        let (status, v) = es.bulk_raw(&body);
+        assert_eq!((status, v["errors"].as_bool()), (200, Some(false)), "{v}");
+    };
+    create(&["a", "b"]);
+    let (status, _) = es.call("POST", &format!("/{ds}/_rollover"), None);
+    assert_eq!(status, 200);
+    create(&["c"]);
+    let mut asked: Vec<String> = (0..2 * IDS_PER_LOOKUP + 500)
+        .map(|i| format!("x{i}"))
+        .collect();
+    asked.extend(["a", "c"].map(String::from));
+    let transport = elasticsearch::http::transport::Transport::single_node(&es.url()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let timeout = Duration::from_secs(10);
+    let found = rt
+        .block_on(present_ids(&transport, &ds, &asked, timeout))
+        .unwrap();
+    let mut found: Vec<String> = found.into_iter().collect();
+    found.sort();
+    assert_eq!(found, ["a", "c"]);
+    // A stream not made yet holds nothing.
+    let none = rt
+        .block_on(present_ids(
+            &transport,
+            &format!("{ds}-none"),
+            &asked,
+            timeout,
+        ))
+        .unwrap();
+    assert!(none.is_empty());
+}

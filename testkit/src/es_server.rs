@@ -495,6 +495,16 @@ async fn handle(
                 &format!("index template matching [{name}] not found"),
             ),
         },
+        // A concrete name that is no index is an error; a pattern may match nothing.
+        ("POST" | "GET", [index, "_refresh" | "_search"])
+            if !index.contains('*') && !s.indices.contains_key(*index) =>
+        {
+            error(
+                404,
+                "index_not_found_exception",
+                &format!("no such index [{index}]"),
+            )
+        }
         ("POST" | "GET", [_, "_refresh"]) => reply(
             200,
             json!({ "_shards": { "total": 1, "successful": 1, "failed": 0 } }),

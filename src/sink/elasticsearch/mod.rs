@@ -9,6 +9,7 @@ pub mod batch;
 pub mod client;
 pub mod concurrency;
 pub mod dead_letter;
+pub mod lookup;
 pub mod rescue;
 pub mod response;
 pub mod retry;
