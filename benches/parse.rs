@@ -41,6 +41,7 @@ fn ctx() -> Arc<FileContext> {
         path_fragment: FileMetadata::path_fragment(path),
         metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
         known_since: Instant::now(),
+        replay_end: 0,
     })
 }
 

@@ -149,6 +149,10 @@ pub struct FileContext {
     /// When the file was first seen: waiting for its pod's metadata counts from here, in
     /// whichever stage the wait happens.
     pub known_since: std::time::Instant,
+    /// Resumed from the last run's checkpoint: the events that end at or before this offset
+    /// (what the file held at the restart) may have been sent before, and Elasticsearch may
+    /// have rolled the stream over since. 0: none.
+    pub replay_end: u64,
 }
 
 impl FileContext {
@@ -163,6 +167,7 @@ impl FileContext {
             path_fragment: self.path_fragment.clone(),
             metadata,
             known_since: self.known_since,
+            replay_end: self.replay_end,
         }
     }
 }
@@ -182,6 +187,13 @@ pub struct LogEvent {
     pub stream: Stream,
     pub message: Bytes,
     pub flags: Flags,
+}
+
+impl LogEvent {
+    /// Whether the event may have been sent by the last run (see `FileContext::replay_end`).
+    pub fn is_replay(&self) -> bool {
+        self.safe_point <= self.file.replay_end
+    }
 }
 
 /// A run of events of one file, `first_seq..=last_seq`, that a sink has delivered.

@@ -124,6 +124,7 @@ fn context() -> Arc<FileContext> {
         metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
         kube: meta,
         known_since: Instant::now(),
+        replay_end: 0,
     })
 }
 

@@ -237,6 +237,24 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.es_dead_lettered,
         ),
         (
+            "elasticsearch_replays_checked_total",
+            "Documents the last run may have sent, looked up in their data stream before sending.",
+            Counter,
+            &s.es_replays_checked,
+        ),
+        (
+            "elasticsearch_replays_present_total",
+            "Of those, found in the stream already (any backing index): not sent again.",
+            Counter,
+            &s.es_replays_present,
+        ),
+        (
+            "elasticsearch_replays_unchecked_total",
+            "Replayed documents sent without a lookup, the cluster refusing or not answering it.",
+            Counter,
+            &s.es_replays_unchecked,
+        ),
+        (
             "elasticsearch_bytes_raw_total",
             "Bulk bodies before compression.",
             Counter,
@@ -533,6 +551,9 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
             "delivered": Stats::get(&stats.events_delivered),
             "retried": Stats::get(&stats.es_items_retried),
             "dead_lettered": Stats::get(&stats.es_dead_lettered),
+            "replays_checked": Stats::get(&stats.es_replays_checked),
+            "replays_present": Stats::get(&stats.es_replays_present),
+            "replays_unchecked": Stats::get(&stats.es_replays_unchecked),
         },
         "kubernetes": {
             "cache_pods": Stats::get(&stats.kube_cache_pods),

@@ -98,6 +98,12 @@ pub struct Stats {
     pub es_duplicates: AtomicU64,
     pub es_rescued: AtomicU64,
     pub es_dead_lettered: AtomicU64,
+    /// Events the last run may have sent, looked up in their data stream before sending;
+    /// of those, found there already (acknowledged, not sent); and sent unchecked because
+    /// the cluster would not answer the lookup.
+    pub es_replays_checked: AtomicU64,
+    pub es_replays_present: AtomicU64,
+    pub es_replays_unchecked: AtomicU64,
     /// Bulk bodies before and after compression.
     pub es_bytes_raw: AtomicU64,
     pub es_bytes_sent: AtomicU64,
@@ -202,6 +208,9 @@ impl Default for Stats {
             es_duplicates: AtomicU64::new(0),
             es_rescued: AtomicU64::new(0),
             es_dead_lettered: AtomicU64::new(0),
+            es_replays_checked: AtomicU64::new(0),
+            es_replays_present: AtomicU64::new(0),
+            es_replays_unchecked: AtomicU64::new(0),
             es_bytes_raw: AtomicU64::new(0),
             es_bytes_sent: AtomicU64::new(0),
             kube_watch_errors: AtomicU64::new(0),

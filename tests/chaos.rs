@@ -105,7 +105,6 @@ fn kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation() {
 }
 
 #[test]
-#[ignore = "issue 14, open: a replay after a rollover is indexed twice until replays ask which ids the stream holds"]
 fn kill_9_then_a_rollover_then_a_restart_indexes_every_line_once() {
     chaos::kill_9_then_a_rollover_then_a_restart_indexes_every_line_once(1);
 }

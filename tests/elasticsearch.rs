@@ -619,3 +619,45 @@ fn the_ids_a_stream_holds_are_found_in_every_backing_index() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+/// Issue 14: the checkpoint lags what was delivered (a crash before it was written), and
+/// the stream rolled over meanwhile. The replay after the restart goes to a new backing
+/// index, where its ids are unknown: it is looked up first, and only the lines the stream
+/// does not hold are sent.
+#[test]
+fn a_replay_after_a_rollover_is_looked_up_and_not_indexed_twice() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("replay");
+    let c = tree.container("shop", "replay", "app");
+    c.append(seq_lines(0, 500).as_bytes());
+    let state = tree.state_dir();
+    let agent = Agent::start(es_config(vec![tree.glob()], &es, &ns), Some(&state));
+    es.wait_count(&stream(&ns), 500);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 500);
+    agent.stop();
+    // As after a crash before the checkpoint was written: every line is replayed.
+    let file = state.join("checkpoints.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    for f in v["files"].as_array_mut().unwrap() {
+        f["offset"] = 0.into();
+    }
+    std::fs::write(&file, v.to_string()).unwrap();
+    let (status, r) = es.call("POST", &format!("/{}/_rollover", stream(&ns)), None);
+    assert_eq!(status, 200, "{r}");
+    c.append(seq_lines(500, 100).as_bytes());
+    let agent = Agent::start(es_config(vec![tree.glob()], &es, &ns), Some(&state));
+    es.wait_count(&stream(&ns), 600);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 600);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = agent.stop();
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 600);
+    let st = &summary.stats;
+    assert_eq!(
+        Stats::get(&st.es_replays_checked),
+        600,
+        "all the file held at the restart"
+    );
+    assert_eq!(Stats::get(&st.es_replays_present), 500);
+    assert_eq!(Stats::get(&st.es_replays_unchecked), 0);
+}

@@ -166,6 +166,7 @@ pub(crate) mod tests {
                 path_fragment: FileMetadata::path_fragment(Path::new("/var/log/containers/x.log")),
                 metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
                 known_since: std::time::Instant::now(),
+                replay_end: 0,
             }),
             seq: 0,
             offset: 1234,

@@ -233,6 +233,7 @@ mod tests {
             path_fragment: Bytes::new(),
             metadata: Bytes::new(),
             known_since: std::time::Instant::now(),
+            replay_end: 0,
         })
     }
 

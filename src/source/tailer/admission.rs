@@ -72,7 +72,8 @@ struct Missed {
 #[derive(Clone, Copy)]
 enum Known {
     Reading,
-    At(FileIdentity, u64),
+    /// Read up to an offset under an identity; in the last run (its checkpoint) or this one.
+    At(FileIdentity, u64, bool),
 }
 
 impl Tailer {
@@ -293,10 +294,10 @@ impl Tailer {
                 .then_with(|| a.found.real_path.cmp(&b.found.real_path))
         });
         for m in missed {
-            let (identity, offset) = match m.known {
+            let (identity, offset, last_run) = match m.known {
                 // Read already (its original, or in part): only what is beyond is read,
                 // as the same file, so that its documents keep their ids.
-                Some(Known::At(identity, offset)) => (identity, offset),
+                Some(Known::At(identity, offset, last_run)) => (identity, offset, last_run),
                 // Being read through the original: nothing to do here.
                 Some(Known::Reading) => continue,
                 None => (
@@ -306,11 +307,15 @@ impl Tailer {
                         fingerprint: m.fingerprint,
                     },
                     0,
+                    false,
                 ),
             };
             if m.compressed {
-                if self.open_compressed(m.found, m.file, identity, offset, now) && m.known.is_none()
-                {
+                // A generation the last run was reading: all it holds may have been sent.
+                let replay_end = if last_run { u64::MAX } else { 0 };
+                let opened =
+                    self.open_compressed(m.found, m.file, identity, offset, replay_end, now);
+                if opened && m.known.is_none() {
                     Stats::add(&self.stats.generations_recovered, 1);
                 }
                 continue;
@@ -339,9 +344,12 @@ impl Tailer {
         self.seen
             .iter()
             .find(|(id, _)| id.fingerprint == fp)
-            .map(|(id, (o, _))| (*id, *o))
-            .or_else(|| self.checkpoints.by_fingerprint(fp))
-            .map(|(id, o)| Known::At(id, o))
+            .map(|(id, (o, _))| Known::At(*id, *o, false))
+            .or_else(|| {
+                self.checkpoints
+                    .by_fingerprint(fp)
+                    .map(|(id, o)| Known::At(id, o, true))
+            })
     }
 
     /// Reads a compressed generation from `offset` of its content, as `identity`: that of
@@ -353,6 +361,7 @@ impl Tailer {
         file: File,
         identity: FileIdentity,
         offset: u64,
+        replay_end: u64,
         now: Instant,
     ) -> bool {
         let content = match Decompressed::open_at(&file, offset) {
@@ -368,7 +377,7 @@ impl Tailer {
         Stats::add(&self.stats.generations_decompressed, 1);
         let i = self.follow(file, fd, now, now);
         self.files[i].compressed = Some(Box::new(content));
-        self.start_reading(i, identity, offset);
+        self.start_reading(i, identity, offset, replay_end);
         self.mark_rotated(i, now);
         true
     }
@@ -409,7 +418,7 @@ impl Tailer {
         });
         for (entry, fd, file, compressed, _) in found {
             if compressed {
-                self.open_compressed(fd, file, entry.identity, entry.offset, now);
+                self.open_compressed(fd, file, entry.identity, entry.offset, u64::MAX, now);
                 continue;
             }
             tracing::info!(path = %fd.real_path.display(), "resuming a file rotated away while logferry was down");

@@ -44,13 +44,13 @@ impl Tailer {
             fingerprint: fp,
         };
         let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let known = if f.fresh {
-            None
-        } else {
-            self.seen
-                .get(&identity)
-                .map(|(o, _)| *o)
-                .or_else(|| self.checkpoints.get(&identity))
+        let seen = self.seen.get(&identity).map(|(o, _)| *o);
+        let checkpoint = self.checkpoints.get(&identity);
+        let known = if f.fresh { None } else { seen.or(checkpoint) };
+        // Resumed from the last run: what it held then may have been sent already.
+        let replay_end = match (f.fresh, seen, checkpoint) {
+            (false, None, Some(_)) => size,
+            _ => 0,
         };
         let from_end =
             f.found_at_start && self.first_start && self.settings.start_at == StartAt::End;
@@ -63,11 +63,18 @@ impl Tailer {
             tracing::warn!(path = %f.path.display(), error = %e, "cannot seek log file");
             return;
         }
-        self.start_reading(i, identity, offset);
+        self.start_reading(i, identity, offset, replay_end);
     }
 
     /// File `i` is read as `identity` from `offset` on (the file is positioned there).
-    pub(super) fn start_reading(&mut self, i: usize, identity: FileIdentity, offset: u64) {
+    /// `replay_end`: see `FileContext::replay_end`.
+    pub(super) fn start_reading(
+        &mut self,
+        i: usize,
+        identity: FileIdentity,
+        offset: u64,
+        replay_end: u64,
+    ) {
         let f = &mut self.files[i];
         let key = self.next_key;
         self.next_key += 1;
@@ -80,6 +87,7 @@ impl Tailer {
             path_fragment: FileMetadata::path_fragment(&f.path),
             metadata: FileMetadata::metadata_fragment(&f.kube, &self.settings.host_name),
             known_since: f.known_since,
+            replay_end,
         });
         let _ = self.ckpt_tx.send(CheckpointMsg::Opened {
             key,

@@ -1,0 +1,90 @@
+//! Replays checked before they are sent. Elasticsearch refuses a duplicate `create` only
+//! within one backing index: a line the last run sent, replayed after the data stream
+//! rolled over, would land twice. So the events a restarted agent may have sent already
+//! (`LogEvent::is_replay`) are looked up in the whole stream first; those found count as
+//! delivered, the others are sent. Steady shipping pays nothing, and index mode (daily
+//! indices named from each line's date) needs no lookup: its index is a function of the
+//! line, so a duplicate is always refused.
+
+use super::lookup::{present_ids, LookupError};
+use super::target::Target;
+use super::Shared;
+use crate::encode::doc_id::document_id;
+use crate::event::{AckBuilder, LogEvent};
+use crate::stats::Stats;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long lookups are tried while the cluster does not answer them before the replays
+/// are sent unchecked (counted): shipping is never held forever by a lookup.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// Checks `replays` against their streams: returns those to send, and the acknowledgements
+/// of those the stream holds already.
+pub(super) async fn check(
+    shared: &Shared,
+    replays: Vec<(LogEvent, Arc<Target>)>,
+) -> (Vec<(LogEvent, Arc<Target>)>, AckBuilder) {
+    let mut by_stream: HashMap<String, Vec<(LogEvent, Arc<Target>)>> = HashMap::new();
+    for r in replays {
+        by_stream.entry(r.1.index.clone()).or_default().push(r);
+    }
+    let mut send = Vec::new();
+    let mut present_acks = AckBuilder::default();
+    let stats = &shared.stats;
+    for (stream, events) in by_stream {
+        let ids: Vec<String> = events
+            .iter()
+            .map(|(e, _)| {
+                String::from_utf8_lossy(&document_id(e.file.id_seed, e.offset)).into_owned()
+            })
+            .collect();
+        Stats::add(&stats.es_replays_checked, ids.len() as u64);
+        let Some(present) = lookup(shared, &stream, &ids).await else {
+            Stats::add(&stats.es_replays_unchecked, ids.len() as u64);
+            send.extend(events);
+            continue;
+        };
+        for ((e, t), id) in events.into_iter().zip(ids) {
+            if present.contains(&id) {
+                // Delivered: by the last run.
+                Stats::add(&stats.es_replays_present, 1);
+                Stats::add(&stats.events_delivered, 1);
+                present_acks.push(&e);
+            } else {
+                send.push((e, t));
+            }
+        }
+    }
+    (send, present_acks)
+}
+
+/// The ids `stream` holds, or `None` when the cluster would not say (refused, or no
+/// answer for `GIVE_UP_AFTER`).
+async fn lookup(
+    shared: &Shared,
+    stream: &str,
+    ids: &[String],
+) -> Option<std::collections::HashSet<String>> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let transport = shared.client.transport();
+        let timeout = shared.cfg.request_timeout;
+        let failure = match present_ids(transport, stream, ids, timeout).await {
+            Ok(present) => return Some(present),
+            Err(e) => e,
+        };
+        let refused = matches!(&failure, LookupError::Status { status, .. } if (400..500).contains(status) && *status != 429);
+        if refused || started.elapsed() >= GIVE_UP_AFTER {
+            if let Some(held_back) = crate::log_limit::allow("es.replay_lookup") {
+                tracing::warn!(stream, error = %failure, held_back, documents = ids.len(), "cannot ask which replayed documents the stream holds; sending them unchecked (a rollover since they were first sent would index them twice)");
+            }
+            return None;
+        }
+        tracing::debug!(stream, error = %failure, "replay lookup failed; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
