@@ -661,3 +661,42 @@ fn a_replay_after_a_rollover_is_looked_up_and_not_indexed_twice() {
     assert_eq!(Stats::get(&st.es_replays_present), 500);
     assert_eq!(Stats::get(&st.es_replays_unchecked), 0);
 }
+
+/// Issue 14: Elasticsearch indexes a request, the connection is cut before the answer, and
+/// the stream rolls over before the retry. The retry looks the request's ids up first:
+/// what landed is not sent again.
+#[test]
+fn a_request_indexed_but_unanswered_is_looked_up_before_it_goes_again() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return; // The fault is the in-tree server's.
+    };
+    server.faults(|f| {
+        f.drop_after_apply = 1;
+        f.rollover_on_drop = true;
+    });
+    let tree = Tree::new();
+    let ns = unique("cut");
+    let c = tree.container("shop", "cut", "app");
+    c.append(seq_lines(0, 300).as_bytes());
+    let agent = Agent::start(es_config(vec![tree.glob()], &es, &ns), None);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 300);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = agent.stop();
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 300);
+    let (failed, streams) = server.with(|s| (s.requests_failed, s.data_streams().len()));
+    assert_eq!(
+        (failed, streams),
+        (1, 1),
+        "one request cut, its stream rolled over"
+    );
+    let st = &summary.stats;
+    assert!(
+        Stats::get(&st.es_replays_present) > 0,
+        "the cut request had landed"
+    );
+    assert_eq!(
+        Stats::get(&st.es_replays_present),
+        Stats::get(&st.es_replays_checked)
+    );
+}

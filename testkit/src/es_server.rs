@@ -36,6 +36,9 @@ pub struct Faults {
     /// The next N bulk requests are applied, then their connection is cut before the
     /// answer: the client cannot know the outcome (a timeout after indexing).
     pub drop_after_apply: u32,
+    /// With `drop_after_apply`: every data stream rolls over right after the cut (ILM at
+    /// the worst moment for the client's retry).
+    pub rollover_on_drop: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,6 +445,11 @@ async fn handle(
         if s.faults.drop_after_apply > 0 {
             s.faults.drop_after_apply -= 1;
             s.requests_failed += 1;
+            if s.faults.rollover_on_drop {
+                for stream in s.data_streams() {
+                    s.rollover(&stream);
+                }
+            }
             return Err(std::io::Error::other("connection cut after indexing"));
         }
         return Ok(bulk_reply(&results, &filter));

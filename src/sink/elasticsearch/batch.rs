@@ -181,6 +181,7 @@ impl Batch {
             raw: None,
             items: self.items,
             meta: self.meta,
+            ambiguous: false,
         }
     }
 }
@@ -215,6 +216,9 @@ pub struct Sealed {
     raw: Option<Bytes>,
     pub items: Vec<Item>,
     pub meta: Vec<ItemMeta>,
+    /// Sent before with no answer (a timeout, a cut connection): Elasticsearch may have
+    /// indexed some of it. Its ids are looked up before it goes again.
+    pub ambiguous: bool,
 }
 
 impl Sealed {
@@ -268,6 +272,30 @@ impl Sealed {
     pub fn action(&mut self, i: usize) -> &[u8] {
         self.action_and_doc(i).0
     }
+
+    /// The index and id item `i` is created with (from the action line this sink wrote).
+    pub fn target_and_id(&mut self, i: usize) -> Option<(String, String)> {
+        let v: serde_json::Value = serde_json::from_slice(self.action(i)).ok()?;
+        let meta = v.as_object()?.values().next()?;
+        Some((
+            meta["_index"].as_str()?.to_string(),
+            meta["_id"].as_str()?.to_string(),
+        ))
+    }
+
+    /// The same request without the items `drop` names (sorted), compressed at `level`.
+    pub fn without(mut self, drop: &[usize], level: u32) -> Sealed {
+        let mut batch = Batch::new(level);
+        let mut skip = drop.iter().peekable();
+        for i in 0..self.len() {
+            if skip.next_if_eq(&&i).is_some() {
+                continue;
+            }
+            let meta = self.meta[i];
+            batch.push_encoded(self.lines(i), meta);
+        }
+        batch.seal()
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +323,29 @@ mod tests {
         }
         let plain = plain.seal();
         (batch.seal(), plain.payload.to_vec())
+    }
+
+    #[test]
+    fn a_request_without_some_items_keeps_the_others_as_they_were() {
+        let (mut sealed, _) = fill(1, 10);
+        let kept: Vec<Vec<u8>> = [0, 2, 3, 5, 6, 7, 9]
+            .iter()
+            .map(|&i| sealed.lines(i).to_vec())
+            .collect();
+        let (index, id) = sealed.target_and_id(4).expect("an action line");
+        assert!(!index.is_empty() && id.len() == crate::encode::doc_id::ID_LEN);
+        let metas: Vec<ItemMeta> = [0, 2, 3, 5, 6, 7, 9]
+            .iter()
+            .map(|&i| sealed.meta[i])
+            .collect();
+        let mut less = sealed.without(&[1, 4, 8], 1);
+        assert_eq!(less.len(), 7);
+        assert!(less.gzip && !less.ambiguous);
+        for (n, lines) in kept.iter().enumerate() {
+            assert_eq!(less.lines(n), &lines[..]);
+        }
+        assert_eq!(less.meta, metas);
+        assert!(less.without(&(0..7).collect::<Vec<_>>(), 1).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! indices named from each line's date) needs no lookup: its index is a function of the
 //! line, so a duplicate is always refused.
 
+use super::batch::Sealed;
 use super::lookup::{present_ids, LookupError};
 use super::target::Target;
 use super::Shared;
@@ -87,4 +88,60 @@ async fn lookup(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Lookups of a request whose first sending went unanswered, before it is given up on and
+/// sent unchecked (the cluster answering bulk requests but not searches).
+const AMBIGUOUS_LOOKUP_TRIES: u32 = 8;
+
+/// For a request sent before with no answer: the items its streams hold already. `Err(true)`:
+/// the lookup had no answer either, the request is to wait; `Err(false)`: the cluster would
+/// not say, the request goes unchecked (counted).
+pub(super) async fn check_sealed(shared: &Shared, batch: &mut Sealed) -> Result<Vec<usize>, bool> {
+    let stats = &shared.stats;
+    let mut by_stream: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    for i in 0..batch.len() {
+        if let Some((index, id)) = batch.target_and_id(i) {
+            by_stream.entry(index).or_default().push((i, id));
+        }
+    }
+    let mut found = Vec::new();
+    for (stream, items) in &by_stream {
+        let ids: Vec<String> = items.iter().map(|(_, id)| id.clone()).collect();
+        let transport = shared.client.transport();
+        match present_ids(transport, stream, &ids, shared.cfg.request_timeout).await {
+            Ok(present) => found.extend(
+                items
+                    .iter()
+                    .filter(|(_, id)| present.contains(id))
+                    .map(|&(i, _)| i),
+            ),
+            Err(e) => {
+                let busy = match &e {
+                    LookupError::Unreachable(_) => true,
+                    LookupError::Status { status, .. } => *status == 429 || *status >= 500,
+                };
+                if busy
+                    && batch
+                        .meta
+                        .iter()
+                        .all(|m| m.attempts < AMBIGUOUS_LOOKUP_TRIES)
+                {
+                    for m in &mut batch.meta {
+                        m.attempts += 1;
+                    }
+                    return Err(true);
+                }
+                if let Some(held_back) = crate::log_limit::allow("es.replay_lookup") {
+                    tracing::warn!(stream = %stream, error = %e, held_back, documents = batch.len(), "cannot ask which documents of an unanswered request the stream holds; sending it unchecked (a rollover since would index them twice)");
+                }
+                Stats::add(&stats.es_replays_unchecked, batch.len() as u64);
+                return Err(false);
+            }
+        }
+    }
+    Stats::add(&stats.es_replays_checked, batch.len() as u64);
+    Stats::add(&stats.es_replays_present, found.len() as u64);
+    found.sort_unstable();
+    Ok(found)
 }

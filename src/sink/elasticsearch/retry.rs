@@ -6,7 +6,7 @@
 use super::batch::{ItemMeta, Origin, Sealed};
 use super::client::Reply;
 use super::response::{classify, Outcome};
-use super::Shared;
+use super::{replay, Shared};
 use crate::event::AckBuilder;
 use crate::log_limit;
 use crate::stats::Stats;
@@ -93,6 +93,40 @@ pub struct Completion {
 pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Completion {
     let st = &shared.stats;
     let sent_at = Instant::now();
+    let (docs, raw_len) = (batch.len(), batch.raw_len);
+    // Sent before with no answer: what the stream holds of it now is not sent again (a
+    // rollover since would index it twice).
+    let mut found_before = Acked::default();
+    let mut already = 0;
+    if batch.ambiguous {
+        match replay::check_sealed(shared, &mut batch).await {
+            Ok(found) => {
+                already = found.len() as u64;
+                for &i in &found {
+                    found_before.push(batch.meta[i].origin);
+                }
+                batch = batch.without(&found, shared.cfg.compression_level);
+            }
+            // No answer to the lookup either: the request waits, still unsure.
+            Err(true) => {
+                let mut c = Completion::new(sent_at, docs, raw_len);
+                c.verdict = Verdict::Throttled { down: true };
+                c.again = Some(batch);
+                return c;
+            }
+            Err(false) => batch.ambiguous = false,
+        }
+        if batch.is_empty() {
+            let mut c = Completion::new(sent_at, docs, raw_len);
+            c.acked = found_before;
+            c.settled.duplicates = already;
+            c.verdict = Verdict::Items {
+                rejected: 0,
+                got_in: true,
+            };
+            return c;
+        }
+    }
     let mut unreachable = 0usize;
     let reply = loop {
         Stats::add(&st.es_requests, 1);
@@ -120,16 +154,9 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
         }
         break reply;
     };
-    let mut c = Completion {
-        sent_at,
-        docs: batch.len(),
-        raw_len: batch.raw_len,
-        acked: Acked::default(),
-        loose: Vec::new(),
-        again: None,
-        settled: Settled::default(),
-        verdict: Verdict::Refused,
-    };
+    let mut c = Completion::new(sent_at, docs, raw_len);
+    c.acked = found_before;
+    c.settled.duplicates = already;
     match reply {
         Reply::Items(items) if items.len() == batch.len() => {
             let mut rejected = 0;
@@ -230,10 +257,27 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
         }
         Reply::Unreachable(e) => {
             c.verdict = Verdict::Throttled { down: true };
+            // It may have been indexed before the answer was lost.
+            batch.ambiguous = true;
             whole_again(shared, batch, &mut c, &e);
         }
     }
     c
+}
+
+impl Completion {
+    fn new(sent_at: Instant, docs: usize, raw_len: usize) -> Completion {
+        Completion {
+            sent_at,
+            docs,
+            raw_len,
+            acked: Acked::default(),
+            loose: Vec::new(),
+            again: None,
+            settled: Settled::default(),
+            verdict: Verdict::Refused,
+        }
+    }
 }
 
 /// Nothing in the request got through: it goes again as it is, unless its documents have
