@@ -1159,9 +1159,18 @@ pub fn kill_9_in_a_rotation_storm_reads_on_from_the_compressed_generation(scale:
 /// where its ids are unknown: unless the replay asks which ids the stream holds first,
 /// it is indexed twice.
 pub fn kill_9_then_a_rollover_then_a_restart_indexes_every_line_once(scale: u64) {
+    rollovers_between_kill_9_and_restart(scale, "");
+}
+
+/// The same with the disk buffer: what the last run left in it is looked up before it goes.
+pub fn kill_9_then_a_rollover_with_the_disk_buffer_indexes_every_line_once(scale: u64) {
+    rollovers_between_kill_9_and_restart(scale, DISK_BUFFER);
+}
+
+fn rollovers_between_kill_9_and_restart(scale: u64, extra: &str) {
     let es = EsServer::start();
     let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
+    let mut agent = AgentProcess::new(&tree, &es, extra);
     agent.start();
     let writer = Writer::start(
         &tree,

@@ -80,6 +80,8 @@ pub struct Batch {
     pub items: Vec<Item>,
     meta: Vec<ItemMeta>,
     pub started: Option<Instant>,
+    /// Holds items the last run may have sent (see `Sealed::ambiguous`).
+    pub ambiguous: bool,
 }
 
 impl Batch {
@@ -93,6 +95,7 @@ impl Batch {
             items: Vec::new(),
             meta: Vec::new(),
             started: None,
+            ambiguous: false,
         }
     }
 
@@ -181,7 +184,7 @@ impl Batch {
             raw: None,
             items: self.items,
             meta: self.meta,
-            ambiguous: false,
+            ambiguous: self.ambiguous,
         }
     }
 }

@@ -147,6 +147,10 @@ impl ElasticsearchSink {
         } = self;
         // Holding a sender would keep the checkpointer from its final save at shutdown.
         drop(acks);
+        // What the last run left in the buffer may have been sent (a request unanswered
+        // when it stopped): looked up before it is sent. Counted in record bytes, so a
+        // little more than that is looked up, never less.
+        let mut replay_left = reader.available().0;
         if shared.cfg.setup {
             // A shutdown during an outage must not wait for the setup: the spool has
             // already made everything safe.
@@ -189,7 +193,8 @@ impl ElasticsearchSink {
                 let ticket = reader.next_ticket();
                 let mut read = 0usize;
                 let result = reader.read(bytes.max(1), docs, |item| {
-                    shipper.push_record(item, ticket);
+                    shipper.push_record(item, ticket, replay_left > 0);
+                    replay_left = replay_left.saturating_sub(item.len() as u64);
                     read += 1;
                 });
                 match result {

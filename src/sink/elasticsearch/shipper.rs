@@ -164,7 +164,10 @@ impl Shipper {
     }
 
     /// A record of the disk buffer, read under `ticket`.
-    pub fn push_record(&mut self, item: &[u8], ticket: u64) {
+    /// `replayed`: the record may have been sent by the last run; its request is looked up
+    /// before it is sent.
+    pub fn push_record(&mut self, item: &[u8], ticket: u64, replayed: bool) {
+        self.batch.ambiguous |= replayed;
         self.batch
             .push_encoded(item, ItemMeta::new(Origin::Record(ticket)));
         if self.room() == 0 {
