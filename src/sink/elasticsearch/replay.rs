@@ -47,6 +47,9 @@ pub(super) async fn check(
             send.extend(events);
             continue;
         };
+        if let Some(held_back) = crate::log_limit::allow("es.replay_checked") {
+            tracing::info!(stream, documents = ids.len(), present = present.len(), held_back, "documents the last run may have sent, looked up: those the stream holds are not sent again");
+        }
         for ((e, t), id) in events.into_iter().zip(ids) {
             if present.contains(&id) {
                 // Delivered: by the last run.
