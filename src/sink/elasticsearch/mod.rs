@@ -149,7 +149,8 @@ impl ElasticsearchSink {
         drop(acks);
         // What the last run left in the buffer may have been sent (a request unanswered
         // when it stopped): looked up before it is sent. Counted in record bytes, so a
-        // little more than that is looked up, never less.
+        // little more than that is looked up, never less. Lines this run read again from
+        // before its checkpoint come tagged by the spool.
         let mut replay_left = reader.available().0;
         if shared.cfg.setup {
             // A shutdown during an outage must not wait for the setup: the spool has
@@ -192,9 +193,10 @@ impl ElasticsearchSink {
                 let (bytes, docs) = shipper.batch_room();
                 let ticket = reader.next_ticket();
                 let mut read = 0usize;
-                let result = reader.read(bytes.max(1), docs, |item| {
-                    shipper.push_record(item, ticket, replay_left > 0);
-                    replay_left = replay_left.saturating_sub(item.len() as u64);
+                let result = reader.read(bytes.max(1), docs, |record| {
+                    let (item, replayed) = spool::untag(record);
+                    shipper.push_record(item, ticket, replayed || replay_left > 0);
+                    replay_left = replay_left.saturating_sub(record.len() as u64);
                     read += 1;
                 });
                 match result {

@@ -12,6 +12,18 @@ use crate::event::{AckBuilder, LogEvent};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+/// Put before the item of an event the last run may have sent (`LogEvent::is_replay`): the
+/// reading side looks it up before sending it. An item itself starts with `{`.
+pub const REPLAY_TAG: u8 = b'R';
+
+/// An item read from the buffer, and whether it carries `REPLAY_TAG`.
+pub fn untag(record: &[u8]) -> (&[u8], bool) {
+    match record.split_first() {
+        Some((&REPLAY_TAG, item)) => (item, true),
+        _ => (record, false),
+    }
+}
+
 pub struct Spool {
     writer: QueueWriter,
     targets: Targets,
@@ -62,6 +74,9 @@ impl Spool {
             framed.clear();
             for e in &events {
                 item.clear();
+                if e.is_replay() {
+                    item.push(REPLAY_TAG);
+                }
                 let target = self.targets.get(e);
                 encode_item(e, &target, &self.encoder, &mut item);
                 record::encode(&item, &mut framed);
@@ -95,5 +110,20 @@ impl Spool {
         let ranges = std::mem::take(held).finish();
         let _ = self.acks.send(CheckpointMsg::Acked(ranges));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_tag_is_taken_off_and_an_item_is_left_as_it_is() {
+        let item = b"{\"create\":{}}\n{}\n";
+        assert_eq!(untag(item), (&item[..], false));
+        let mut tagged = vec![REPLAY_TAG];
+        tagged.extend_from_slice(item);
+        assert_eq!(untag(&tagged), (&item[..], true));
+        assert_eq!(untag(b""), (&b""[..], false));
     }
 }
