@@ -185,6 +185,7 @@ impl Batch {
             items: self.items,
             meta: self.meta,
             ambiguous: self.ambiguous,
+            lookups_refused: 0,
         }
     }
 }
@@ -222,6 +223,8 @@ pub struct Sealed {
     /// Sent before with no answer (a timeout, a cut connection): Elasticsearch may have
     /// indexed some of it. Its ids are looked up before it goes again.
     pub ambiguous: bool,
+    /// Lookups of its ids the cluster answered with an error (429, 5xx).
+    pub lookups_refused: u32,
 }
 
 impl Sealed {

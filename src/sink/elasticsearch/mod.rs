@@ -104,25 +104,12 @@ impl ElasticsearchSink {
                 }
                 msg = rx.recv(), if open && shipper.accepts_input() => match msg {
                     Some(events) => {
-                        let mut replays = Vec::new();
-                        for e in events {
-                            let t = targets.get(&e);
+                        for e in &events {
+                            let t = targets.get(e);
                             // Data streams only: an index named from the line's date
                             // refuses a replay by itself.
-                            if e.is_replay() && !t.extra.is_empty() {
-                                replays.push((e, t));
-                                continue;
-                            }
-                            shipper.push_event(&e, &t, &self.encoder);
-                        }
-                        if !replays.is_empty() {
-                            let (send, present) = replay::check(&self.shared, replays).await;
-                            if !present.is_empty() {
-                                let _ = self.acks.send(CheckpointMsg::Acked(present.finish()));
-                            }
-                            for (e, t) in &send {
-                                shipper.push_event(e, t, &self.encoder);
-                            }
+                            let replay = e.is_replay() && !t.extra.is_empty();
+                            shipper.push_event(e, &t, &self.encoder, replay);
                         }
                     }
                     None => open = false,

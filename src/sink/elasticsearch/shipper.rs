@@ -156,7 +156,16 @@ impl Shipper {
         !self.in_flight.is_empty() || !self.probes.is_empty()
     }
 
-    pub fn push_event(&mut self, e: &LogEvent, target: &Target, encoder: &DocumentEncoder) {
+    /// `replayed`: the event may have been sent by the last run; its request is looked up
+    /// before it is sent.
+    pub fn push_event(
+        &mut self,
+        e: &LogEvent,
+        target: &Target,
+        encoder: &DocumentEncoder,
+        replayed: bool,
+    ) {
+        self.batch.ambiguous |= replayed;
         self.batch.push(e, target, encoder);
         if self.room() == 0 {
             self.seal(Instant::now());
