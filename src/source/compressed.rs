@@ -54,6 +54,18 @@ impl Read for Positional {
     }
 }
 
+/// Whether the file is gzipped, and the fingerprint of its content: a generation is known
+/// by its first line whether kubelet compressed it or not.
+pub fn content_fingerprint(file: &File) -> (bool, io::Result<Option<u64>>) {
+    let gz = is_gzip(file);
+    let fp = if gz {
+        fingerprint(file)
+    } else {
+        super::fingerprint::fingerprint(file)
+    };
+    (gz, fp)
+}
+
 /// The decompressed size gzip's trailer records (modulo 4 GiB, of the last member).
 pub fn recorded_size(file: &File) -> Option<u64> {
     let len = file.metadata().ok()?.len();

@@ -39,15 +39,20 @@ fn generation_at(
         return None;
     }
     let file = File::open(path).ok()?;
-    let compressed = is_gzip(&file);
-    let fp = if compressed {
-        compressed::fingerprint(&file)
-    } else {
-        fingerprint(&file)
-    };
+    let (_, fp) = compressed::content_fingerprint(&file);
     // Another first line: the inode now holds another file.
     matches!(fp, Ok(Some(fp)) if fp == id.fingerprint)
         .then(|| (path.to_path_buf(), file, meta, !same_inode))
+}
+
+/// The order generations of a directory are read in, oldest first: kubelet compresses all
+/// rotated files but the newest, then by time (and name, for files of the same tick).
+fn oldest_first(
+    compressed: bool,
+    modified: Option<std::time::SystemTime>,
+    path: &Path,
+) -> (bool, Option<std::time::SystemTime>, PathBuf) {
+    (!compressed, modified, path.to_path_buf())
 }
 
 /// A file of a container directory looked at for a missed generation, as it was then.
@@ -256,12 +261,7 @@ impl Tailer {
                 let Ok(file) = File::open(&real_path) else {
                     continue;
                 };
-                let compressed = is_gzip(&file);
-                let fp = if compressed {
-                    compressed::fingerprint(&file)
-                } else {
-                    fingerprint(&file)
-                };
+                let (compressed, fp) = compressed::content_fingerprint(&file);
                 let Ok(Some(fp)) = fp else { continue };
                 self.generations_checked.insert(checked);
                 let known = self.known_generation(fp);
@@ -287,12 +287,7 @@ impl Tailer {
         if full {
             self.generations_checked.retain(|k| listed.contains(k));
         }
-        missed.sort_by(|a, b| {
-            let age = |m: &Missed| (!m.compressed, m.modified);
-            age(a)
-                .cmp(&age(b))
-                .then_with(|| a.found.real_path.cmp(&b.found.real_path))
-        });
+        missed.sort_by_key(|m| oldest_first(m.compressed, Some(m.modified), &m.found.real_path));
         for m in missed {
             let (identity, offset, last_run) = match m.known {
                 // Read already (its original, or in part): only what is beyond is read,
@@ -412,9 +407,8 @@ impl Tailer {
             let compressed = is_gzip(&file);
             found.push((entry, fd, file, compressed, meta));
         }
-        // Oldest first: kubelet compresses all rotated files but the newest.
         found.sort_by_key(|(_, fd, _, compressed, meta)| {
-            (!compressed, meta.modified().ok(), fd.real_path.clone())
+            oldest_first(*compressed, meta.modified().ok(), &fd.real_path)
         });
         for (entry, fd, file, compressed, _) in found {
             if compressed {

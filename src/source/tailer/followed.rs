@@ -453,12 +453,7 @@ pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64)
         let Ok(mut file) = File::open(&path) else {
             continue;
         };
-        let gz = is_gzip(&file);
-        let fp = if gz {
-            compressed::fingerprint(&file)
-        } else {
-            fingerprint(&file)
-        };
+        let (gz, fp) = compressed::content_fingerprint(&file);
         if !matches!(fp, Ok(Some(fp)) if fp == identity.fingerprint) {
             continue;
         }
