@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -77,6 +79,10 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real_path: Option<PathBuf>,
     pub offset: u64,
+    /// Nothing beyond this offset was read, hence sent, by the run that wrote it: after a
+    /// crash, the events between `offset` and here are the ones that may be indexed already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u64>,
     /// Unix seconds when the file was read to its end and let go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<u64>,
@@ -115,8 +121,12 @@ impl Loaded {
         let mut exact = HashMap::new();
         let mut loose = HashMap::new();
         let mut first_lines = HashMap::new();
+        let mut reserved = HashMap::new();
         for e in &self.entries {
             exact.insert(e.identity, e.offset);
+            if let Some(r) = e.reserved {
+                reserved.insert(e.identity, r);
+            }
             loose.insert((e.identity.inode, e.identity.fingerprint), e.offset);
             first_lines.insert(e.identity.fingerprint, (e.identity, e.offset));
         }
@@ -124,6 +134,7 @@ impl Loaded {
             exact,
             loose,
             first_lines,
+            reserved,
         }
     }
 }
@@ -133,6 +144,7 @@ pub struct CheckpointLookup {
     exact: HashMap<FileIdentity, u64>,
     loose: HashMap<(u64, u64), u64>,
     first_lines: HashMap<u64, (FileIdentity, u64)>,
+    reserved: HashMap<FileIdentity, u64>,
 }
 
 impl CheckpointLookup {
@@ -147,6 +159,12 @@ impl CheckpointLookup {
     /// copy of it has another), and its offset.
     pub fn by_fingerprint(&self, fingerprint: u64) -> Option<(FileIdentity, u64)> {
         self.first_lines.get(&fingerprint).copied()
+    }
+
+    /// Where the last run's events of a file it read end that it may have sent: what it
+    /// had reserved, or all the file held (`size`) when its checkpoints did not say.
+    pub fn replay_end(&self, id: &FileIdentity, size: u64) -> u64 {
+        self.reserved.get(id).map_or(size, |r| (*r).min(size))
     }
 }
 
@@ -265,7 +283,12 @@ pub enum CheckpointMsg {
         path: PathBuf,
         real_path: PathBuf,
         offset: u64,
+        /// With a state directory: how far it is to be read before more is reserved, and
+        /// where the reservation is published once written down.
+        reserve: Option<(u64, Arc<AtomicU64>)>,
     },
+    /// The file may be read up to `up_to` once that is written down.
+    Reserve { key: FileKey, up_to: u64 },
     /// Events a sink delivered.
     Acked(Vec<AckRange>),
     /// The tailer let the file go after emitting `events` events.
@@ -276,6 +299,10 @@ struct Tracked {
     identity: FileIdentity,
     tracker: AckTracker,
     released_after: Option<u64>,
+    /// What the tailer may read up to: set once the reservation is written down.
+    limit: Option<Arc<AtomicU64>>,
+    /// A reservation not yet written down.
+    pending: Option<u64>,
 }
 
 /// How soon the files opened are written down: opens close together share one write.
@@ -292,6 +319,8 @@ pub struct Checkpointer {
     dirty: bool,
     /// Where the committed offsets are shown (`/status`, `/metrics`).
     publish: Option<std::sync::Arc<crate::http::Health>>,
+    /// Woken when reservations are written down (the tailer may be waiting for one).
+    wake: Option<Arc<crate::source::wake::Wake>>,
 }
 
 impl Checkpointer {
@@ -306,7 +335,14 @@ impl Checkpointer {
                 .collect(),
             dirty: false,
             publish: None,
+            wake: None,
         }
+    }
+
+    /// Wakes the tailer when a reservation it may be waiting for is written down.
+    pub fn waking(mut self, wake: Arc<crate::source::wake::Wake>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Shows the committed offsets at every interval.
@@ -323,13 +359,23 @@ impl Checkpointer {
                 path,
                 real_path,
                 offset,
+                reserve,
             } => {
+                // A reservation of an earlier run is kept: a crash of this run before its
+                // acknowledgements pass it must still look up what that run sent.
+                let earlier = self.entries.get(&identity).and_then(|e| e.reserved);
+                let (pending, limit) = match reserve {
+                    Some((up_to, limit)) => (Some(up_to.max(earlier.unwrap_or(0))), Some(limit)),
+                    None => (None, None),
+                };
                 self.files.insert(
                     key,
                     Tracked {
                         identity,
                         tracker: AckTracker::new(offset),
                         released_after: None,
+                        limit,
+                        pending,
                     },
                 );
                 self.entries.insert(
@@ -339,10 +385,20 @@ impl Checkpointer {
                         path,
                         real_path: Some(real_path),
                         offset,
+                        reserved: pending.or(earlier),
                         released_at: None,
                     },
                 );
                 self.dirty = true;
+            }
+            CheckpointMsg::Reserve { key, up_to } => {
+                if let Some(t) = self.files.get_mut(&key) {
+                    t.pending = Some(up_to);
+                    if let Some(e) = self.entries.get_mut(&t.identity) {
+                        e.reserved = Some(e.reserved.map_or(up_to, |r| r.max(up_to)));
+                        self.dirty = true;
+                    }
+                }
             }
             CheckpointMsg::Acked(ranges) => {
                 for r in ranges {
@@ -412,9 +468,29 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Lets the tailer read up to the reservations just written down. Also when writing
+    /// failed: shipping goes on while the disk refuses (logged), at the cost of the bound
+    /// on what a crash then replays unchecked.
+    fn publish_reservations(&mut self) {
+        let mut any = false;
+        for t in self.files.values_mut() {
+            if let (Some(up_to), Some(limit)) = (t.pending.take(), &t.limit) {
+                limit.fetch_max(up_to, Ordering::AcqRel);
+                any = true;
+            }
+        }
+        if any {
+            if let Some(w) = &self.wake {
+                w.wake();
+            }
+        }
+    }
+
     /// Persists, saying once when writing starts failing and once when it works again.
     fn persist_reporting(&mut self, failing: &mut bool) {
-        match self.persist() {
+        let result = self.persist();
+        self.publish_reservations();
+        match result {
             Ok(()) if *failing => {
                 tracing::info!("checkpoints written again");
                 *failing = false;
@@ -439,14 +515,15 @@ impl Checkpointer {
         let mut failing = false;
         // A file opened is written down at once, not at the next interval: its identity
         // (the inode) must outlive a crash even if kubelet compresses the file meanwhile,
-        // or its replay from the `.gz` would get other ids.
+        // or its replay from the `.gz` would get other ids. So is a reservation: the
+        // tailer may be waiting for it.
         let mut opened_at: Option<tokio::time::Instant> = None;
         loop {
             let soon = opened_at.map(|t| t + OPENED_PERSIST_DELAY);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => {
-                        if matches!(m, CheckpointMsg::Opened { .. }) {
+                        if matches!(m, CheckpointMsg::Opened { .. } | CheckpointMsg::Reserve { .. }) {
                             opened_at.get_or_insert_with(tokio::time::Instant::now);
                         }
                         self.handle(m);
@@ -577,6 +654,7 @@ mod tests {
             path: "/x.log".into(),
             real_path: Some("/pods/x/0.log".into()),
             offset: 42,
+            reserved: Some(4096),
             released_at: None,
         };
         store.save(vec![e.clone()]).unwrap();
@@ -618,6 +696,7 @@ mod tests {
             path: dir.path().join("gone.log"),
             real_path: container.join("0.log"),
             offset: 0,
+            reserve: None,
         });
         c.handle(CheckpointMsg::Acked(vec![AckRange {
             key: 7,
@@ -664,6 +743,7 @@ mod tests {
                 path: dir.path().join("gone.log"),
                 real_path: container.join(format!("0.log.{key}")),
                 offset: 0,
+                reserve: None,
             });
             c.handle(CheckpointMsg::Released { key, events: 0 });
         }
@@ -672,5 +752,51 @@ mod tests {
         kept.sort();
         // Released in the same second: the ties go to the later inodes.
         assert_eq!(kept, vec![4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_reservation_is_published_once_written_and_an_earlier_runs_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 2,
+            fingerprint: 3,
+        };
+        let opened = |key, reserve| CheckpointMsg::Opened {
+            key,
+            identity,
+            path: dir.path().join("0.log"),
+            real_path: dir.path().join("0.log"),
+            offset: 100,
+            reserve,
+        };
+        let mut c = Checkpointer::new(Some(store), &loaded);
+        let limit = Arc::new(AtomicU64::new(0));
+        c.handle(opened(1, Some((1000, limit.clone()))));
+        c.handle(CheckpointMsg::Reserve {
+            key: 1,
+            up_to: 5000,
+        });
+        assert_eq!(
+            limit.load(Ordering::Acquire),
+            0,
+            "not read before it is written"
+        );
+        let mut failing = false;
+        c.persist_reporting(&mut failing);
+        assert_eq!(limit.load(Ordering::Acquire), 5000);
+        let (store, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.entries[0].reserved, Some(5000));
+        assert_eq!(loaded.lookup().replay_end(&identity, 9000), 5000);
+        assert_eq!(loaded.lookup().replay_end(&identity, 3000), 3000);
+
+        // The next run reserves less at first: what the last one reserved still counts.
+        let mut c = Checkpointer::new(Some(store), &loaded);
+        let limit = Arc::new(AtomicU64::new(0));
+        c.handle(opened(1, Some((1200, limit.clone()))));
+        c.persist_reporting(&mut failing);
+        assert_eq!(c.committed()[0].reserved, Some(5000));
+        assert_eq!(limit.load(Ordering::Acquire), 5000);
     }
 }

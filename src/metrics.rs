@@ -153,6 +153,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.generations_decompressed,
         ),
         (
+            "reads_held_for_reservation_total",
+            "Turns a file with data waited for the checkpoints to reserve more of it (the bound on a crash's replay).",
+            Counter,
+            &s.reads_held_for_reservation,
+        ),
+        (
             "read_errors_total",
             "Errors opening or reading log files.",
             Counter,
@@ -586,6 +592,7 @@ mod tests {
             path: p.clone(),
             real_path: Some(p.clone()),
             offset,
+            reserved: None,
             released_at,
         };
         let lags = file_lags(&[entry(600, None), entry(1000, Some(5))]);

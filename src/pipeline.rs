@@ -172,6 +172,7 @@ pub async fn run(
     let checkpointer = tokio::spawn(
         Checkpointer::new(store, &loaded)
             .publishing(opts.health.clone())
+            .waking(wake.clone())
             .run(ck_rx, config.checkpoint.interval),
     );
     let limits = (!enriching)
@@ -248,7 +249,10 @@ pub async fn run(
             }
         }
     };
-    let settings = TailerSettings::new(config, opts.host_name, opts.once);
+    let mut settings = TailerSettings::new(config, opts.host_name, opts.once);
+    if opts.state_dir.is_some() {
+        settings.reserve_ahead = Some(crate::source::tailer::RESERVE_AHEAD);
+    }
     opts.health.set_alive(true);
     if config.output.kind != OutputKind::Elasticsearch {
         opts.health.set_ready(true);

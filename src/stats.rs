@@ -79,6 +79,8 @@ pub struct Stats {
     pub generations_recovered: AtomicU64,
     /// Generations compressed before they were read to their end, read from their `.gz`.
     pub generations_decompressed: AtomicU64,
+    /// Turns a file with data waited for its reservation in the checkpoints to be written.
+    pub reads_held_for_reservation: AtomicU64,
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
@@ -193,6 +195,7 @@ impl Default for Stats {
             truncations_unrecovered: AtomicU64::new(0),
             generations_recovered: AtomicU64::new(0),
             generations_decompressed: AtomicU64::new(0),
+            reads_held_for_reservation: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
             events_stderr: AtomicU64::new(0),

@@ -113,3 +113,8 @@ fn kill_9_then_a_rollover_then_a_restart_indexes_every_line_once() {
 fn kill_9_then_a_rollover_with_the_disk_buffer_indexes_every_line_once() {
     chaos::kill_9_then_a_rollover_with_the_disk_buffer_indexes_every_line_once(1);
 }
+
+#[test]
+fn a_crash_with_a_backlog_looks_up_only_what_was_reserved() {
+    chaos::a_crash_with_a_backlog_looks_up_only_what_was_reserved(1);
+}

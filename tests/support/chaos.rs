@@ -1197,3 +1197,75 @@ fn rollovers_between_kill_9_and_restart(scale: u64, extra: &str) {
     agent.stop();
     assert_all_once(&es, total, &agent);
 }
+
+/// A slow cluster leaves a backlog far larger than what the agent reads ahead. After a
+/// `kill -9`, only what the checkpoints reserved may have been sent: that is looked up in
+/// Elasticsearch, not the whole backlog, and every line is still indexed once across a
+/// rollover.
+pub fn a_crash_with_a_backlog_looks_up_only_what_was_reserved(scale: u64) {
+    let es = EsServer::start();
+    es.faults(|f| f.latency = Duration::from_millis(300));
+    let tree = Tree::new();
+    let log = tree.container("chaos", "pod0", "app");
+    let total = 400_000 * scale;
+    for from in (0..total).step_by(50_000) {
+        log.append(seq_lines(from, 50_000.min(total - from)).as_bytes());
+    }
+    let size = fs::metadata(log.dir.join("0.log")).unwrap().len();
+    let mut agent = AgentProcess::new(&tree, &es, "");
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config).unwrap().replace(
+            "batch_max_events = 2000",
+            "batch_max_events = 2000\nmax_in_flight = 1",
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let checkpoints = tree.state_dir().join("checkpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed_bytes(&checkpoints) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing committed\n{}",
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill9();
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(&checkpoints).unwrap()).unwrap();
+    let entry = &state["files"][0];
+    let (offset, reserved) = (
+        entry["offset"].as_u64().unwrap(),
+        entry["reserved"].as_u64().unwrap(),
+    );
+    let ahead = 16 << 20;
+    assert!(
+        reserved > offset && reserved <= offset + 2 * ahead && reserved < size,
+        "committed {offset}, reserved {reserved}, file {size}"
+    );
+    for stream in es.with(|s| s.data_streams()) {
+        es.rollover(&stream).expect("a data stream");
+    }
+    es.faults(|f| f.latency = Duration::ZERO);
+    agent.start();
+    let got = wait_indexed(&es, total, Duration::from_secs(60 * scale));
+    assert_eq!(got, total, "indexed of written\n{}", agent.log_tail());
+    let metrics = fetch(&agent.config.with_extension("log"), "/metrics")
+        .map(|(_, m)| m)
+        .unwrap_or_default();
+    let checked = sample(&metrics, "logferry_elasticsearch_replays_checked_total").unwrap_or(0);
+    let line = size / total;
+    // A request holding a replay is looked up whole: up to a batch beyond the window.
+    let window = (reserved - offset).div_ceil(line);
+    let backlog = (size - offset) / line;
+    assert!(
+        checked > 0 && checked <= window + 2000 && window < backlog,
+        "{checked} looked up, {window} lines reserved past the checkpoint, {backlog} not committed"
+    );
+    agent.stop();
+    assert_all_once(&es, total, &agent);
+    println!("crash with a backlog: {checked} of {backlog} uncommitted lines looked up");
+}

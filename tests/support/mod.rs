@@ -543,7 +543,8 @@ pub mod chaos;
 pub fn fetch(log: &Path, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let text = fs::read_to_string(log).ok()?;
-    let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+    // The last run's address: the log is appended to across restarts.
+    let line = text.lines().rfind(|l| l.contains("serving /healthz"))?;
     let addr = line
         .split("addr=")
         .nth(1)?

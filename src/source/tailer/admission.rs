@@ -77,8 +77,9 @@ struct Missed {
 #[derive(Clone, Copy)]
 enum Known {
     Reading,
-    /// Read up to an offset under an identity; in the last run (its checkpoint) or this one.
-    At(FileIdentity, u64, bool),
+    /// Read up to an offset under an identity, in the last run (its checkpoint) or this
+    /// one; and where the events end that the last run may have sent (0: none).
+    At(FileIdentity, u64, u64),
 }
 
 impl Tailer {
@@ -289,10 +290,10 @@ impl Tailer {
         }
         missed.sort_by_key(|m| oldest_first(m.compressed, Some(m.modified), &m.found.real_path));
         for m in missed {
-            let (identity, offset, last_run) = match m.known {
+            let (identity, offset, replay_end) = match m.known {
                 // Read already (its original, or in part): only what is beyond is read,
                 // as the same file, so that its documents keep their ids.
-                Some(Known::At(identity, offset, last_run)) => (identity, offset, last_run),
+                Some(Known::At(identity, offset, replay_end)) => (identity, offset, replay_end),
                 // Being read through the original: nothing to do here.
                 Some(Known::Reading) => continue,
                 None => (
@@ -302,12 +303,10 @@ impl Tailer {
                         fingerprint: m.fingerprint,
                     },
                     0,
-                    false,
+                    0,
                 ),
             };
             if m.compressed {
-                // A generation the last run was reading: all it holds may have been sent.
-                let replay_end = if last_run { u64::MAX } else { 0 };
                 let opened =
                     self.open_compressed(m.found, m.file, identity, offset, replay_end, now);
                 if opened && m.known.is_none() {
@@ -339,11 +338,12 @@ impl Tailer {
         self.seen
             .iter()
             .find(|(id, _)| id.fingerprint == fp)
-            .map(|(id, (o, _))| Known::At(*id, *o, false))
+            .map(|(id, (o, _))| Known::At(*id, *o, 0))
             .or_else(|| {
                 self.checkpoints
                     .by_fingerprint(fp)
-                    .map(|(id, o)| Known::At(id, o, true))
+                    // A generation the last run was reading: what it reserved may have been sent.
+                    .map(|(id, o)| Known::At(id, o, self.checkpoints.replay_end(&id, u64::MAX)))
             })
     }
 

@@ -49,7 +49,7 @@ impl Tailer {
         let known = if f.fresh { None } else { seen.or(checkpoint) };
         // Resumed from the last run: what it held then may have been sent already.
         let replay_end = match (f.fresh, seen, checkpoint) {
-            (false, None, Some(_)) => size,
+            (false, None, Some(_)) => self.checkpoints.replay_end(&identity, size),
             _ => 0,
         };
         let from_end =
@@ -89,17 +89,26 @@ impl Tailer {
             known_since: f.known_since,
             replay_end,
         });
+        // Without a state directory nothing survives a crash: nothing to reserve.
+        let (limit, asked) = match self.settings.reserve_ahead {
+            Some(ahead) => (0, offset + ahead),
+            None => (u64::MAX, u64::MAX),
+        };
+        let limit = Arc::new(AtomicU64::new(limit));
         let _ = self.ckpt_tx.send(CheckpointMsg::Opened {
             key,
             identity,
             path: f.path.clone(),
             real_path: f.real_path.clone(),
             offset,
+            reserve: self.settings.reserve_ahead.map(|_| (asked, limit.clone())),
         });
         f.reading = Some(Reading {
             reader: LineReader::new(offset, self.settings.read_size, self.settings.max_raw_line),
             asm: Assembler::new(ctx, self.rules.clone()),
             counted: 0,
+            limit,
+            asked,
         });
     }
 
@@ -126,8 +135,17 @@ impl Tailer {
                 f.at_eof = true;
                 continue;
             };
+            let end = r.readable_end(self.settings.reserve_ahead, &self.ckpt_tx);
+            let position = r.reader.read_position();
+            // Stopped short of data by the reservation, not at the end of the file.
+            let mut held = position >= end;
             let n = if let Some(content) = f.compressed.as_deref_mut() {
-                match r.reader.read(content, quantum, u64::MAX, &mut self.raw) {
+                match r.reader.read(
+                    content,
+                    quantum,
+                    end.saturating_sub(position),
+                    &mut self.raw,
+                ) {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(path = %f.real_path.display(), error = %e, "compressed generation is corrupt; what was read of it is shipped");
@@ -149,16 +167,18 @@ impl Tailer {
                         continue;
                     }
                 };
-                let position = r.reader.read_position();
                 if size < position {
                     self.restart_generation(i, now, None);
                     continue;
                 }
+                held = held && size > position;
                 let line_start = r.reader.line_start();
-                let n = match r
-                    .reader
-                    .read(&mut f.file, quantum, size - position, &mut self.raw)
-                {
+                let n = match r.reader.read(
+                    &mut f.file,
+                    quantum,
+                    size.min(end).saturating_sub(position),
+                    &mut self.raw,
+                ) {
                     Ok(n) => n,
                     Err(e) => {
                         // Repeats every turn while it lasts: logged once, then every 30 s with a count.
@@ -190,7 +210,10 @@ impl Tailer {
             for raw in self.raw.drain(..) {
                 r.asm.push(raw, now, &mut self.out);
             }
-            f.at_eof = n == 0;
+            if held {
+                Stats::add(&self.stats.reads_held_for_reservation, 1);
+            }
+            f.at_eof = n == 0 && !held;
             if n > 0 {
                 f.last_data = now;
             }

@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -57,6 +58,9 @@ pub struct TailerSettings {
     pub host_name: String,
     /// Stop once every file is read to its end (`debug --once`).
     pub once: bool,
+    /// With a state directory: how far ahead of its reading a file is reserved in the
+    /// checkpoints (see `Reading::readable_end`).
+    pub reserve_ahead: Option<u64>,
 }
 
 impl TailerSettings {
@@ -75,9 +79,14 @@ impl TailerSettings {
             max_open_files: s.max_open_files as usize,
             host_name,
             once,
+            reserve_ahead: None,
         }
     }
 }
+
+/// How far ahead a file's reading is reserved: what a crash can leave to be looked up in
+/// Elasticsearch beyond what was in flight. More is asked for when half of it is read.
+pub const RESERVE_AHEAD: u64 = 16 << 20;
 
 /// The pipeline downstream is gone; nothing more can be delivered.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +98,36 @@ struct Reading {
     asm: Assembler,
     /// Events already added to their format's counter.
     counted: u64,
+    /// How far the file may be read: the reservation written down in the checkpoints
+    /// (`u64::MAX` without a state directory).
+    limit: Arc<AtomicU64>,
+    /// The highest reservation asked for.
+    asked: u64,
 }
 
 impl Reading {
+    /// Where reading must stop for now. Nothing is read, hence sent, beyond what the
+    /// checkpoints reserve, so that after a crash only the events up to the reservation
+    /// are replays to look up, not all the file holds. More is asked for ahead of time.
+    fn readable_end(
+        &mut self,
+        ahead: Option<u64>,
+        ckpt_tx: &mpsc::UnboundedSender<CheckpointMsg>,
+    ) -> u64 {
+        let limit = self.limit.load(Ordering::Acquire);
+        if let Some(ahead) = ahead {
+            let position = self.reader.read_position();
+            if position + ahead / 2 > self.asked {
+                self.asked = position + ahead;
+                let _ = ckpt_tx.send(CheckpointMsg::Reserve {
+                    key: self.asm.context().key,
+                    up_to: self.asked,
+                });
+            }
+        }
+        limit
+    }
+
     /// Adds the events emitted since the last call to their file format's counter.
     fn count_format(&mut self, stats: &Stats) {
         let emitted = self.asm.emitted();
