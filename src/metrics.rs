@@ -560,6 +560,7 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
             "replays_checked": Stats::get(&stats.es_replays_checked),
             "replays_present": Stats::get(&stats.es_replays_present),
             "replays_unchecked": Stats::get(&stats.es_replays_unchecked),
+            "replay_write_indices": *stats.es_write_indices.lock().unwrap_or_else(|e| e.into_inner()),
         },
         "kubernetes": {
             "cache_pods": Stats::get(&stats.kube_cache_pods),

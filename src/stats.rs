@@ -106,6 +106,8 @@ pub struct Stats {
     pub es_replays_checked: AtomicU64,
     pub es_replays_present: AtomicU64,
     pub es_replays_unchecked: AtomicU64,
+    /// Per data stream, the write index that took the last replays sent (`/status`).
+    pub es_write_indices: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Bulk bodies before and after compression.
     pub es_bytes_raw: AtomicU64,
     pub es_bytes_sent: AtomicU64,
@@ -214,6 +216,7 @@ impl Default for Stats {
             es_replays_checked: AtomicU64::new(0),
             es_replays_present: AtomicU64::new(0),
             es_replays_unchecked: AtomicU64::new(0),
+            es_write_indices: Default::default(),
             es_bytes_raw: AtomicU64::new(0),
             es_bytes_sent: AtomicU64::new(0),
             kube_watch_errors: AtomicU64::new(0),

@@ -667,6 +667,19 @@ fn a_replay_after_a_rollover_is_looked_up_and_not_indexed_twice() {
 /// what landed is not sent again.
 #[test]
 fn a_request_indexed_but_unanswered_is_looked_up_before_it_goes_again() {
+    indexed_then_unsure_then_rolled_over(0);
+}
+
+/// A gateway that gives up waiting (504) after the cluster indexed the request: the outcome
+/// is unknown, like a cut connection, so the request is looked up before it goes again.
+#[test]
+fn a_gateway_timeout_after_indexing_is_looked_up_before_the_request_goes_again() {
+    indexed_then_unsure_then_rolled_over(504);
+}
+
+/// One request indexed, then its connection cut (`status` 0) or answered `status`, then the
+/// stream rolled over: every line indexed once.
+fn indexed_then_unsure_then_rolled_over(status: u16) {
     let es = Es::new();
     let Some(server) = es.in_tree() else {
         return; // The fault is the in-tree server's.
@@ -674,6 +687,7 @@ fn a_request_indexed_but_unanswered_is_looked_up_before_it_goes_again() {
     server.faults(|f| {
         f.drop_after_apply = 1;
         f.rollover_on_drop = true;
+        f.status_after_apply = status;
     });
     let tree = Tree::new();
     let ns = unique("cut");
@@ -699,4 +713,76 @@ fn a_request_indexed_but_unanswered_is_looked_up_before_it_goes_again() {
         Stats::get(&st.es_replays_present),
         Stats::get(&st.es_replays_checked)
     );
+}
+
+/// A cluster that takes bulk requests but refuses or never answers searches: the lookup of
+/// an unanswered request is given up after eight tries, and the request is sent unchecked,
+/// counted, rather than held forever.
+#[test]
+fn a_lookup_the_cluster_refuses_or_never_answers_sends_unchecked_and_counts() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return; // The faults are the in-tree server's.
+    };
+    for (status, latency) in [(403, 0), (429, 0), (0, 800)] {
+        server.faults(|f| {
+            f.drop_after_apply = 1;
+            f.search_status = status;
+            f.search_latency = Duration::from_millis(latency);
+        });
+        let tree = Tree::new();
+        let ns = unique("nosearch");
+        let c = tree.container("shop", "nosearch", "app");
+        c.append(seq_lines(0, 200).as_bytes());
+        let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+        cfg.output.elasticsearch.request_timeout = Duration::from_millis(300);
+        let agent = Agent::start(cfg, None);
+        agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 200);
+        let summary = agent.stop();
+        server.faults(|f| {
+            f.search_status = 0;
+            f.search_latency = Duration::ZERO;
+        });
+        // No rollover came between: the unchecked resend is answered 409.
+        assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 200);
+        let st = &summary.stats;
+        assert_eq!(
+            (
+                Stats::get(&st.es_replays_unchecked),
+                Stats::get(&st.es_replays_checked)
+            ),
+            (200, 0),
+            "search status {status}, latency {latency} ms"
+        );
+    }
+}
+
+/// A request that never left (the connection was refused) has a known outcome: it goes to
+/// the next endpoint at once, with no lookup.
+#[test]
+fn a_refused_connection_is_tried_on_the_next_endpoint_without_a_lookup() {
+    let es = Es::new();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let tree = Tree::new();
+    let ns = unique("refused");
+    let c = tree.container("shop", "refused", "app");
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    cfg.output.elasticsearch.endpoints.insert(0, refused);
+    let agent = Agent::start(cfg, None);
+    for i in 0..5 {
+        c.append(seq_lines(i * 100, 100).as_bytes());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 500);
+    let summary = agent.stop();
+    assert_exactly_once(&seqs(&es.docs(&stream(&ns))), 500);
+    let st = &summary.stats;
+    assert!(
+        Stats::get(&st.es_outcome_unreachable) > 0,
+        "the refusing endpoint was tried"
+    );
+    assert_eq!(Stats::get(&st.es_replays_checked), 0, "nothing to look up");
 }

@@ -39,6 +39,14 @@ pub struct Faults {
     /// With `drop_after_apply`: every data stream rolls over right after the cut (ILM at
     /// the worst moment for the client's retry).
     pub rollover_on_drop: bool,
+    /// `_search` requests (the agent's lookups) are answered with this status. 0: served.
+    pub search_status: u16,
+    /// `_search` requests are answered this late (a search pool saturated while bulk
+    /// requests still go through).
+    pub search_latency: Duration,
+    /// With `drop_after_apply`: answer this status instead of cutting the connection, as
+    /// a gateway in front of the cluster does when it gives up waiting (504). 0: cut.
+    pub status_after_apply: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +386,22 @@ async fn handle(
         .filter(|s| !s.is_empty())
         .collect();
     let is_bulk = segs.last() == Some(&"_bulk");
+    if segs.last() == Some(&"_search") {
+        let (status, latency) = {
+            let s = state.lock().unwrap();
+            (s.faults.search_status, s.faults.search_latency)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if status != 0 {
+            return Ok(error(
+                status,
+                "search_refused",
+                "searches are refused on purpose",
+            ));
+        }
+    }
     if is_bulk {
         let (latency, limit) = {
             let s = state.lock().unwrap();
@@ -449,6 +473,13 @@ async fn handle(
                 for stream in s.data_streams() {
                     s.rollover(&stream);
                 }
+            }
+            if s.faults.status_after_apply != 0 {
+                return Ok(error(
+                    s.faults.status_after_apply,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ));
             }
             return Err(std::io::Error::other("connection cut after indexing"));
         }

@@ -763,12 +763,9 @@ pub fn sigterm_during_an_outage_with_the_disk_buffer_stops_cleanly_and_delivers_
     assert_all_once(&es, total, &agent);
 }
 
-pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(scale: u64) {
-    let es = EsServer::start();
-    // Each bulk request takes 300 ms, one at a time: about a third of the write rate.
-    es.faults(|f| f.latency = Duration::from_millis(300));
-    let tree = Tree::new();
-    let mut agent = AgentProcess::new(&tree, &es, "");
+/// An agent that sends one bulk request at a time: with the server's latency, a slow cluster.
+fn one_request_at_a_time(tree: &Tree, es: &EsServer) -> AgentProcess {
+    let agent = AgentProcess::new(tree, es, "");
     fs::write(
         &agent.config,
         fs::read_to_string(&agent.config).unwrap().replace(
@@ -777,6 +774,15 @@ pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_a
         ),
     )
     .unwrap();
+    agent
+}
+
+pub fn a_cluster_slower_than_the_writers_keeps_memory_bounded_and_is_caught_up_after(scale: u64) {
+    let es = EsServer::start();
+    // Each bulk request takes 300 ms, one at a time: about a third of the write rate.
+    es.faults(|f| f.latency = Duration::from_millis(300));
+    let tree = Tree::new();
+    let mut agent = one_request_at_a_time(&tree, &es);
     agent.start();
     let writer = Writer::start(
         &tree,
@@ -1194,6 +1200,22 @@ fn rollovers_between_kill_9_and_restart(scale: u64, extra: &str) {
     let total = writer.finish();
     wait_indexed(&es, total, Duration::from_secs(60 * scale));
     std::thread::sleep(Duration::from_millis(500));
+    // The replays sent after the last restart went to each stream's newest write index,
+    // and the agent says which.
+    let status = fetch(&agent.config.with_extension("log"), "/status")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    let generation = format!("-{:06}", scale + 1);
+    let took = &status["sink"]["replay_write_indices"];
+    for stream in es.with(|s| s.data_streams()) {
+        assert!(
+            took[&stream]
+                .as_str()
+                .is_some_and(|i| i.ends_with(&generation)),
+            "{stream}: {took}"
+        );
+    }
     agent.stop();
     assert_all_once(&es, total, &agent);
 }
@@ -1212,15 +1234,7 @@ pub fn a_crash_with_a_backlog_looks_up_only_what_was_reserved(scale: u64) {
         log.append(seq_lines(from, 50_000.min(total - from)).as_bytes());
     }
     let size = fs::metadata(log.dir.join("0.log")).unwrap().len();
-    let mut agent = AgentProcess::new(&tree, &es, "");
-    fs::write(
-        &agent.config,
-        fs::read_to_string(&agent.config).unwrap().replace(
-            "batch_max_events = 2000",
-            "batch_max_events = 2000\nmax_in_flight = 1",
-        ),
-    )
-    .unwrap();
+    let mut agent = one_request_at_a_time(&tree, &es);
     agent.start();
     let checkpoints = tree.state_dir().join("checkpoints.json");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! The connection to the cluster, through the official client's transport: endpoints
 //! round-robin, credentials, TLS, gzip bodies, and the optional request and byte rate caps.
 
-use super::response::{self, ItemResult, FILTER_PATH};
+use super::response::{self, ItemResult, FILTER_PATH, FILTER_PATH_WITH_INDEX};
 use crate::config::ElasticsearchConfig;
 use bytes::Bytes;
 use elasticsearch::auth::Credentials;
@@ -40,8 +40,10 @@ pub enum Reply {
     Items(Vec<ItemResult>),
     /// Any other status, with the start of the body.
     Status(u16, String),
-    /// No answer: connection refused or reset, timeout.
+    /// Not sent: the connection could not be made (refused, DNS, TLS handshake).
     Unreachable(String),
+    /// Sent with no answer (timeout, connection lost): it may have been indexed.
+    Unanswered(String),
 }
 
 pub struct BulkClient {
@@ -109,14 +111,15 @@ impl BulkClient {
                 let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), level);
                 let _ = enc.write_all(body);
                 let gz = enc.finish().unwrap_or_default();
-                self.send(Bytes::from(gz), true).await
+                self.send(Bytes::from(gz), true, false).await
             }
-            None => self.send(Bytes::copy_from_slice(body), false).await,
+            None => self.send(Bytes::copy_from_slice(body), false, false).await,
         }
     }
 
     /// Sends a bulk body already encoded: gzip-compressed when `gzip`.
-    pub async fn send(&self, payload: Bytes, gzip: bool) -> (Reply, usize) {
+    /// Sends one bulk body. `with_index`: the items' results say which index took them.
+    pub async fn send(&self, payload: Bytes, gzip: bool, with_index: bool) -> (Reply, usize) {
         if let Some(l) = &self.requests {
             l.until_ready().await;
         }
@@ -137,7 +140,12 @@ impl BulkClient {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let sent = payload.len();
-        let query = [("filter_path", FILTER_PATH)];
+        let filter = if with_index {
+            FILTER_PATH_WITH_INDEX
+        } else {
+            FILTER_PATH
+        };
+        let query = [("filter_path", filter)];
         let resp = self
             .transport
             .send(
@@ -150,11 +158,12 @@ impl BulkClient {
             )
             .await;
         let reply = match resp {
-            Err(e) => Reply::Unreachable(error_chain(&e)),
+            Err(e) if never_sent(&e) => Reply::Unreachable(error_chain(&e)),
+            Err(e) => Reply::Unanswered(error_chain(&e)),
             Ok(r) => {
                 let status = r.status_code().as_u16();
                 match r.bytes().await {
-                    Err(e) => Reply::Unreachable(format!("reading the reply: {e}")),
+                    Err(e) => Reply::Unanswered(format!("reading the reply: {e}")),
                     Ok(b) if status == 200 => match response::parse(&b) {
                         Some(items) => Reply::Items(items),
                         None => Reply::Status(599, excerpt(&b)),
@@ -191,6 +200,18 @@ pub fn transport(urls: Vec<Url>, cfg: &ElasticsearchConfig) -> Result<Transport,
 
 /// An error with its causes, `a: b: c`: a TLS failure shows its reason, not only
 /// "error sending request".
+/// Whether the request failed before any of it left: no connection could be made.
+pub fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<reqwest::Error>() {
+            return r.is_connect();
+        }
+        source = s.source();
+    }
+    false
+}
+
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -2,7 +2,7 @@
 //! asked before a replay (after a restart, or a retry whose first outcome is unknown),
 //! because Elasticsearch refuses a duplicate `create` only within one backing index.
 
-use super::client::error_chain;
+use super::client::{error_chain, never_sent};
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::Transport;
 use elasticsearch::http::Method;
@@ -17,8 +17,13 @@ pub const IDS_PER_LOOKUP: usize = 1000;
 
 #[derive(Debug, Error)]
 pub enum LookupError {
-    #[error("no answer from the cluster: {0}")]
+    /// The search could not be sent: the cluster is down (the bulk request could not go
+    /// either).
+    #[error("no connection to the cluster: {0}")]
     Unreachable(String),
+    /// Sent with no answer in time: the cluster may take bulk requests and not searches.
+    #[error("no answer from the cluster: {0}")]
+    Unanswered(String),
     #[error("the cluster answered {status} to {what}: {body}")]
     Status {
         what: &'static str,
@@ -98,12 +103,15 @@ async fn call(
             Some(timeout),
         )
         .await
-        .map_err(|e| LookupError::Unreachable(error_chain(&e)))?;
+        .map_err(|e| match never_sent(&e) {
+            true => LookupError::Unreachable(error_chain(&e)),
+            false => LookupError::Unanswered(error_chain(&e)),
+        })?;
     let status = resp.status_code().as_u16();
     let text = resp
         .text()
         .await
-        .map_err(|e| LookupError::Unreachable(format!("reading the reply: {e}")))?;
+        .map_err(|e| LookupError::Unanswered(format!("reading the reply: {e}")))?;
     Ok((status, text))
 }
 

@@ -14,10 +14,10 @@ use super::Shared;
 use crate::stats::Stats;
 use std::collections::HashMap;
 
-/// Lookups of an ambiguous request the cluster may answer with 429 or 5xx before the
-/// request is sent unchecked (it takes bulk requests but not
-/// searches). A lookup with no answer at all is tried again for as long as it takes: the
-/// request could not be sent either.
+/// Lookups of an ambiguous request the cluster may answer with 429 or 5xx, or leave
+/// unanswered past the request timeout, before the request is sent unchecked (it takes
+/// bulk requests but not searches). A lookup that cannot connect is tried again for as
+/// long as it takes: the request could not be sent either.
 const AMBIGUOUS_LOOKUP_TRIES: u32 = 8;
 
 /// For a request marked ambiguous: the items its streams hold already. `Err(true)`:
@@ -52,7 +52,13 @@ pub(super) async fn check_sealed(shared: &Shared, batch: &mut Sealed) -> Result<
                         batch.lookups_refused += 1;
                         return Err(true);
                     }
-                    LookupError::Status { .. } => {}
+                    LookupError::Unanswered(_)
+                        if batch.lookups_refused < AMBIGUOUS_LOOKUP_TRIES =>
+                    {
+                        batch.lookups_refused += 1;
+                        return Err(true);
+                    }
+                    LookupError::Status { .. } | LookupError::Unanswered(_) => {}
                 }
                 if let Some(held_back) = crate::log_limit::allow("es.replay_lookup") {
                     tracing::warn!(stream = %stream, error = %e, held_back, documents = batch.len(), "cannot ask which documents of an unanswered request the stream holds; sending it unchecked (a rollover since would index them twice)");

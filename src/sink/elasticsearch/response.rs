@@ -5,10 +5,16 @@ use serde::Deserialize;
 
 /// Asked of Elasticsearch so that replies stay small when all goes well.
 pub const FILTER_PATH: &str = "errors,items.*.status,items.*.error.type,items.*.error.reason";
+/// The same, with the index each item went to: asked only when replays are sent.
+pub const FILTER_PATH_WITH_INDEX: &str =
+    "errors,items.*.status,items.*._index,items.*.error.type,items.*.error.reason";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemResult {
     pub status: u16,
+    /// The concrete index that answered, when asked (`FILTER_PATH_WITH_INDEX`): for a
+    /// data stream, its write index.
+    pub index: Option<String>,
     pub error_type: Option<String>,
     pub reason: Option<String>,
 }
@@ -44,6 +50,8 @@ impl<'de> Deserialize<'de> for Single {
 #[derive(Deserialize)]
 struct RawItem {
     status: u16,
+    #[serde(rename = "_index", default)]
+    index: Option<String>,
     #[serde(default)]
     error: Option<RawError>,
 }
@@ -69,6 +77,7 @@ pub fn parse(body: &[u8]) -> Option<Vec<ItemResult>> {
             };
             Some(ItemResult {
                 status: item.status,
+                index: item.index,
                 error_type,
                 reason,
             })

@@ -5,7 +5,7 @@
 
 use super::batch::{ItemMeta, Origin, Sealed};
 use super::client::Reply;
-use super::response::{classify, Outcome};
+use super::response::{classify, ItemResult, Outcome};
 use super::{replay, Shared};
 use crate::event::AckBuilder;
 use crate::log_limit;
@@ -98,6 +98,7 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
     // rollover since would index it twice).
     let mut found_before = Acked::default();
     let mut already = 0;
+    let checked = batch.ambiguous;
     if batch.ambiguous {
         match replay::check_sealed(shared, &mut batch).await {
             Ok(found) => {
@@ -133,20 +134,24 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
         Stats::add(&st.es_items_sent, batch.len() as u64);
         Stats::add(&st.es_bytes_raw, batch.raw_len as u64);
         let started = Instant::now();
-        let (reply, sent) = shared.client.send(batch.payload.clone(), batch.gzip).await;
+        let (reply, sent) = shared
+            .client
+            .send(batch.payload.clone(), batch.gzip, checked)
+            .await;
         Stats::add(&st.es_bytes_sent, sent as u64);
         st.es_bulk_seconds.observe(started.elapsed().as_secs_f64());
         let (outcome, counter) = match &reply {
             Reply::Items(_) => (1, &st.es_outcome_items),
             Reply::Status(429 | 500..=599, _) => (3, &st.es_outcome_throttled),
             Reply::Status(..) => (2, &st.es_outcome_refused),
-            Reply::Unreachable(_) => (4, &st.es_outcome_unreachable),
+            Reply::Unreachable(_) | Reply::Unanswered(_) => (4, &st.es_outcome_unreachable),
         };
         Stats::add(counter, 1);
         st.es_last_outcome.store(outcome, Ordering::Relaxed);
+        // Not sent: another endpoint is tried at once. Sent with no answer: it goes again
+        // only after a lookup (below).
         if matches!(reply, Reply::Unreachable(_)) {
             unreachable += 1;
-            // Round-robin: another endpoint is tried at once.
             if unreachable < shared.cfg.endpoints.len() {
                 Stats::add(&st.es_request_failures, 1);
                 continue;
@@ -159,6 +164,9 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
     c.settled.duplicates = already;
     match reply {
         Reply::Items(items) if items.len() == batch.len() => {
+            if checked {
+                note_write_indices(shared, &mut batch, &items);
+            }
             let mut rejected = 0;
             let mut unauthorized = None;
             for (i, item) in items.iter().enumerate() {
@@ -235,6 +243,10 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
             c.verdict = Verdict::Throttled {
                 down: matches!(status, 502..=504),
             };
+            // A gateway's: the cluster behind it may have indexed the request.
+            if matches!(status, 502 | 504) {
+                batch.ambiguous = true;
+            }
             whole_again(shared, batch, &mut c, &format!("HTTP {status}: {body}"));
         }
         Reply::Status(status, body) => {
@@ -257,12 +269,44 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
         }
         Reply::Unreachable(e) => {
             c.verdict = Verdict::Throttled { down: true };
+            whole_again(shared, batch, &mut c, &e);
+        }
+        Reply::Unanswered(e) => {
+            c.verdict = Verdict::Throttled { down: true };
             // It may have been indexed before the answer was lost.
             batch.ambiguous = true;
             whole_again(shared, batch, &mut c, &e);
         }
     }
     c
+}
+
+/// Which write index took the replays just sent, per data stream: kept for `/status`, and
+/// a change (a rollover since the last replays) is said once.
+fn note_write_indices(shared: &Shared, batch: &mut Sealed, items: &[ItemResult]) {
+    let mut took: Vec<(String, &str)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(index) = item.index.as_deref() else {
+            continue;
+        };
+        if took.iter().any(|(_, known)| *known == index) {
+            continue;
+        }
+        if let Some((stream, _)) = batch.target_and_id(i) {
+            took.push((stream, index));
+        }
+    }
+    let mut known = shared
+        .stats
+        .es_write_indices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (stream, index) in took {
+        let previous = known.insert(stream.clone(), index.to_string());
+        if previous.as_deref() != Some(index) {
+            tracing::info!(stream = %stream, write_index = %index, previous = previous.as_deref().unwrap_or("none"), "documents that may have been sent before went to this write index");
+        }
+    }
 }
 
 impl Completion {
