@@ -5,7 +5,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use logferry::config::ElasticsearchConfig;
 use logferry::config::{JsonConfig, LineOverflow, LogFormat, MultilineConfig};
+use logferry::encode::ecs_fields::FieldKeys;
 use logferry::encode::json_message::lift;
+use logferry::encode::logfmt;
 use logferry::encode::{DocumentEncoder, FileMetadata};
 use logferry::enrich::kube::pod::PodInfo;
 use logferry::enrich::metadata::{ContainerMetadata, MetadataOptions};
@@ -24,6 +26,7 @@ use std::time::Instant;
 
 const TEXT: &str = "10.0.3.7 - - [30/Nov/2026:10:00:00 +0000] \"GET /api/v1/products?page=2 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" 0.012";
 const JSON: &str = r#"{"level":"info","ts":"2026-11-30T10:00:00.123Z","msg":"request done","path":"/api/orders","status":200,"latency_ms":42,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#;
+const LOGFMT: &str = r#"time="2026-11-30T10:00:00.123Z" level=warn msg="request done" component=http method=GET path=/api/orders status_code=200 duration=932ms trace_id=4bf92f3577b34da6a3ce929d0e0e4736"#;
 
 fn ctx() -> Arc<FileContext> {
     let path = Path::new("/var/log/containers/checkout-6c9f7b8d4-k7wzp_shop_app-9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b.log");
@@ -69,8 +72,16 @@ fn parsing(c: &mut Criterion) {
     g.bench_function("docker", |b| {
         b.iter(|| black_box(docker::parse(black_box(&dline))))
     });
+    let keys = FieldKeys::new(&Default::default());
     g.bench_function("json_lift", |b| {
-        b.iter(|| black_box(lift(black_box(JSON.as_bytes()))))
+        b.iter(|| black_box(lift(black_box(JSON.as_bytes()), &keys)))
+    });
+    g.bench_function("logfmt", |b| {
+        b.iter(|| black_box(logfmt::parse(black_box(LOGFMT.as_bytes()), &keys)))
+    });
+    // A text line with `=` in it: tried as logfmt, refused at its first word.
+    g.bench_function("logfmt_refused", |b| {
+        b.iter(|| black_box(logfmt::parse(black_box(TEXT.as_bytes()), &keys)))
     });
     g.finish();
 }
@@ -159,6 +170,7 @@ fn encoding(c: &mut Criterion) {
         ("json_document", JSON, false),
         ("text_document_with_pod", TEXT, true),
         ("json_document_with_pod", JSON, true),
+        ("logfmt_document", LOGFMT, false),
     ] {
         let e = if pod {
             with_pod(event(msg))

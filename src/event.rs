@@ -60,8 +60,11 @@ impl Flags {
 
     /// A summary of lines dropped over the container's rate limit, in place of the first.
     pub const RATE_LIMIT_SUMMARY: Flags = Flags(1 << 9);
+    /// A structured message's configured key held a value of another type than its ECS
+    /// field takes: not lifted, kept in the message's object.
+    pub const FIELD_TYPE_MISMATCH: Flags = Flags(1 << 10);
 
-    const NAMES: [(Flags, &'static str); 10] = [
+    const NAMES: [(Flags, &'static str); 11] = [
         (Flags::PARTIAL_MERGED, "partial_merged"),
         (Flags::MULTILINE, "multiline"),
         (Flags::TRUNCATED, "truncated"),
@@ -72,6 +75,7 @@ impl Flags {
         (Flags::INCOMPLETE, "incomplete"),
         (Flags::NO_KUBE_METADATA, "no_kube_metadata"),
         (Flags::RATE_LIMIT_SUMMARY, "rate_limit_summary"),
+        (Flags::FIELD_TYPE_MISMATCH, "field_type_mismatch"),
     ];
 
     pub const fn empty() -> Flags {

@@ -4,6 +4,7 @@
 //! input alone.
 
 use crate::config::{Config, JsonConfig, LineOverflow, LogFormat, MultilineConfig};
+use crate::encode::ecs_fields::FieldKeys;
 use crate::encode::json_message::lift;
 use crate::encode::{DocumentEncoder, FileMetadata};
 use crate::enrich::path::PathMetadata;
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name, for the regression replay.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("cri", cri),
     ("docker", docker),
     ("assemble", assemble),
     ("json_lift", json_lift),
+    ("logfmt", logfmt),
     ("bulk_response", bulk_response),
     ("config", config),
     ("buffer_record", buffer_record),
@@ -128,14 +130,42 @@ fn context() -> Arc<FileContext> {
     })
 }
 
+fn field_keys() -> &'static FieldKeys {
+    static KEYS: OnceLock<FieldKeys> = OnceLock::new();
+    KEYS.get_or_init(|| FieldKeys::new(&crate::config::FieldsConfig::default()))
+}
+
 pub fn json_lift(data: &[u8]) {
-    if let Some(l) = lift(data) {
+    if let Some(l) = lift(data, field_keys()) {
         assert!(!l.object.contains(&b'\n') && !l.object.contains(&b'\r'));
         // Grammar, not range: `5e51110` is JSON (Elasticsearch refuses the field, and the
         // sink's rescue takes that case).
         let raw: &serde_json::value::RawValue =
             serde_json::from_slice(&l.object).expect("a lifted object is JSON");
         assert!(raw.get().starts_with('{'));
+    }
+}
+
+pub fn logfmt(data: &[u8]) {
+    if let Some(p) = crate::encode::logfmt::parse(data, field_keys()) {
+        assert!(p.pairs.len() >= 2);
+        // The document of a logfmt line is JSON whatever the line held.
+        let e = LogEvent {
+            file: context(),
+            seq: 0,
+            offset: 0,
+            safe_point: data.len() as u64,
+            timestamp: Bytes::new(),
+            stream: crate::event::Stream::Stdout,
+            message: Bytes::copy_from_slice(data),
+            flags: crate::event::Flags::empty(),
+        };
+        let mut doc = Vec::new();
+        DocumentEncoder::new(&JsonConfig::default()).encode(&e, &mut doc);
+        check_document(&doc, &e);
+        let v: serde_json::Value = serde_json::from_slice(&doc).expect("checked");
+        let kept = v["logfmt"].as_object().map_or(0, |o| o.len());
+        assert_eq!(kept, p.pairs.len(), "every pair kept once");
     }
 }
 

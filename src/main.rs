@@ -248,12 +248,7 @@ fn setup(
         eprintln!("logferry: {key}: {msg}");
         return ExitCode::from(2);
     }
-    let json_key = if cfg.source.json.enabled {
-        cfg.source.json.target.as_str()
-    } else {
-        ""
-    };
-    let resources = setup::resources(es, json_key);
+    let resources = setup::resources(es, &cfg.source.kept_objects());
     let objects = match logferry::kibana::saved_objects(&Router::new(es).index_pattern()) {
         Ok(o) => o,
         Err(e) => {

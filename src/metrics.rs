@@ -315,6 +315,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.events_invalid_utf8,
         ),
         (
+            "events_field_type_mismatch_total",
+            "Structured messages with a configured key of another type than its ECS field (not lifted, flagged).",
+            Counter,
+            &s.events_field_type_mismatch,
+        ),
+        (
             "rate_limited_lines_total",
             "Lines dropped over a container's rate limit.",
             Counter,

@@ -187,7 +187,7 @@ pub async fn run(
     let sink = match config.output.kind {
         OutputKind::Stdout => {
             let sink = StdoutSink {
-                encoder: DocumentEncoder::new(&src.json).counting(stats.clone()),
+                encoder: DocumentEncoder::for_source(src).counting(stats.clone()),
                 format: config.output.stdout.format,
                 writer: opts.output,
                 acks: ck_tx.clone(),
@@ -203,7 +203,7 @@ pub async fn run(
             let sink = ElasticsearchSink::new(
                 opts.health.clone(),
                 &config.output.elasticsearch,
-                &src.json,
+                src,
                 &dead_letter,
                 ck_tx.clone(),
                 stats.clone(),
@@ -227,7 +227,7 @@ pub async fn run(
                 let spool = Spool::new(
                     writer,
                     Router::new(&config.output.elasticsearch),
-                    DocumentEncoder::new(&src.json).counting(stats.clone()),
+                    DocumentEncoder::for_source(src).counting(stats.clone()),
                     ck_tx.clone(),
                     &config.buffer,
                 );

@@ -150,6 +150,8 @@ pub struct Stats {
     pub events_docker: AtomicU64,
     /// Events whose invalid UTF-8 was replaced with U+FFFD when encoded.
     pub events_invalid_utf8: AtomicU64,
+    /// Structured messages with a configured key whose value had another type (not lifted).
+    pub events_field_type_mismatch: AtomicU64,
     /// Lines dropped over a container's rate limit, and the summary events that said so.
     pub lines_rate_limited: AtomicU64,
     pub rate_limit_summaries: AtomicU64,
@@ -242,6 +244,7 @@ impl Default for Stats {
             events_cri: AtomicU64::new(0),
             events_docker: AtomicU64::new(0),
             events_invalid_utf8: AtomicU64::new(0),
+            events_field_type_mismatch: AtomicU64::new(0),
             lines_rate_limited: AtomicU64::new(0),
             rate_limit_summaries: AtomicU64::new(0),
             es_in_flight_bytes: AtomicU64::new(0),

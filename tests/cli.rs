@@ -29,8 +29,9 @@ fn the_readme_debug_command_prints_the_sample_documents() {
         String::from_utf8_lossy(&out.stderr)
     );
     let docs = support::parse_docs(&out.stdout);
-    // 4 + 14 + 8 + 12 sample lines, less what partial and multiline merging joined.
-    assert_eq!(docs.len(), 18);
+    // 4 + 14 + 8 + 12 sample lines, less what partial and multiline merging joined, and
+    // the 10 lines of a request flow across three services.
+    assert_eq!(docs.len(), 28);
     let msg = |needle: &str| {
         docs.iter()
             .find(|d| d["message"].as_str().unwrap().contains(needle))
@@ -56,6 +57,17 @@ fn the_readme_debug_command_prints_the_sample_documents() {
         "a very long line split by docker at 16 KiB: part one, part two, and the end"
     );
     assert_eq!(msg("slow request")["log"]["level"], "warn");
+    // The flow's ECS fields, lifted from JSON and logfmt alike.
+    let flow: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["user"]["id"] == "u-1042")
+        .collect();
+    assert_eq!(flow.len(), 7, "one user's flow across three services");
+    assert!(flow
+        .iter()
+        .all(|d| d["trace"]["id"] == "4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(msg("items reserved")["event"]["duration"], 250_000_000);
+    assert_eq!(msg("items reserved")["logfmt"]["component"], "cart");
 }
 
 #[test]
@@ -115,6 +127,13 @@ fn check_config_prints_the_effective_config_with_variables_resolved() {
     assert!(text.contains("host_name = \"node-42\""), "{text}");
     let c = logferry::config::Config::parse(&text, "printed", &|_| None).unwrap();
     assert_eq!(c.source.include, vec!["/var/log/containers/*.log"]);
+    // The reference says what the defaults are.
+    assert_eq!(c.source.fields, logferry::config::FieldsConfig::default());
+    assert_eq!(c.source.logfmt, logferry::config::LogfmtConfig::default());
+    assert_eq!(
+        c.source.multiline.presets,
+        logferry::config::MultilineConfig::default().presets
+    );
     assert!(logferry(&["check-config", "config/debug.toml"])
         .status
         .success());

@@ -5,7 +5,7 @@
 mod support;
 
 use logferry::stats::Stats;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
@@ -233,7 +233,7 @@ fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
     cfg.ilm_policy = name.clone();
     let client = BulkClient::new(&cfg).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let resources = setup::resources(&cfg, "json");
+    let resources = setup::resources(&cfg, &["json".to_string()]);
     let changes: Vec<setup::Change> = rt
         .block_on(setup::apply(client.transport(), &resources, false))
         .unwrap()
@@ -785,4 +785,178 @@ fn a_refused_connection_is_tried_on_the_next_endpoint_without_a_lookup() {
         "the refusing endpoint was tried"
     );
     assert_eq!(Stats::get(&st.es_replays_checked), 0, "nothing to look up");
+}
+
+/// Issue 15: the sample request flow (three services, JSON and logfmt, shared trace and
+/// user ids) through the agent into the test server: every document carries the ECS fields
+/// its line holds, typed as the template maps them.
+#[test]
+fn the_sample_flow_arrives_with_its_ecs_fields_lifted() {
+    let es = Es::new();
+    let ns = unique("flow");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/var/log/containers");
+    let globs = ["frontend-*.log", "cart-*.log", "payments-*.log"]
+        .map(|g| format!("{root}/{g}"))
+        .to_vec();
+    let agent = Agent::start(es_config(globs, &es, &ns), None);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 10);
+    agent.stop();
+    let docs: Vec<Value> = es.docs(&stream(&ns));
+    assert_eq!(docs.len(), 10);
+    let t1 = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let t2 = "7c1e9b2d4a6f8e0c1b3d5f7a9c2e4b6d";
+    // message → (trace, user, request, method, path, status, duration ns)
+    type Want = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Value,
+        Value,
+        Value,
+        Value,
+    );
+    let want: Vec<(&str, Want)> = vec![
+        (
+            "request received",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                json!("POST"),
+                json!("/checkout"),
+                Value::Null,
+                Value::Null,
+            ),
+        ),
+        (
+            "request done",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                json!("POST"),
+                json!("/checkout"),
+                json!(200),
+                json!(1_420_000_000i64),
+            ),
+        ),
+        (
+            "reserving items",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ),
+        ),
+        (
+            "items reserved",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                json!("POST"),
+                json!("/internal/reserve"),
+                json!(200),
+                json!(250_000_000),
+            ),
+        ),
+        (
+            "charging card",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ),
+        ),
+        (
+            "card processor slow",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                json!("POST"),
+                json!("/v1/charges"),
+                json!(200),
+                json!(1_080_000_000),
+            ),
+        ),
+        (
+            "payment captured",
+            (
+                t1,
+                "u-1042",
+                "req-81f2",
+                Value::Null,
+                Value::Null,
+                json!(201),
+                Value::Null,
+            ),
+        ),
+        (
+            "request received",
+            (
+                t2,
+                "u-2077",
+                "req-81f3",
+                json!("GET"),
+                json!("/cart"),
+                Value::Null,
+                Value::Null,
+            ),
+        ),
+        (
+            "request done",
+            (
+                t2,
+                "u-2077",
+                "req-81f3",
+                json!("GET"),
+                json!("/cart"),
+                json!(200),
+                json!(90_000_000),
+            ),
+        ),
+        (
+            "cart read",
+            (
+                t2,
+                "u-2077",
+                "req-81f3",
+                json!("GET"),
+                json!("/internal/cart"),
+                json!(200),
+                json!(12_000_000),
+            ),
+        ),
+    ];
+    for d in &docs {
+        let m = d["message"].as_str().unwrap();
+        let user = d["user"]["id"].as_str().unwrap();
+        let (_, (trace, u, request, method, path, status, duration)) = want
+            .iter()
+            .find(|(msg, (_, u, ..))| *msg == m && *u == user)
+            .unwrap_or_else(|| panic!("unexpected document {d}"));
+        assert_eq!(d["trace"]["id"], *trace, "{m}");
+        assert_eq!(user, *u);
+        assert_eq!(d["transaction"]["id"], *request, "{m}");
+        assert_eq!(d["http"]["request"]["method"], *method, "{m}");
+        assert_eq!(d["url"]["path"], *path, "{m}");
+        assert_eq!(d["http"]["response"]["status_code"], *status, "{m}");
+        assert_eq!(d["event"]["duration"], *duration, "{m}");
+        assert_eq!(d["kubernetes"]["namespace"], "shop");
+        assert!(d["log"].get("flags").is_none(), "{d}");
+    }
+    let slow = docs
+        .iter()
+        .filter(|d| d["event"]["duration"].as_i64() > Some(1_000_000_000))
+        .count();
+    assert_eq!(slow, 2, "two requests over one second");
 }

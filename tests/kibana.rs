@@ -22,7 +22,10 @@ fn objects() -> Vec<Value> {
 /// Field types of the mappings `setup` installs: `properties` walked to leaves, plus the
 /// runtime fields.
 fn template_fields() -> HashMap<String, String> {
-    let rs = setup::resources(&ElasticsearchConfig::default(), "json");
+    let rs = setup::resources(
+        &ElasticsearchConfig::default(),
+        &logferry::config::SourceConfig::default().kept_objects(),
+    );
     let mappings = rs
         .iter()
         .find(|r| r.name.ends_with("@mappings"))
@@ -45,10 +48,27 @@ fn template_fields() -> HashMap<String, String> {
     }
     let mut out = HashMap::new();
     walk("", &mappings["properties"], &mut out);
-    for (k, v) in mappings["runtime"].as_object().unwrap() {
-        out.insert(k.clone(), v["type"].as_str().unwrap().to_string());
+    if let Some(runtime) = mappings["runtime"].as_object() {
+        for (k, v) in runtime {
+            out.insert(k.clone(), v["type"].as_str().unwrap().to_string());
+        }
     }
     out
+}
+
+/// Whether a field of this type can be aggregated (terms, percentiles, options lists).
+fn aggregatable(t: &str) -> bool {
+    [
+        "keyword",
+        "constant_keyword",
+        "long",
+        "double",
+        "date",
+        "date_nanos",
+        "ip",
+        "boolean",
+    ]
+    .contains(&t)
 }
 
 /// The type a query may meet at `field`: a mapped leaf, a runtime field, or a key under a
@@ -249,9 +269,11 @@ fn saved_objects_hold_together_and_use_only_mapped_fields() {
     assert_eq!(view["attributes"]["timeFieldName"], "@timestamp");
     assert_eq!(fields["@timestamp"], "date_nanos");
     assert_eq!(titled("Errors")["type"], "search");
-    assert_eq!(titled("Slow requests")["type"], "search");
+    assert_eq!(titled("User flow")["type"], "search");
     let dashboard = titled("Kubernetes logs");
     assert_eq!(dashboard["type"], "dashboard");
+    let dashboards = objs.iter().filter(|o| o["type"] == "dashboard").count();
+    assert_eq!(dashboards, 3, "Kubernetes logs, User flows, Slow requests");
 
     for o in &objs {
         let what = format!("{} {}", o["type"], o["id"]);
@@ -328,10 +350,15 @@ fn saved_objects_hold_together_and_use_only_mapped_fields() {
                     for c in columns.values() {
                         if let Some(f) = c["sourceField"].as_str().filter(|f| *f != "___records___")
                         {
+                            let t = field_type(&fields, f)
+                                .unwrap_or_else(|| panic!("{what}: {f} is not mapped"));
                             assert!(
-                                field_type(&fields, f).is_some(),
-                                "{what}: {f} is not mapped"
+                                aggregatable(&t),
+                                "{what}: {f} is mapped {t}, which cannot be aggregated"
                             );
+                        }
+                        if let Some(q) = c["filter"]["query"].as_str() {
+                            check_query(&what, q, &fields);
                         }
                         if let Some(by) = c["params"]["orderBy"]["columnId"].as_str() {
                             assert!(columns.contains_key(by), "{what}: orders by unknown {by}");
@@ -350,7 +377,26 @@ fn saved_objects_hold_together_and_use_only_mapped_fields() {
             "dashboard" => {
                 let panels: Vec<Value> =
                     serde_json::from_str(a["panelsJSON"].as_str().unwrap()).unwrap();
-                assert_eq!(panels.len(), refs.len());
+                let (control_refs, panel_refs): (Vec<&Value>, Vec<&Value>) = refs
+                    .iter()
+                    .partition(|r| r["name"].as_str().unwrap().starts_with("controlGroup_"));
+                assert_eq!(panels.len(), panel_refs.len());
+                let controls: serde_json::Map<String, Value> = a["controlGroupInput"]["panelsJSON"]
+                    .as_str()
+                    .map(|c| serde_json::from_str(c).unwrap())
+                    .unwrap_or_default();
+                assert_eq!(controls.len(), control_refs.len());
+                for (id, c) in &controls {
+                    let f = c["explicitInput"]["fieldName"].as_str().unwrap();
+                    let t = field_type(&fields, f)
+                        .unwrap_or_else(|| panic!("{what}: control {id} on unmapped {f}"));
+                    assert!(aggregatable(&t), "{what}: control on {f} mapped {t}");
+                    let name = format!("controlGroup_{id}:optionsListDataView");
+                    assert!(
+                        control_refs.iter().any(|r| r["name"] == name.as_str()),
+                        "{what}: control {id} has no data view reference"
+                    );
+                }
                 for p in &panels {
                     let name = format!(
                         "{}:{}",
@@ -376,19 +422,51 @@ fn saved_objects_hold_together_and_use_only_mapped_fields() {
                             .unwrap()
                     })
                     .collect();
-                for want in [
-                    "Errors over time by namespace",
-                    "Log volume by namespace",
-                    "Log volume by pod",
-                    "Top erroring pods",
-                    "Log levels",
-                    "Slow requests",
-                ] {
-                    assert!(
-                        titles.contains(want),
-                        "the dashboard lacks {want:?}: {titles:?}"
-                    );
+                let (wanted, control_fields): (&[&str], &[&str]) =
+                    match a["title"].as_str().unwrap() {
+                        "Kubernetes logs" => (
+                            &[
+                                "Errors over time by namespace",
+                                "Log volume by namespace",
+                                "Log volume by pod",
+                                "Top erroring pods",
+                                "Log levels",
+                                "Slow requests",
+                                "Errors",
+                            ],
+                            &[],
+                        ),
+                        "User flows" => (
+                            &[
+                                "User flow",
+                                "Flow requests per service over time",
+                                "Services in the flow",
+                            ],
+                            &["user.id", "trace.id", "transaction.id"],
+                        ),
+                        "Slow requests" => (
+                            &[
+                                "Slow requests over time by deployment",
+                                "Request duration p50/p95/p99 by service",
+                                "Slow requests",
+                            ],
+                            &[],
+                        ),
+                        other => panic!("an unexpected dashboard {other:?}"),
+                    };
+                for want in wanted {
+                    assert!(titles.contains(want), "{what} lacks {want:?}: {titles:?}");
                 }
+                let mut by_order: Vec<(u64, &str)> = controls
+                    .values()
+                    .map(|c| {
+                        let f = c["explicitInput"]["fieldName"].as_str().unwrap();
+                        (c["order"].as_u64().unwrap(), f)
+                    })
+                    .collect();
+                by_order.sort();
+                let fields_controlled: Vec<&str> = by_order.iter().map(|(_, f)| *f).collect();
+                assert_eq!(fields_controlled, control_fields, "{what}: controls");
             }
             _ => {}
         }
@@ -397,12 +475,15 @@ fn saved_objects_hold_together_and_use_only_mapped_fields() {
 
 #[test]
 fn a_duration_kept_as_text_would_not_compare_as_a_number() {
-    // Why the template carries runtime fields: without them the search compares keywords.
+    // Why `event.duration` is lifted and mapped `long`: under the kept object (a flattened
+    // field, whose leaves are keywords) "999" > "1000".
     let mut fields = template_fields();
-    fields.retain(|k, _| !k.starts_with("json."));
+    assert_eq!(fields["event.duration"], "long");
+    fields.remove("event.duration");
+    fields.insert("event".into(), "flattened".into());
     let slow = objects()
         .into_iter()
-        .find(|o| o["attributes"]["title"] == "Slow requests")
+        .find(|o| o["attributes"]["title"] == "Slow requests" && o["type"] == "search")
         .unwrap();
     let src: Value = serde_json::from_str(
         slow["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"]

@@ -3,11 +3,13 @@
 
 mod buffer;
 mod elasticsearch;
+mod fields;
 mod kubernetes;
 mod rate_limit;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
 pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
+pub use fields::{FieldsConfig, LogfmtConfig};
 pub use kubernetes::KubernetesConfig;
 pub use rate_limit::RateLimitConfig;
 
@@ -122,12 +124,28 @@ pub struct SourceConfig {
     pub max_idle_poll: Duration,
     pub multiline: MultilineConfig,
     pub json: JsonConfig,
+    pub logfmt: LogfmtConfig,
+    pub fields: FieldsConfig,
     /// Where a symlink may lead besides the parent directory of each include pattern's
     /// fixed part (`/var/log` for `/var/log/containers/*.log`). A link leading elsewhere is
     /// not followed.
     pub symlink_roots: Vec<PathBuf>,
     /// Files followed at once at most (each holds a descriptor); more wait, counted.
     pub max_open_files: u64,
+}
+
+impl SourceConfig {
+    /// The document keys structured messages are kept under (`json`, `logfmt`), when on.
+    pub fn kept_objects(&self) -> Vec<String> {
+        [
+            (self.json.enabled, &self.json.target),
+            (self.logfmt.enabled, &self.logfmt.target),
+        ]
+        .into_iter()
+        .filter(|(on, k)| *on && !k.is_empty())
+        .map(|(_, k)| k.clone())
+        .collect()
+    }
 }
 
 impl Default for SourceConfig {
@@ -146,6 +164,8 @@ impl Default for SourceConfig {
             max_idle_poll: Duration::from_millis(500),
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
+            logfmt: LogfmtConfig::default(),
+            fields: FieldsConfig::default(),
             symlink_roots: vec![PathBuf::from("/var/lib/docker/containers")],
             max_open_files: 10_000,
         }
@@ -155,7 +175,8 @@ impl Default for SourceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MultilineConfig {
-    /// Built-in rule sets to enable: `java`, `python`, `go`.
+    /// Built-in rule sets to enable: `java`, `python`, `go` (all three by default, so an
+    /// exception is one event; `presets = []` turns them off).
     pub presets: Vec<String>,
     pub parsers: Vec<MultilineParserConfig>,
     #[serde(with = "duration_str")]
@@ -166,7 +187,7 @@ pub struct MultilineConfig {
 impl Default for MultilineConfig {
     fn default() -> Self {
         MultilineConfig {
-            presets: vec![],
+            presets: vec!["java".into(), "python".into(), "go".into()],
             parsers: vec![],
             flush_timeout: Duration::from_secs(1),
             max_lines: 500,
@@ -406,6 +427,7 @@ impl Config {
                 )
             })?;
         }
+        s.fields.check()?;
         let positive = [
             ("source.rescan_interval", s.rescan_interval),
             ("source.max_idle_poll", s.max_idle_poll),

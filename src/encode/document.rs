@@ -1,8 +1,10 @@
 //! The ECS document of one event, written byte by byte into the sink's buffer. What all
 //! events of a file share was encoded once when the file was opened.
 
+use super::ecs_fields::{EcsValues, FieldKeys};
 use super::escape::{write_bytes, write_str};
-use super::json_message::lift;
+use super::json_message::{lift, Lifted};
+use super::logfmt::{self, Parsed};
 use crate::enrich::path::PathMetadata;
 use crate::event::{Flags, LogEvent};
 use bytes::Bytes;
@@ -40,22 +42,75 @@ pub struct DocumentEncoder {
     /// `"<target>":` when JSON messages are lifted and kept.
     json_key: Option<Vec<u8>>,
     lift_json: bool,
+    /// `"<target>":` when logfmt messages are lifted and their pairs kept.
+    logfmt_key: Option<Vec<u8>>,
+    lift_logfmt: bool,
+    /// Which message keys feed which ECS fields.
+    keys: std::sync::Arc<FieldKeys>,
     /// Where replaced invalid UTF-8 is counted.
     stats: Option<std::sync::Arc<crate::stats::Stats>>,
 }
 
+/// A message that is a record: what it gives the document.
+enum Structured<'a> {
+    Json(Lifted<'a>),
+    Logfmt(Parsed<'a>),
+}
+
+impl Structured<'_> {
+    fn message(&self) -> Option<&str> {
+        match self {
+            Structured::Json(l) => l.message.as_deref(),
+            Structured::Logfmt(p) => p.message.as_deref(),
+        }
+    }
+
+    fn level(&self) -> Option<&str> {
+        match self {
+            Structured::Json(l) => l.level.as_deref(),
+            Structured::Logfmt(p) => p.level.as_deref(),
+        }
+    }
+
+    fn ecs(&self) -> &EcsValues<'_> {
+        match self {
+            Structured::Json(l) => &l.ecs,
+            Structured::Logfmt(p) => &p.ecs,
+        }
+    }
+}
+
+/// `"<target>":`, or `None` when nothing is kept.
+fn member_key(enabled: bool, target: &str) -> Option<Vec<u8>> {
+    (enabled && !target.is_empty()).then(|| {
+        let mut k = Vec::new();
+        write_str(&mut k, target);
+        k.push(b':');
+        k
+    })
+}
+
 impl DocumentEncoder {
+    /// JSON messages as `cfg` says; logfmt and the ECS fields as by default.
     pub fn new(cfg: &crate::config::JsonConfig) -> Self {
-        let json_key = (cfg.enabled && !cfg.target.is_empty()).then(|| {
-            let mut k = Vec::new();
-            write_str(&mut k, &cfg.target);
-            k.push(b':');
-            k
-        });
+        let logfmt = crate::config::LogfmtConfig::default();
         DocumentEncoder {
-            json_key,
+            json_key: member_key(cfg.enabled, &cfg.target),
             lift_json: cfg.enabled,
+            logfmt_key: member_key(logfmt.enabled, &logfmt.target),
+            lift_logfmt: logfmt.enabled,
+            keys: std::sync::Arc::new(FieldKeys::new(&crate::config::FieldsConfig::default())),
             stats: None,
+        }
+    }
+
+    /// Every structured-message setting of the source.
+    pub fn for_source(src: &crate::config::SourceConfig) -> Self {
+        DocumentEncoder {
+            logfmt_key: member_key(src.logfmt.enabled, &src.logfmt.target),
+            lift_logfmt: src.logfmt.enabled,
+            keys: std::sync::Arc::new(FieldKeys::new(&src.fields)),
+            ..DocumentEncoder::new(&src.json)
         }
     }
 
@@ -63,6 +118,17 @@ impl DocumentEncoder {
     pub fn counting(mut self, stats: std::sync::Arc<crate::stats::Stats>) -> Self {
         self.stats = Some(stats);
         self
+    }
+
+    /// The message as a JSON object or a logfmt line, when it is one and lifting is on.
+    fn structured<'a>(&self, message: &'a [u8]) -> Option<Structured<'a>> {
+        match message.first() {
+            Some(b'{') if self.lift_json => lift(message, &self.keys).map(Structured::Json),
+            Some(_) if self.lift_logfmt && memchr::memchr(b'=', message).is_some() => {
+                logfmt::parse(message, &self.keys).map(Structured::Logfmt)
+            }
+            _ => None,
+        }
     }
 
     /// Appends the event's document (no trailing newline) to `out`.
@@ -79,13 +145,15 @@ impl DocumentEncoder {
             out.extend_from_slice(&e.timestamp);
         }
         out.extend_from_slice(b"\",\"message\":");
-        let lifted = if self.lift_json && e.message.first() == Some(&b'{') {
-            lift(&e.message)
-        } else {
-            None
-        };
+        let lifted = self.structured(&e.message);
         let mut flags = e.flags;
-        match lifted.as_ref().and_then(|l| l.message.as_deref()) {
+        if lifted.as_ref().is_some_and(|l| l.ecs().mismatched) {
+            flags.insert(Flags::FIELD_TYPE_MISMATCH);
+            if let Some(s) = &self.stats {
+                crate::stats::Stats::add(&s.events_field_type_mismatch, 1);
+            }
+        }
+        match lifted.as_ref().and_then(|l| l.message()) {
             Some(m) => write_str(out, m),
             None => {
                 if !write_bytes(out, &e.message) {
@@ -102,7 +170,7 @@ impl DocumentEncoder {
         out.extend_from_slice(itoa::Buffer::new().format(e.offset).as_bytes());
         out.push(b',');
         out.extend_from_slice(&e.file.path_fragment);
-        if let Some(level) = lifted.as_ref().and_then(|l| l.level.as_deref()) {
+        if let Some(level) = lifted.as_ref().and_then(|l| l.level()) {
             out.extend_from_slice(b",\"level\":");
             write_str(out, level);
         }
@@ -123,10 +191,30 @@ impl DocumentEncoder {
             out.push(b',');
             out.extend_from_slice(&e.file.metadata);
         }
-        if let (Some(l), Some(key)) = (&lifted, &self.json_key) {
-            out.push(b',');
-            out.extend_from_slice(key);
-            out.extend_from_slice(&l.object);
+        if let Some(l) = &lifted {
+            l.ecs().write(out);
+        }
+        match (&lifted, &self.json_key, &self.logfmt_key) {
+            (Some(Structured::Json(l)), Some(key), _) => {
+                out.push(b',');
+                out.extend_from_slice(key);
+                out.extend_from_slice(&l.object);
+            }
+            (Some(Structured::Logfmt(p)), _, Some(key)) => {
+                out.push(b',');
+                out.extend_from_slice(key);
+                out.push(b'{');
+                for (i, (k, v)) in p.pairs.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_str(out, k);
+                    out.push(b':');
+                    write_str(out, v);
+                }
+                out.push(b'}');
+            }
+            _ => {}
         }
         if !extra.is_empty() {
             out.push(b',');
@@ -233,6 +321,57 @@ pub(crate) mod tests {
         let d = encode(&enc, &event(br#"{"msg":"m"}"#, Flags::empty()));
         assert_eq!(d["message"], r#"{"msg":"m"}"#);
         assert!(d.get("json").is_none());
+    }
+
+    #[test]
+    fn lifts_ecs_fields_from_json_and_logfmt() {
+        let enc = DocumentEncoder::new(&JsonConfig::default());
+        let d = encode(
+            &enc,
+            &event(
+                br#"{"msg":"done","trace_id":"t-1","user":{"id":"u-9","name":"ann"},"http":{"request":{"method":"POST"}},"status_code":"502","latency_ms":1234.5}"#,
+                Flags::empty(),
+            ),
+        );
+        assert_eq!(d["trace"]["id"], "t-1");
+        assert_eq!(d["user"]["id"], "u-9");
+        assert_eq!(d["http"]["request"]["method"], "POST");
+        assert_eq!(d["http"]["response"]["status_code"], 502);
+        assert_eq!(d["event"]["duration"], 1_234_500_000i64);
+        assert_eq!(d["json"]["user"]["name"], "ann", "the object is kept whole");
+        assert!(d["log"].get("flags").is_none());
+
+        let d = encode(
+            &enc,
+            &event(
+                b"level=error msg=\"payment failed\" request_id=r-5 path=/pay duration=1.5s",
+                Flags::empty(),
+            ),
+        );
+        assert_eq!(d["message"], "payment failed");
+        assert_eq!(d["log"]["level"], "error");
+        assert_eq!(d["transaction"]["id"], "r-5");
+        assert_eq!(d["url"]["path"], "/pay");
+        assert_eq!(d["event"]["duration"], 1_500_000_000i64);
+        assert_eq!(d["logfmt"]["request_id"], "r-5");
+        assert!(d.get("json").is_none());
+
+        // A wrong type: not lifted, flagged, kept in the object.
+        let d = encode(
+            &enc,
+            &event(
+                br#"{"msg":"m","trace_id":{"a":1},"method":7}"#,
+                Flags::empty(),
+            ),
+        );
+        assert!(d.get("trace").is_none() && d.get("http").is_none());
+        assert_eq!(d["log"]["flags"], json!(["field_type_mismatch"]));
+        assert_eq!(d["json"]["trace_id"]["a"], 1);
+
+        // Prose with `=` in it stays text.
+        let d = encode(&enc, &event(b"retrying with timeout=5s", Flags::empty()));
+        assert_eq!(d["message"], "retrying with timeout=5s");
+        assert!(d.get("logfmt").is_none() && d.get("event").is_none());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Messages that are JSON objects: their level and message are lifted into `log.level` and
-//! `message`, and the object itself is kept verbatim, without building a value tree.
+//! `message`, the configured keys into their ECS fields (`ecs_fields`), and the object
+//! itself is kept verbatim, without building a value tree.
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use super::ecs_fields::{EcsValues, Field, FieldKeys, Raw};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -14,12 +16,13 @@ pub struct Lifted<'a> {
     pub level: Option<Cow<'a, str>>,
     /// The message: a string's text, or another value's JSON.
     pub message: Option<Cow<'a, str>>,
+    pub ecs: EcsValues<'a>,
     /// The object, as compact JSON that fits on one NDJSON line.
     pub object: Cow<'a, [u8]>,
 }
 
 /// Returns the lifted fields when `text` is a JSON object, `None` otherwise.
-pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
+pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Lifted<'a>> {
     let start = text.iter().position(|c| !c.is_ascii_whitespace())?;
     if text[start] != b'{' || *text.iter().rev().find(|c| !c.is_ascii_whitespace())? != b'}' {
         return None;
@@ -28,7 +31,7 @@ pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
     // it ignores without checking them: invalid UTF-8 would make the document invalid.
     std::str::from_utf8(text).ok()?;
     let mut de = serde_json::Deserializer::from_slice(text);
-    let found = (&mut de).deserialize_map(LiftVisitor).ok()?;
+    let found = (&mut de).deserialize_map(LiftVisitor { keys }).ok()?;
     de.end().ok()?;
     let trimmed = text.trim_ascii();
     // Whitespace between tokens may hold newlines, which NDJSON cannot carry.
@@ -41,6 +44,7 @@ pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
     Some(Lifted {
         level: found.level,
         message: found.message,
+        ecs: found.ecs,
         object,
     })
 }
@@ -48,11 +52,14 @@ pub fn lift(text: &[u8]) -> Option<Lifted<'_>> {
 struct Found<'a> {
     level: Option<Cow<'a, str>>,
     message: Option<Cow<'a, str>>,
+    ecs: EcsValues<'a>,
 }
 
-struct LiftVisitor;
+struct LiftVisitor<'k> {
+    keys: &'k FieldKeys,
+}
 
-impl<'de> Visitor<'de> for LiftVisitor {
+impl<'de> Visitor<'de> for LiftVisitor<'_> {
     type Value = Found<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -63,6 +70,7 @@ impl<'de> Visitor<'de> for LiftVisitor {
         let mut found = Found {
             level: None,
             message: None,
+            ecs: EcsValues::default(),
         };
         while let Some(CowStr(key)) = map.next_key()? {
             if found.level.is_none() && LEVEL_KEYS.contains(&key.as_ref()) {
@@ -71,11 +79,98 @@ impl<'de> Visitor<'de> for LiftVisitor {
             } else if found.message.is_none() && MESSAGE_KEYS.contains(&key.as_ref()) {
                 let raw: &'de RawValue = map.next_value()?;
                 found.message = Some(text_of(raw));
+            } else if let Some(field) = self.keys.leaf(&key) {
+                let raw: &'de RawValue = map.next_value()?;
+                found.ecs.take(field, Raw::json(raw));
+            } else {
+                let nested = self.keys.nested(&key);
+                if nested.is_empty() {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    let candidates: Vec<(&[Box<str>], Field)> =
+                        nested.iter().map(|(r, f)| (&r[..], *f)).collect();
+                    map.next_value_seed(Nested {
+                        candidates: &candidates,
+                        ecs: &mut found.ecs,
+                    })?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A value under a key some configured keys go through (`user` for `user.id`): an object
+/// is looked into for the rest of their paths, anything else is skipped.
+struct Nested<'c, 'e, 'de> {
+    candidates: &'c [(&'c [Box<str>], Field)],
+    ecs: &'e mut EcsValues<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for Nested<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(CowStr(key)) = map.next_key()? {
+            let leaf = self
+                .candidates
+                .iter()
+                .find(|(rest, _)| rest.len() == 1 && *rest[0] == *key)
+                .map(|(_, f)| *f);
+            let deeper: Vec<(&[Box<str>], Field)> = self
+                .candidates
+                .iter()
+                .filter(|(rest, _)| rest.len() > 1 && *rest[0] == *key)
+                .map(|(rest, f)| (&rest[1..], *f))
+                .collect();
+            if let Some(field) = leaf {
+                let raw: &'de RawValue = map.next_value()?;
+                self.ecs.take(field, Raw::json(raw));
+            } else if !deeper.is_empty() {
+                map.next_value_seed(Nested {
+                    candidates: &deeper,
+                    ecs: &mut *self.ecs,
+                })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(found)
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -101,7 +196,7 @@ impl<'de> de::Deserialize<'de> for CowStr<'de> {
     }
 }
 
-fn text_of(raw: &RawValue) -> Cow<'_, str> {
+pub(super) fn text_of(raw: &RawValue) -> Cow<'_, str> {
     let s = raw.get();
     if s.starts_with('"') {
         if let Ok(CowStr(v)) = serde_json::from_str::<CowStr>(s) {
@@ -144,17 +239,25 @@ fn level_of(raw: &RawValue) -> Option<Cow<'_, str>> {
 mod tests {
     use super::*;
 
+    fn keys() -> FieldKeys {
+        FieldKeys::new(&crate::config::FieldsConfig::default())
+    }
+
     #[test]
     fn an_object_with_invalid_utf8_is_not_lifted() {
         // Found by fuzzing: the bytes went verbatim into the document, which was not JSON.
         let text = b"{\"time\":\"11:11\xff\xfe1Z\",\"msg\":\"m\"}";
-        assert!(lift(text).is_none());
+        assert!(lift(text, &keys()).is_none());
     }
     use proptest::prelude::*;
 
     #[test]
     fn lifts_level_and_message() {
-        let l = lift(br#"{"level":"INFO","msg":"started \"x\"","port":8080}"#).unwrap();
+        let l = lift(
+            br#"{"level":"INFO","msg":"started \"x\"","port":8080}"#,
+            &keys(),
+        )
+        .unwrap();
         assert_eq!(l.level.as_deref(), Some("info"));
         assert_eq!(l.message.as_deref(), Some("started \"x\""));
         assert_eq!(
@@ -165,22 +268,22 @@ mod tests {
 
     #[test]
     fn knows_the_other_key_names() {
-        let l = lift(br#"{"severity":"warning","message":"m"}"#).unwrap();
+        let l = lift(br#"{"severity":"warning","message":"m"}"#, &keys()).unwrap();
         assert_eq!(
             (l.level.as_deref(), l.message.as_deref()),
             (Some("warning"), Some("m"))
         );
-        let l = lift(br#"{"lvl":"debug","msg":{"nested":true}}"#).unwrap();
+        let l = lift(br#"{"lvl":"debug","msg":{"nested":true}}"#, &keys()).unwrap();
         assert_eq!(l.message.as_deref(), Some(r#"{"nested":true}"#));
-        let l = lift(br#"{"level":50,"msg":"pino"}"#).unwrap();
+        let l = lift(br#"{"level":50,"msg":"pino"}"#, &keys()).unwrap();
         assert_eq!(l.level.as_deref(), Some("error"));
-        let l = lift(br#"{"a":1}"#).unwrap();
+        let l = lift(br#"{"a":1}"#, &keys()).unwrap();
         assert!(l.level.is_none() && l.message.is_none());
     }
 
     #[test]
     fn compacts_multiline_objects() {
-        let l = lift(b"{\n  \"a\": 1,\n  \"b\": [1, 2]\n}").unwrap();
+        let l = lift(b"{\n  \"a\": 1,\n  \"b\": [1, 2]\n}", &keys()).unwrap();
         assert_eq!(&l.object[..], br#"{"a":1,"b":[1,2]}"#);
     }
 
@@ -195,7 +298,7 @@ mod tests {
             b"{\"a\":1}}",
             b"",
         ] {
-            assert!(lift(t).is_none(), "{}", String::from_utf8_lossy(t));
+            assert!(lift(t, &keys()).is_none(), "{}", String::from_utf8_lossy(t));
         }
     }
 
@@ -205,7 +308,7 @@ mod tests {
             let mut t = b"{".to_vec();
             t.extend(data);
             t.push(b'}');
-            if let Some(l) = lift(&t) {
+            if let Some(l) = lift(&t, &keys()) {
                 // What is kept is always a valid one-line JSON object.
                 let v: serde_json::Value = serde_json::from_slice(&l.object).unwrap();
                 prop_assert!(v.is_object());

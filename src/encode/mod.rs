@@ -2,7 +2,9 @@
 
 pub mod doc_id;
 pub mod document;
+pub mod ecs_fields;
 pub mod escape;
 pub mod json_message;
+pub mod logfmt;
 
 pub use document::{DocumentEncoder, FileMetadata};

@@ -381,6 +381,41 @@ mod tests {
     }
 
     #[test]
+    fn an_indented_line_joins_only_an_exception() {
+        let all = rules(&["java", "python", "go"]);
+        for text in [
+            "GET /cart 200\n    at the end of the queue\nnext",
+            "Error: disk full\n    retrying in 5s\nnext",
+            "Traceback is a word\n  File \"x\"\nnext",
+            "starting\n\tgoroutine-ish detail\nnext",
+        ] {
+            let out = run(&all, text);
+            assert_eq!(out.len(), 3, "{text:?} became {out:?}");
+        }
+        let out = run(
+            &all,
+            "java.lang.RuntimeException: x\n\tat a.B.c(B.java:1)\nnext",
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+    }
+
+    #[test]
+    fn the_three_presets_are_on_by_default() {
+        let r = MultilineRules::from_config(&MultilineConfig::default()).unwrap();
+        let out = run(
+            &r,
+            "panic: boom\n\ngoroutine 1 [running]:\nmain.main()\n\t/m.go:5\nafter",
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let off = MultilineConfig {
+            presets: vec![],
+            ..MultilineConfig::default()
+        };
+        let r = MultilineRules::from_config(&off).unwrap();
+        assert_eq!(run(&r, "panic: boom\n\ngoroutine 1 [running]:").len(), 3);
+    }
+
+    #[test]
     fn custom_parser_from_config() {
         let cfg: MultilineConfig = toml::from_str(
             r#"

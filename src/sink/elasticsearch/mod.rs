@@ -38,7 +38,8 @@ use tokio::sync::mpsc;
 struct Shared {
     client: BulkClient,
     cfg: ElasticsearchConfig,
-    json_key: String,
+    /// The document keys structured messages are kept under (`json`, `logfmt`).
+    kept: Vec<String>,
     stats: Arc<Stats>,
     dead_letter: Mutex<DeadLetter>,
 }
@@ -55,22 +56,17 @@ impl ElasticsearchSink {
     pub fn new(
         health: Arc<crate::http::Health>,
         cfg: &ElasticsearchConfig,
-        json: &crate::config::JsonConfig,
+        source: &crate::config::SourceConfig,
         dead_letter_dir: &std::path::Path,
         acks: mpsc::UnboundedSender<CheckpointMsg>,
         stats: Arc<Stats>,
     ) -> Result<Self, client::ClientError> {
-        let json_key = if json.enabled {
-            json.target.clone()
-        } else {
-            String::new()
-        };
         Ok(ElasticsearchSink {
             health,
             shared: Arc::new(Shared {
                 client: BulkClient::new(cfg)?,
                 cfg: cfg.clone(),
-                json_key,
+                kept: source.kept_objects(),
                 stats: stats.clone(),
                 dead_letter: Mutex::new(DeadLetter::new(
                     dead_letter_dir,
@@ -78,7 +74,7 @@ impl ElasticsearchSink {
                 )),
             }),
             router: Router::new(cfg),
-            encoder: DocumentEncoder::new(json).counting(stats),
+            encoder: DocumentEncoder::for_source(source).counting(stats),
             acks,
         })
     }
@@ -254,7 +250,7 @@ fn free_records(
 /// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
 /// it, so the data stream is never created without our template.
 async fn ensure_setup(shared: &Shared) {
-    let rs = setup::resources(&shared.cfg, &shared.json_key);
+    let rs = setup::resources(&shared.cfg, &shared.kept);
     let mut backoff = Backoff::new(
         shared.cfg.retry_initial_backoff,
         shared.cfg.retry_max_backoff,

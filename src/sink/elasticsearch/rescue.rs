@@ -5,11 +5,11 @@
 use serde_json::{json, Map, Value};
 
 /// The rebuilt document, or `None` if the original is not a JSON object.
-pub fn rescue(doc: &[u8], json_key: &str, error_type: &str, reason: &str) -> Option<Vec<u8>> {
+pub fn rescue(doc: &[u8], kept: &[String], error_type: &str, reason: &str) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(doc).ok()?;
     let obj = v.as_object_mut()?;
-    if !json_key.is_empty() {
-        obj.remove(json_key);
+    for key in kept {
+        obj.remove(key);
     }
     if let Some(path) = field_in_reason(reason) {
         remove_path(obj, &path.split('.').collect::<Vec<_>>());
@@ -22,10 +22,12 @@ pub fn rescue(doc: &[u8], json_key: &str, error_type: &str, reason: &str) -> Opt
             Value::String(String::from_utf8_lossy(&now).into_owned()),
         );
     }
-    obj.insert(
-        "event".into(),
-        json!({ "original": String::from_utf8_lossy(doc) }),
-    );
+    // Beside `event.duration`, when the message gave one.
+    let event = obj.entry("event").or_insert_with(|| json!({}));
+    if !event.is_object() {
+        *event = json!({});
+    }
+    event["original"] = Value::String(String::from_utf8_lossy(doc).into_owned());
     obj.insert(
         "error".into(),
         json!({ "type": error_type, "message": reason }),
@@ -88,7 +90,7 @@ mod tests {
         let doc = br#"{"@timestamp":"2024-01-01T00:00:00Z","message":"m","log":{"offset":1},"kubernetes":{"labels":{"app":"x","tier":"web"}},"json":{"a":1}}"#;
         let reason = "object mapping for [kubernetes.labels.app] tried to parse field [app] as object, but found a concrete value";
         let out: Value = serde_json::from_slice(
-            &rescue(doc, "json", "document_parsing_exception", reason).unwrap(),
+            &rescue(doc, &["json".into()], "document_parsing_exception", reason).unwrap(),
         )
         .unwrap();
         assert!(out["kubernetes"]["labels"].get("app").is_none());
@@ -125,7 +127,7 @@ mod tests {
         let out: Value = serde_json::from_slice(
             &rescue(
                 doc,
-                "json",
+                &["json".into()],
                 "document_parsing_exception",
                 "failed to parse field [@timestamp] of type [date_nanos]",
             )
@@ -135,6 +137,6 @@ mod tests {
         assert!(crate::time::is_rfc3339(
             out["@timestamp"].as_str().unwrap().as_bytes()
         ));
-        assert!(rescue(b"not json", "json", "x", "y").is_none());
+        assert!(rescue(b"not json", &["json".into()], "x", "y").is_none());
     }
 }

@@ -397,7 +397,7 @@ fn refused_item(
     let mut meta = batch.meta[i];
     if !meta.rescued {
         let (action, doc) = batch.action_and_doc(i);
-        if let Some(doc) = super::rescue::rescue(doc, &shared.json_key, kind, reason) {
+        if let Some(doc) = super::rescue::rescue(doc, &shared.kept, kind, reason) {
             let mut lines = Vec::with_capacity(action.len() + doc.len() + 2);
             lines.extend_from_slice(action);
             lines.push(b'\n');

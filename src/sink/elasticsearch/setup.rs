@@ -73,11 +73,9 @@ fn with_meta(mut body: Value, meta_at: &[&str]) -> (Value, String) {
     (body, version)
 }
 
-/// Fields of JSON messages that the Kibana objects compare as milliseconds.
-pub const DURATION_LEAVES: [&str; 2] = ["latency_ms", "duration_ms"];
-
-/// What `setup` installs for this config.
-pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
+/// What `setup` installs for this config. `kept`: the keys structured messages are kept
+/// under (`SourceConfig::kept_objects`).
+pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
     let name = &cfg.template_name;
     let retention = format!("{}d", cfg.retention_days);
     let phases = match cfg.mode {
@@ -140,31 +138,28 @@ pub fn resources(cfg: &ElasticsearchConfig, json_key: &str) -> Vec<Resource> {
             "id": keyword, "runtime": keyword,
             "image": { "properties": { "name": keyword } } } },
         "kubernetes": { "properties": kube },
-        "event": { "properties": { "original": { "type": "keyword", "index": false, "doc_values": false } } },
-        "error": { "properties": { "type": keyword, "message": { "type": "text" } } }
+        "event": { "properties": {
+            "original": { "type": "keyword", "index": false, "doc_values": false },
+            "duration": { "type": "long" } } },
+        "error": { "properties": { "type": keyword, "message": { "type": "text" } } },
+        // Lifted from structured messages (`encode::ecs_fields`), aggregatable as they are.
+        "trace": { "properties": { "id": keyword } },
+        "span": { "properties": { "id": keyword } },
+        "transaction": { "properties": { "id": keyword } },
+        "user": { "properties": { "id": keyword } },
+        "http": { "properties": {
+            "request": { "properties": { "method": keyword } },
+            "response": { "properties": { "status_code": { "type": "long" } } } } },
+        "url": { "properties": { "path": keyword } }
     });
-    let mut runtime = json!({});
-    if !json_key.is_empty() {
-        properties[json_key] = json!({ "type": "flattened", "ignore_above": 1024 });
-        // Flattened leaves are keywords, compared as text ("999" > "1000"): durations are
-        // read as numbers at search time, for "Slow requests" and range queries.
-        for leaf in DURATION_LEAVES {
-            runtime[format!("{json_key}.{leaf}")] = json!({
-                "type": "double",
-                "script": { "source": format!(
-                    "def j = params._source['{json_key}']; if (j instanceof Map) {{ \
-                     def v = j['{leaf}']; if (v instanceof Number) {{ emit(((Number) v).doubleValue()); }} \
-                     else if (v instanceof String) {{ try {{ emit(Double.parseDouble((String) v)); }} \
-                     catch (NumberFormatException e) {{}} }} }}") }
-            });
-        }
+    for key in kept {
+        properties[key] = json!({ "type": "flattened", "ignore_above": 1024 });
     }
     let (mappings, mv) = with_meta(
         json!({ "template": { "mappings": {
             "dynamic_templates": [ { "strings_as_keyword": {
                 "match_mapping_type": "string",
                 "mapping": { "type": "keyword", "ignore_above": 1024 } } } ],
-            "runtime": runtime,
             "properties": properties } } }),
         &[],
     );
@@ -329,10 +324,14 @@ pub fn describe(resources: &[Resource]) -> String {
 mod tests {
     use super::*;
 
+    fn kept() -> Vec<String> {
+        vec!["json".into(), "logfmt".into()]
+    }
+
     #[test]
     fn ninety_day_policy_and_a_template_for_the_stream() {
         let cfg = ElasticsearchConfig::default();
-        let rs = resources(&cfg, "json");
+        let rs = resources(&cfg, &kept());
         let policy = &rs[0].body["policy"];
         assert_eq!(policy["phases"]["delete"]["min_age"], "90d");
         assert_eq!(
@@ -356,17 +355,17 @@ mod tests {
             "logferry"
         );
         // The same config gives the same versions; another retention another.
-        assert_eq!(resources(&cfg, "json")[0].version, rs[0].version);
+        assert_eq!(resources(&cfg, &kept())[0].version, rs[0].version);
         let other = ElasticsearchConfig {
             retention_days: 30,
             ..Default::default()
         };
-        assert_ne!(resources(&other, "json")[0].version, rs[0].version);
+        assert_ne!(resources(&other, &kept())[0].version, rs[0].version);
     }
 
     #[test]
     fn versions_are_read_from_each_get_shape() {
-        let rs = resources(&ElasticsearchConfig::default(), "json");
+        let rs = resources(&ElasticsearchConfig::default(), &kept());
         let v = |i: usize| rs[i].version.clone();
         let ilm =
             json!({ "logferry": { "version": 1, "policy": { "_meta": { "version": v(0) } } } });
