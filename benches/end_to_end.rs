@@ -107,6 +107,13 @@ struct Args {
     /// The agent binary (default: the one cargo built with this benchmark).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Lines appended to the agent's config (TOML), e.g. `[source.logfmt]\nenabled = false`
+    /// to measure what a feature costs.
+    #[arg(long)]
+    extra_config: Option<String>,
+    /// The multiline presets, comma-separated (default: the agent's default, all three).
+    #[arg(long, default_value = "java,python,go")]
+    presets: String,
     /// Keep the generated tree and agent logs here instead of a temp dir.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -323,7 +330,8 @@ host_name = "{NODE}"
 include = ["{root}/var/log/containers/*.log"]
 start_at = "beginning"
 [source.multiline]
-presets = ["java"]
+# Said here so that an older build compared runs the same (its default had none).
+presets = [{presets}]
 [kubernetes]
 {kube}
 [http]
@@ -334,6 +342,7 @@ type = "elasticsearch"
 endpoints = ["{url}"]
 compression_level = {level}
 {in_flight}
+{extra}
 "#,
         state = state.display(),
         root = dir.display(),
@@ -342,6 +351,14 @@ compression_level = {level}
         in_flight = args
             .max_in_flight
             .map_or(String::new(), |n| format!("max_in_flight = {n}")),
+        presets = args
+            .presets
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        extra = args.extra_config.as_deref().unwrap_or(""),
     );
     let path = dir.join("agent.toml");
     fs::write(&path, cfg).expect("write the agent's config");

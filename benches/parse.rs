@@ -74,7 +74,26 @@ fn parsing(c: &mut Criterion) {
     });
     let keys = FieldKeys::new(&Default::default());
     g.bench_function("json_lift", |b| {
-        b.iter(|| black_box(lift(black_box(JSON.as_bytes()), &keys)))
+        b.iter(|| {
+            black_box(lift(black_box(JSON.as_bytes()), &keys, &mut Default::default()).is_some())
+        })
+    });
+    // The same with no ECS field configured: what the lifting of issue 15 costs.
+    let none = FieldKeys::new(&logferry::config::FieldsConfig {
+        trace_id: vec![],
+        span_id: vec![],
+        transaction_id: vec![],
+        user_id: vec![],
+        http_method: vec![],
+        url_path: vec![],
+        http_status: vec![],
+        duration_ms: vec![],
+        duration: vec![],
+    });
+    g.bench_function("json_lift_no_fields", |b| {
+        b.iter(|| {
+            black_box(lift(black_box(JSON.as_bytes()), &none, &mut Default::default()).is_some())
+        })
     });
     g.bench_function("logfmt", |b| {
         b.iter(|| black_box(logfmt::parse(black_box(LOGFMT.as_bytes()), &keys)))
@@ -164,6 +183,26 @@ fn encoding(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(1));
     let enc = DocumentEncoder::new(&JsonConfig::default());
+    // Neither logfmt nor ECS fields: the encoder as it was before issue 15.
+    let mut plain = logferry::config::SourceConfig::default();
+    plain.logfmt.enabled = false;
+    plain.fields = serde_json::from_value(serde_json::json!({
+        "trace_id": [], "span_id": [], "transaction_id": [], "user_id": [], "http_method": [],
+        "url_path": [], "http_status": [], "duration_ms": [], "duration": []
+    }))
+    .expect("empty lists");
+    let plain = DocumentEncoder::for_source(&plain);
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (name, msg) in [("text_document_plain", TEXT), ("json_document_plain", JSON)] {
+        let e = event(msg);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                plain.encode(black_box(&e), &mut buf);
+                black_box(buf.len())
+            })
+        });
+    }
     let mut buf = Vec::with_capacity(1 << 20);
     for (name, msg, pod) in [
         ("text_document", TEXT, false),

@@ -136,7 +136,7 @@ fn field_keys() -> &'static FieldKeys {
 }
 
 pub fn json_lift(data: &[u8]) {
-    if let Some(l) = lift(data, field_keys()) {
+    if let Some(l) = lift(data, field_keys(), &mut Default::default()) {
         assert!(!l.object.contains(&b'\n') && !l.object.contains(&b'\r'));
         // Grammar, not range: `5e51110` is JSON (Elasticsearch refuses the field, and the
         // sink's rescue takes that case).
@@ -172,8 +172,7 @@ pub fn logfmt(data: &[u8]) {
 pub fn bulk_response(data: &[u8]) {
     if let Some(items) = crate::sink::elasticsearch::response::parse(data) {
         for i in items {
-            let _ =
-                crate::sink::elasticsearch::response::classify(i.status, i.error_type.as_deref());
+            let _ = crate::sink::elasticsearch::response::classify(i.status, i.error_type());
         }
     }
 }

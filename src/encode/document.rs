@@ -71,13 +71,6 @@ impl Structured<'_> {
             Structured::Logfmt(p) => p.level.as_deref(),
         }
     }
-
-    fn ecs(&self) -> &EcsValues<'_> {
-        match self {
-            Structured::Json(l) => &l.ecs,
-            Structured::Logfmt(p) => &p.ecs,
-        }
-    }
 }
 
 /// `"<target>":`, or `None` when nothing is kept.
@@ -121,11 +114,15 @@ impl DocumentEncoder {
     }
 
     /// The message as a JSON object or a logfmt line, when it is one and lifting is on.
-    fn structured<'a>(&self, message: &'a [u8]) -> Option<Structured<'a>> {
+    /// The ECS fields go into `ecs`.
+    fn structured<'a>(&self, message: &'a [u8], ecs: &mut EcsValues<'a>) -> Option<Structured<'a>> {
         match message.first() {
-            Some(b'{') if self.lift_json => lift(message, &self.keys).map(Structured::Json),
+            Some(b'{') if self.lift_json => lift(message, &self.keys, ecs).map(Structured::Json),
             Some(_) if self.lift_logfmt && memchr::memchr(b'=', message).is_some() => {
-                logfmt::parse(message, &self.keys).map(Structured::Logfmt)
+                logfmt::parse(message, &self.keys).map(|mut p| {
+                    *ecs = std::mem::take(&mut p.ecs);
+                    Structured::Logfmt(p)
+                })
             }
             _ => None,
         }
@@ -145,9 +142,10 @@ impl DocumentEncoder {
             out.extend_from_slice(&e.timestamp);
         }
         out.extend_from_slice(b"\",\"message\":");
-        let lifted = self.structured(&e.message);
+        let mut ecs = EcsValues::default();
+        let lifted = self.structured(&e.message, &mut ecs);
         let mut flags = e.flags;
-        if lifted.as_ref().is_some_and(|l| l.ecs().mismatched) {
+        if ecs.mismatched {
             flags.insert(Flags::FIELD_TYPE_MISMATCH);
             if let Some(s) = &self.stats {
                 crate::stats::Stats::add(&s.events_field_type_mismatch, 1);
@@ -191,9 +189,7 @@ impl DocumentEncoder {
             out.push(b',');
             out.extend_from_slice(&e.file.metadata);
         }
-        if let Some(l) = &lifted {
-            l.ecs().write(out);
-        }
+        ecs.write(out);
         match (&lifted, &self.json_key, &self.logfmt_key) {
             (Some(Structured::Json(l)), Some(key), _) => {
                 out.push(b',');

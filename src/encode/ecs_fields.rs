@@ -22,6 +22,9 @@ pub enum Field {
     Duration,
 }
 
+/// The keys below a top-level key, each with the rest of its path and its field.
+pub type NestedKeys = [(Vec<Box<str>>, Field)];
+
 /// A key's place in the table: the field it feeds directly, and the nested keys below it
 /// (`user` → `id` for `user.id`).
 #[derive(Debug, Default, Clone)]
@@ -87,9 +90,10 @@ impl FieldKeys {
         self.get(key).and_then(|e| e.leaf)
     }
 
-    /// The nested keys below a top-level key (empty for most).
-    pub fn nested(&self, key: &str) -> &[(Vec<Box<str>>, Field)] {
-        self.get(key).map_or(&[], |e| &e.nested)
+    /// What a top-level key feeds: a field directly, and the nested keys below it. `None`
+    /// for most keys.
+    pub fn lookup(&self, key: &str) -> Option<(Option<Field>, &NestedKeys)> {
+        self.get(key).map(|e| (e.leaf, &e.nested[..]))
     }
 
     fn get(&self, key: &str) -> Option<&Entry> {
@@ -97,9 +101,11 @@ impl FieldKeys {
         if key.len() > MAX_KEY {
             return None;
         }
+        let (first, last) = (key.first()?, key.last()?);
+        // The ends differ for most keys of the same length: no memcmp for those.
         self.by_len[key.len()]
             .iter()
-            .find(|(k, _)| &k[..] == key)
+            .find(|(k, _)| k[0] == *first && k[k.len() - 1] == *last && &k[..] == key)
             .map(|(_, e)| e)
     }
 }
@@ -312,11 +318,11 @@ mod tests {
         assert_eq!(keys.leaf("trace_id"), Some(Field::TraceId));
         assert_eq!(keys.leaf("user.id"), Some(Field::UserId));
         assert_eq!(keys.leaf("user"), None);
-        let nested = keys.nested("user");
+        let (_, nested) = keys.lookup("user").unwrap();
         assert!(nested
             .iter()
             .any(|(rest, f)| rest.len() == 1 && &*rest[0] == "id" && *f == Field::UserId));
-        assert!(keys.nested("http").len() >= 3);
+        assert!(keys.lookup("http").unwrap().1.len() >= 3);
         assert_eq!(keys.leaf("nothing"), None);
         assert_eq!(keys.leaf(&"x".repeat(200)), None);
     }

@@ -16,13 +16,13 @@ pub struct Lifted<'a> {
     pub level: Option<Cow<'a, str>>,
     /// The message: a string's text, or another value's JSON.
     pub message: Option<Cow<'a, str>>,
-    pub ecs: EcsValues<'a>,
     /// The object, as compact JSON that fits on one NDJSON line.
     pub object: Cow<'a, [u8]>,
 }
 
-/// Returns the lifted fields when `text` is a JSON object, `None` otherwise.
-pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Lifted<'a>> {
+/// Returns the lifted fields when `text` is a JSON object, `None` otherwise. The ECS
+/// fields go into `ecs` (kept by the caller: the values are large to move).
+pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys, ecs: &mut EcsValues<'a>) -> Option<Lifted<'a>> {
     let start = text.iter().position(|c| !c.is_ascii_whitespace())?;
     if text[start] != b'{' || *text.iter().rev().find(|c| !c.is_ascii_whitespace())? != b'}' {
         return None;
@@ -31,7 +31,7 @@ pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Lifted<'a>> {
     // it ignores without checking them: invalid UTF-8 would make the document invalid.
     std::str::from_utf8(text).ok()?;
     let mut de = serde_json::Deserializer::from_slice(text);
-    let found = (&mut de).deserialize_map(LiftVisitor { keys }).ok()?;
+    let found = (&mut de).deserialize_map(LiftVisitor { keys, ecs }).ok()?;
     de.end().ok()?;
     let trimmed = text.trim_ascii();
     // Whitespace between tokens may hold newlines, which NDJSON cannot carry.
@@ -44,7 +44,6 @@ pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Lifted<'a>> {
     Some(Lifted {
         level: found.level,
         message: found.message,
-        ecs: found.ecs,
         object,
     })
 }
@@ -52,14 +51,14 @@ pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Lifted<'a>> {
 struct Found<'a> {
     level: Option<Cow<'a, str>>,
     message: Option<Cow<'a, str>>,
-    ecs: EcsValues<'a>,
 }
 
-struct LiftVisitor<'k> {
+struct LiftVisitor<'k, 'e, 'de> {
     keys: &'k FieldKeys,
+    ecs: &'e mut EcsValues<'de>,
 }
 
-impl<'de> Visitor<'de> for LiftVisitor<'_> {
+impl<'de> Visitor<'de> for LiftVisitor<'_, '_, 'de> {
     type Value = Found<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -70,7 +69,6 @@ impl<'de> Visitor<'de> for LiftVisitor<'_> {
         let mut found = Found {
             level: None,
             message: None,
-            ecs: EcsValues::default(),
         };
         while let Some(CowStr(key)) = map.next_key()? {
             if found.level.is_none() && LEVEL_KEYS.contains(&key.as_ref()) {
@@ -79,20 +77,23 @@ impl<'de> Visitor<'de> for LiftVisitor<'_> {
             } else if found.message.is_none() && MESSAGE_KEYS.contains(&key.as_ref()) {
                 let raw: &'de RawValue = map.next_value()?;
                 found.message = Some(text_of(raw));
-            } else if let Some(field) = self.keys.leaf(&key) {
-                let raw: &'de RawValue = map.next_value()?;
-                found.ecs.take(field, Raw::json(raw));
             } else {
-                let nested = self.keys.nested(&key);
-                if nested.is_empty() {
-                    map.next_value::<IgnoredAny>()?;
-                } else {
-                    let candidates: Vec<(&[Box<str>], Field)> =
-                        nested.iter().map(|(r, f)| (&r[..], *f)).collect();
-                    map.next_value_seed(Nested {
-                        candidates: &candidates,
-                        ecs: &mut found.ecs,
-                    })?;
+                match self.keys.lookup(&key) {
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    Some((Some(field), _)) => {
+                        let raw: &'de RawValue = map.next_value()?;
+                        self.ecs.take(field, Raw::json(raw));
+                    }
+                    Some((None, nested)) => {
+                        let candidates: Vec<(&[Box<str>], Field)> =
+                            nested.iter().map(|(r, f)| (&r[..], *f)).collect();
+                        map.next_value_seed(Nested {
+                            candidates: &candidates,
+                            ecs: &mut *self.ecs,
+                        })?;
+                    }
                 }
             }
         }
@@ -198,6 +199,10 @@ impl<'de> de::Deserialize<'de> for CowStr<'de> {
 
 pub(super) fn text_of(raw: &RawValue) -> Cow<'_, str> {
     let s = raw.get();
+    // Most strings have no escape: their text is what is between the quotes.
+    if s.len() >= 2 && s.starts_with('"') && memchr::memchr(b'\\', s.as_bytes()).is_none() {
+        return Cow::Borrowed(&s[1..s.len() - 1]);
+    }
     if s.starts_with('"') {
         if let Ok(CowStr(v)) = serde_json::from_str::<CowStr>(s) {
             return v;
@@ -247,7 +252,7 @@ mod tests {
     fn an_object_with_invalid_utf8_is_not_lifted() {
         // Found by fuzzing: the bytes went verbatim into the document, which was not JSON.
         let text = b"{\"time\":\"11:11\xff\xfe1Z\",\"msg\":\"m\"}";
-        assert!(lift(text, &keys()).is_none());
+        assert!(lift(text, &keys(), &mut EcsValues::default()).is_none());
     }
     use proptest::prelude::*;
 
@@ -256,6 +261,7 @@ mod tests {
         let l = lift(
             br#"{"level":"INFO","msg":"started \"x\"","port":8080}"#,
             &keys(),
+            &mut EcsValues::default(),
         )
         .unwrap();
         assert_eq!(l.level.as_deref(), Some("info"));
@@ -268,22 +274,42 @@ mod tests {
 
     #[test]
     fn knows_the_other_key_names() {
-        let l = lift(br#"{"severity":"warning","message":"m"}"#, &keys()).unwrap();
+        let l = lift(
+            br#"{"severity":"warning","message":"m"}"#,
+            &keys(),
+            &mut EcsValues::default(),
+        )
+        .unwrap();
         assert_eq!(
             (l.level.as_deref(), l.message.as_deref()),
             (Some("warning"), Some("m"))
         );
-        let l = lift(br#"{"lvl":"debug","msg":{"nested":true}}"#, &keys()).unwrap();
+        let l = lift(
+            br#"{"lvl":"debug","msg":{"nested":true}}"#,
+            &keys(),
+            &mut EcsValues::default(),
+        )
+        .unwrap();
         assert_eq!(l.message.as_deref(), Some(r#"{"nested":true}"#));
-        let l = lift(br#"{"level":50,"msg":"pino"}"#, &keys()).unwrap();
+        let l = lift(
+            br#"{"level":50,"msg":"pino"}"#,
+            &keys(),
+            &mut EcsValues::default(),
+        )
+        .unwrap();
         assert_eq!(l.level.as_deref(), Some("error"));
-        let l = lift(br#"{"a":1}"#, &keys()).unwrap();
+        let l = lift(br#"{"a":1}"#, &keys(), &mut EcsValues::default()).unwrap();
         assert!(l.level.is_none() && l.message.is_none());
     }
 
     #[test]
     fn compacts_multiline_objects() {
-        let l = lift(b"{\n  \"a\": 1,\n  \"b\": [1, 2]\n}", &keys()).unwrap();
+        let l = lift(
+            b"{\n  \"a\": 1,\n  \"b\": [1, 2]\n}",
+            &keys(),
+            &mut EcsValues::default(),
+        )
+        .unwrap();
         assert_eq!(&l.object[..], br#"{"a":1,"b":[1,2]}"#);
     }
 
@@ -298,7 +324,11 @@ mod tests {
             b"{\"a\":1}}",
             b"",
         ] {
-            assert!(lift(t, &keys()).is_none(), "{}", String::from_utf8_lossy(t));
+            assert!(
+                lift(t, &keys(), &mut EcsValues::default()).is_none(),
+                "{}",
+                String::from_utf8_lossy(t)
+            );
         }
     }
 
@@ -308,7 +338,7 @@ mod tests {
             let mut t = b"{".to_vec();
             t.extend(data);
             t.push(b'}');
-            if let Some(l) = lift(&t, &keys()) {
+            if let Some(l) = lift(&t, &keys(), &mut EcsValues::default()) {
                 // What is kept is always a valid one-line JSON object.
                 let v: serde_json::Value = serde_json::from_slice(&l.object).unwrap();
                 prop_assert!(v.is_object());

@@ -21,6 +21,10 @@ pub struct Parsed<'a> {
 /// Returns the pairs and lifted fields when `text` is logfmt, `None` otherwise. At least
 /// two pairs: `x=1` alone is more often prose than a record.
 pub fn parse<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Parsed<'a>> {
+    // Most lines with a `=` are prose, refused at their first word: before any UTF-8 check.
+    if !starts_with_a_pair(text) {
+        return None;
+    }
     let text = std::str::from_utf8(text).ok()?;
     let pairs = pairs(text)?;
     if pairs.len() < 2 {
@@ -52,6 +56,16 @@ pub fn parse<'a>(text: &'a [u8], keys: &FieldKeys) -> Option<Parsed<'a>> {
         ecs,
         pairs: kept,
     })
+}
+
+/// Whether the first word is `key=`.
+fn starts_with_a_pair(b: &[u8]) -> bool {
+    let start = b
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(b.len());
+    let key = b[start..].iter().take_while(|&&c| is_key_byte(c)).count();
+    key > 0 && b.get(start + key) == Some(&b'=')
 }
 
 /// A key: what identifiers, dotted paths and the usual separators are made of.

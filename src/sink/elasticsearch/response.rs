@@ -9,20 +9,107 @@ pub const FILTER_PATH: &str = "errors,items.*.status,items.*.error.type,items.*.
 pub const FILTER_PATH_WITH_INDEX: &str =
     "errors,items.*.status,items.*._index,items.*.error.type,items.*.error.reason";
 
+/// One item's result. 16 bytes when it went in and no index was asked: a reply has up to
+/// `batch_max_events` of them, for each request in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemResult {
     pub status: u16,
+    detail: Option<Box<Detail>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Detail {
+    index: Option<String>,
+    error_type: Option<String>,
+    reason: Option<String>,
+}
+
+impl ItemResult {
+    pub fn new(status: u16, error_type: Option<String>, reason: Option<String>) -> Self {
+        ItemResult::with_index(status, None, error_type, reason)
+    }
+
+    fn with_index(
+        status: u16,
+        index: Option<String>,
+        error_type: Option<String>,
+        reason: Option<String>,
+    ) -> Self {
+        let detail = (index.is_some() || error_type.is_some() || reason.is_some()).then(|| {
+            Box::new(Detail {
+                index,
+                error_type,
+                reason,
+            })
+        });
+        ItemResult { status, detail }
+    }
+
     /// The concrete index that answered, when asked (`FILTER_PATH_WITH_INDEX`): for a
     /// data stream, its write index.
-    pub index: Option<String>,
-    pub error_type: Option<String>,
-    pub reason: Option<String>,
+    pub fn index(&self) -> Option<&str> {
+        self.detail.as_ref()?.index.as_deref()
+    }
+
+    pub fn error_type(&self) -> Option<&str> {
+        self.detail.as_ref()?.error_type.as_deref()
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.detail.as_ref()?.reason.as_deref()
+    }
 }
 
 #[derive(Deserialize)]
 struct Raw {
     #[serde(default)]
-    items: Vec<Single>,
+    items: Items,
+}
+
+/// The items, each turned into its result as it is read: no intermediate list. `None`: an
+/// item was not an operation's result, so the body is not a bulk response.
+struct Items(Option<Vec<ItemResult>>);
+
+impl Default for Items {
+    fn default() -> Self {
+        Items(Some(Vec::new()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Items;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of bulk items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(Single(item)) = seq.next_element()? {
+                    // An item without its operation's object: not a bulk response.
+                    let Some(item) = item else {
+                        return Ok(Items(None));
+                    };
+                    let (error_type, reason) = match item.error {
+                        Some(e) => (e.kind, e.reason),
+                        None => (None, None),
+                    };
+                    out.push(ItemResult::with_index(
+                        item.status,
+                        item.index,
+                        error_type,
+                        reason,
+                    ));
+                }
+                Ok(Items(Some(out)))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// `{"<op>": {...}}`: the one entry of an item, read without a map per item (a reply has
@@ -67,22 +154,7 @@ struct RawError {
 /// The per-item results, in request order; `None` if the body is not a bulk response.
 pub fn parse(body: &[u8]) -> Option<Vec<ItemResult>> {
     let raw: Raw = serde_json::from_slice(body).ok()?;
-    raw.items
-        .into_iter()
-        .map(|Single(item)| {
-            let item = item?;
-            let (error_type, reason) = match item.error {
-                Some(e) => (e.kind, e.reason),
-                None => (None, None),
-            };
-            Some(ItemResult {
-                status: item.status,
-                index: item.index,
-                error_type,
-                reason,
-            })
-        })
-        .collect()
+    raw.items.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +202,7 @@ mod tests {
         let items = parse(body).unwrap();
         let outcomes: Vec<Outcome> = items
             .iter()
-            .map(|i| classify(i.status, i.error_type.as_deref()))
+            .map(|i| classify(i.status, i.error_type()))
             .collect();
         assert_eq!(
             outcomes,
@@ -141,11 +213,17 @@ mod tests {
                 Outcome::Retry
             ]
         );
-        assert!(items[2]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("kubernetes.labels.app"));
+        assert!(items[2].reason().unwrap().contains("kubernetes.labels.app"));
+        assert_eq!(items[0].index(), Some(".ds-x"));
+        assert_eq!(items[2].index(), None);
+        // An item that went in, with no index asked: no allocation.
+        assert_eq!(std::mem::size_of::<ItemResult>(), 16);
+        assert!(
+            items[0].detail.is_some()
+                && parse(br#"{"items":[{"create":{"status":201}}]}"#).unwrap()[0]
+                    .detail
+                    .is_none()
+        );
     }
 
     #[test]

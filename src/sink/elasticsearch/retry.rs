@@ -171,7 +171,7 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
             let mut unauthorized = None;
             for (i, item) in items.iter().enumerate() {
                 let meta = batch.meta[i];
-                match classify(item.status, item.error_type.as_deref()) {
+                match classify(item.status, item.error_type()) {
                     Outcome::Delivered => {
                         c.settled.delivered += 1;
                         c.acked.push(meta.origin);
@@ -185,12 +185,12 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
                         retry_item(shared, &mut batch, i, &mut c, item.status, "rejected");
                     }
                     Outcome::Unauthorized => {
-                        unauthorized = Some(item.reason.clone().unwrap_or_default());
+                        unauthorized = Some(item.reason().unwrap_or_default().to_string());
                         retry_item(shared, &mut batch, i, &mut c, item.status, "forbidden");
                     }
                     Outcome::Rejected => {
-                        let kind = item.error_type.as_deref().unwrap_or("unknown");
-                        let reason = item.reason.as_deref().unwrap_or("");
+                        let kind = item.error_type().unwrap_or("unknown");
+                        let reason = item.reason().unwrap_or("");
                         refused_item(shared, &mut batch, i, &mut c, item.status, kind, reason);
                     }
                 }
@@ -286,7 +286,7 @@ pub(super) async fn send_and_settle(shared: &Shared, mut batch: Sealed) -> Compl
 fn note_write_indices(shared: &Shared, batch: &mut Sealed, items: &[ItemResult]) {
     let mut took: Vec<(String, &str)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let Some(index) = item.index.as_deref() else {
+        let Some(index) = item.index() else {
             continue;
         };
         if took.iter().any(|(_, known)| *known == index) {
