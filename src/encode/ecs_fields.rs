@@ -9,6 +9,11 @@ use crate::config::FieldsConfig;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
+/// The keys a record's level is read from (JSON and logfmt alike).
+pub const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
+/// The keys a record's message is read from.
+pub const MESSAGE_KEYS: [&str; 2] = ["msg", "message"];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     TraceId,

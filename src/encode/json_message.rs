@@ -2,14 +2,11 @@
 //! `message`, the configured keys into their ECS fields (`ecs_fields`), and the object
 //! itself is kept verbatim, without building a value tree.
 
-use super::ecs_fields::{EcsValues, Field, FieldKeys, Raw};
+use super::ecs_fields::{EcsValues, Field, FieldKeys, Raw, LEVEL_KEYS, MESSAGE_KEYS};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-
-const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
-const MESSAGE_KEYS: [&str; 2] = ["msg", "message"];
 
 #[derive(Debug)]
 pub struct Lifted<'a> {

@@ -2,11 +2,8 @@
 //! write): a line made only of `key=value` and `key="quoted value"` pairs. A line with
 //! anything else in it (a word without `=`, an unterminated quote) stays text.
 
-use super::ecs_fields::{EcsValues, FieldKeys, Raw};
+use super::ecs_fields::{EcsValues, FieldKeys, Raw, LEVEL_KEYS, MESSAGE_KEYS};
 use std::borrow::Cow;
-
-const LEVEL_KEYS: [&str; 3] = ["level", "lvl", "severity"];
-const MESSAGE_KEYS: [&str; 2] = ["msg", "message"];
 
 /// What a logfmt line gives.
 #[derive(Debug)]
