@@ -89,6 +89,11 @@ fn bad_config_exits_2_naming_the_key() {
             "source.multiline.presets[0]",
         ),
         ("[output]\ntype = \"kafka\"\n", "output.type"),
+        (
+            "[source.fields]\ntrace_id = [\"trace_id\", \"trace..id\"]\n",
+            "source.fields.trace_id[1]",
+        ),
+        ("[source.logfmt]\nenable = true\n", "source.logfmt.enable"),
         ("[rate_limit]\nburst = 10\n", "rate_limit.burst"),
         ("log_level = \"info,x=loud\"\n", "log_level"),
     ];
