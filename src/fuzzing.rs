@@ -136,7 +136,13 @@ fn field_keys() -> &'static FieldKeys {
 }
 
 pub fn json_lift(data: &[u8]) {
-    if let Some(l) = lift(data, field_keys(), &mut Default::default()) {
+    let mut ecs = crate::encode::ecs_fields::EcsValues::default();
+    let lifted = lift(data, field_keys(), &mut ecs);
+    assert!(
+        lifted.is_some() || ecs.is_empty(),
+        "nothing lifted from a non-object"
+    );
+    if let Some(l) = lifted {
         assert!(!l.object.contains(&b'\n') && !l.object.contains(&b'\r'));
         // Grammar, not range: `5e51110` is JSON (Elasticsearch refuses the field, and the
         // sink's rescue takes that case).

@@ -20,6 +20,20 @@ pub struct Lifted<'a> {
 /// Returns the lifted fields when `text` is a JSON object, `None` otherwise. The ECS
 /// fields go into `ecs` (kept by the caller: the values are large to move).
 pub fn lift<'a>(text: &'a [u8], keys: &FieldKeys, ecs: &mut EcsValues<'a>) -> Option<Lifted<'a>> {
+    let lifted = lift_object(text, keys, ecs);
+    if lifted.is_none() {
+        // Not an object after all (it broke off after some keys were read): nothing of
+        // it is lifted.
+        *ecs = EcsValues::default();
+    }
+    lifted
+}
+
+fn lift_object<'a>(
+    text: &'a [u8],
+    keys: &FieldKeys,
+    ecs: &mut EcsValues<'a>,
+) -> Option<Lifted<'a>> {
     let start = text.iter().position(|c| !c.is_ascii_whitespace())?;
     if text[start] != b'{' || *text.iter().rev().find(|c| !c.is_ascii_whitespace())? != b'}' {
         return None;
@@ -320,12 +334,16 @@ mod tests {
             b"{\"a\":1} trailing",
             b"{\"a\":1}}",
             b"",
+            // Broken off after a lifted key: nothing of it is lifted.
+            b"{\"trace_id\":\"t\",\"method\":7,\"a\":}",
         ] {
+            let mut ecs = EcsValues::default();
             assert!(
-                lift(t, &keys(), &mut EcsValues::default()).is_none(),
+                lift(t, &keys(), &mut ecs).is_none(),
                 "{}",
                 String::from_utf8_lossy(t)
             );
+            assert!(ecs.is_empty(), "{ecs:?}");
         }
     }
 
