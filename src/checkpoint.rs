@@ -182,10 +182,15 @@ impl CheckpointStore {
     /// Opens the state directory (created 0700) and reads what it holds. A corrupt file is
     /// moved aside and reported, and reading starts as on a first start.
     pub fn open(dir: &Path) -> Result<(CheckpointStore, Loaded), CheckpointError> {
-        create_private_dir(dir).map_err(|source| CheckpointError::CreateDir {
-            dir: dir.to_path_buf(),
-            source,
+        let tightened = crate::private_files::create_dir_tightened(dir).map_err(|source| {
+            CheckpointError::CreateDir {
+                dir: dir.to_path_buf(),
+                source,
+            }
         })?;
+        if let Some(mode) = tightened {
+            tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "the state directory was open to other users; made 0700");
+        }
         let store = CheckpointStore {
             path: dir.join(FILE_NAME),
             tmp: dir.join(format!("{FILE_NAME}.tmp")),
@@ -241,7 +246,7 @@ impl CheckpointStore {
             files: entries,
         })
         .map_err(|e| err(io::Error::other(e)))?;
-        let mut f = fs::File::create(&self.tmp).map_err(err)?;
+        let mut f = crate::private_files::create(&self.tmp).map_err(err)?;
         f.write_all(&data).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
@@ -250,19 +255,6 @@ impl CheckpointStore {
             .and_then(|d| d.sync_all())
             .map_err(err)?;
         Ok(())
-    }
-}
-
-pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -658,6 +650,14 @@ mod tests {
             released_at: None,
         };
         store.save(vec![e.clone()]).unwrap();
+        assert_eq!(
+            fs::metadata(state.join(FILE_NAME))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let (_, loaded) = CheckpointStore::open(&state).unwrap();
         assert!(!loaded.first_start);
         assert_eq!(loaded.entries, vec![e.clone()]);

@@ -15,6 +15,7 @@ pub mod kibana;
 pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
+pub mod private_files;
 pub mod rate_limit;
 pub mod reload;
 pub mod sink;

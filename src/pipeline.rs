@@ -198,7 +198,17 @@ pub async fn run(
         OutputKind::Elasticsearch => {
             let dead_letter = match &opts.state_dir {
                 Some(d) => d.join("dead-letter"),
-                None => std::env::temp_dir().join("logferry-dead-letter"),
+                // Never a fixed path in /tmp: another user could have made it first.
+                None => {
+                    let dir = crate::private_files::create_run_dir("logferry-dead-letter")
+                        .map_err(|e| {
+                            PipelineError::Config(format!(
+                                "cannot create a private directory for dead letters: {e}"
+                            ))
+                        })?;
+                    tracing::info!(dir = %dir.display(), "no state_dir: documents Elasticsearch refuses go to this directory, for this run");
+                    dir
+                }
             };
             let sink = ElasticsearchSink::new(
                 opts.health.clone(),

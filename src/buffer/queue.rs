@@ -7,7 +7,7 @@ use super::record::{self, Decoded};
 use crate::stats::Stats;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub fn open(
     segment_size: u64,
     stats: Arc<Stats>,
 ) -> io::Result<(QueueWriter, QueueReader)> {
-    crate::checkpoint::create_private_dir(dir)?;
+    crate::private_files::create_dir(dir)?;
     let mut segments = BTreeMap::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -164,10 +164,7 @@ impl QueueWriter {
     }
 
     fn open_segment(shared: &Shared, id: u64) -> io::Result<(File, u64)> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(shared.segment_path(id))?;
+        let file = crate::private_files::open_append(&shared.segment_path(id))?;
         let len = file.metadata()?.len();
         let mut st = shared.lock();
         if st.segments.insert(id, len).is_none() {

@@ -1,7 +1,7 @@
 //! Documents Elasticsearch refused even after a rescue are written here, in the state
 //! directory, one JSON record a line: bounded in size, rotated, every drop counted.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -70,11 +70,7 @@ impl DeadLetter {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
+        crate::private_files::create_dir(&self.dir)?;
         let mut files = self.files()?;
         let mut total: u64 = files.iter().map(|(_, s)| s).sum();
         // Make room for one more segment.
@@ -88,7 +84,7 @@ impl DeadLetter {
         let path = self
             .dir
             .join(format!("dead-letter-{:020}.ndjson", now_ms()));
-        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let f = crate::private_files::open_append(&path)?;
         let size = f.metadata()?.len();
         self.current = Some((f, size));
         Ok(())
@@ -150,5 +146,10 @@ mod tests {
         assert_eq!(rec["status"], 400);
         assert_eq!(rec["document"]["message"].as_str().unwrap().len(), 200);
         assert_eq!(rec["action"]["create"]["_id"], "a");
+        // Whole documents: readable by logferry's user only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.path().join("dl")), 0o700);
+        assert!(files.iter().all(|(p, _)| mode(p) == 0o600));
     }
 }
