@@ -509,14 +509,14 @@ impl Checkpointer {
         // (the inode) must outlive a crash even if kubelet compresses the file meanwhile,
         // or its replay from the `.gz` would get other ids. So is a reservation: the
         // tailer may be waiting for it.
-        let mut opened_at: Option<tokio::time::Instant> = None;
+        let mut urgent_since: Option<tokio::time::Instant> = None;
         loop {
-            let soon = opened_at.map(|t| t + OPENED_PERSIST_DELAY);
+            let soon = urgent_since.map(|t| t + OPENED_PERSIST_DELAY);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => {
                         if matches!(m, CheckpointMsg::Opened { .. } | CheckpointMsg::Reserve { .. }) {
-                            opened_at.get_or_insert_with(tokio::time::Instant::now);
+                            urgent_since.get_or_insert_with(tokio::time::Instant::now);
                         }
                         self.handle(m);
                     }
@@ -526,11 +526,11 @@ impl Checkpointer {
                     if let Some(h) = &self.publish {
                         h.publish_checkpoints(self.committed());
                     }
-                    opened_at = None;
+                    urgent_since = None;
                     self.persist_reporting(&mut failing);
                 }
                 _ = tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)), if soon.is_some() => {
-                    opened_at = None;
+                    urgent_since = None;
                     self.persist_reporting(&mut failing);
                 }
             }

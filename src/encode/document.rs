@@ -86,24 +86,30 @@ fn member_key(enabled: bool, target: &str) -> Option<Vec<u8>> {
 impl DocumentEncoder {
     /// JSON messages as `cfg` says; logfmt and the ECS fields as by default.
     pub fn new(cfg: &crate::config::JsonConfig) -> Self {
-        let logfmt = crate::config::LogfmtConfig::default();
-        DocumentEncoder {
-            json_key: member_key(cfg.enabled, &cfg.target),
-            lift_json: cfg.enabled,
-            logfmt_key: member_key(logfmt.enabled, &logfmt.target),
-            lift_logfmt: logfmt.enabled,
-            keys: std::sync::Arc::new(FieldKeys::new(&crate::config::FieldsConfig::default())),
-            stats: None,
-        }
+        DocumentEncoder::with(
+            cfg,
+            &crate::config::LogfmtConfig::default(),
+            &crate::config::FieldsConfig::default(),
+        )
     }
 
     /// Every structured-message setting of the source.
     pub fn for_source(src: &crate::config::SourceConfig) -> Self {
+        DocumentEncoder::with(&src.json, &src.logfmt, &src.fields)
+    }
+
+    fn with(
+        json: &crate::config::JsonConfig,
+        logfmt: &crate::config::LogfmtConfig,
+        fields: &crate::config::FieldsConfig,
+    ) -> Self {
         DocumentEncoder {
-            logfmt_key: member_key(src.logfmt.enabled, &src.logfmt.target),
-            lift_logfmt: src.logfmt.enabled,
-            keys: std::sync::Arc::new(FieldKeys::new(&src.fields)),
-            ..DocumentEncoder::new(&src.json)
+            json_key: member_key(json.enabled, &json.target),
+            lift_json: json.enabled,
+            logfmt_key: member_key(logfmt.enabled, &logfmt.target),
+            lift_logfmt: logfmt.enabled,
+            keys: std::sync::Arc::new(FieldKeys::new(fields)),
+            stats: None,
         }
     }
 

@@ -198,8 +198,6 @@ pub fn transport(urls: Vec<Url>, cfg: &ElasticsearchConfig) -> Result<Transport,
     b.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
-/// An error with its causes, `a: b: c`: a TLS failure shows its reason, not only
-/// "error sending request".
 /// Whether the request failed before any of it left: no connection could be made.
 pub fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
@@ -212,6 +210,8 @@ pub fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// An error with its causes, `a: b: c`: a TLS failure shows its reason, not only
+/// "error sending request".
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -102,9 +102,7 @@ impl ElasticsearchSink {
                     Some(events) => {
                         for e in &events {
                             let t = targets.get(e);
-                            // Data streams only: an index named from the line's date
-                            // refuses a replay by itself.
-                            let replay = e.is_replay() && !t.extra.is_empty();
+                            let replay = e.is_replay() && t.replays_need_lookup();
                             shipper.push_event(e, &t, &self.encoder, replay);
                         }
                     }

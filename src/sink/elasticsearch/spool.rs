@@ -74,10 +74,10 @@ impl Spool {
             framed.clear();
             for e in &events {
                 item.clear();
-                if e.is_replay() {
+                let target = self.targets.get(e);
+                if e.is_replay() && target.replays_need_lookup() {
                     item.push(REPLAY_TAG);
                 }
-                let target = self.targets.get(e);
                 encode_item(e, &target, &self.encoder, &mut item);
                 record::encode(&item, &mut framed);
                 held.push(e);

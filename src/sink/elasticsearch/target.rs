@@ -15,6 +15,15 @@ pub struct Target {
     pub extra: Bytes,
 }
 
+impl Target {
+    /// Whether an event the last run may have sent must be looked up before it goes
+    /// again: a data stream checks ids per backing index, so a rollover since would index
+    /// it twice. A daily index named from the line's date refuses it by itself.
+    pub fn replays_need_lookup(&self) -> bool {
+        !self.extra.is_empty()
+    }
+}
+
 /// Makes any string a legal index name part: lowercase, none of `\/*?"<>|,# :`, no
 /// leading `-_+`, at most 255 bytes.
 pub fn sanitize_index(s: &str) -> String {
@@ -175,6 +184,10 @@ mod tests {
             &t.extra[..],
             br#""data_stream":{"dataset":"kubernetes","namespace":"default","type":"logs"}"#
         );
+        assert!(
+            t.replays_need_lookup(),
+            "ids are unique per backing index only"
+        );
         cfg.route_by_namespace = true;
         let r = Router::new(&cfg);
         assert_eq!(
@@ -196,6 +209,10 @@ mod tests {
         let t = r.target(None, "2026-11-30");
         assert_eq!(t.index, "k8s-2026.11.30");
         assert!(t.extra.is_empty());
+        assert!(
+            !t.replays_need_lookup(),
+            "a daily index refuses a replay by itself"
+        );
         assert_eq!(r.index_pattern(), "k8s-*");
     }
 
