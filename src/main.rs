@@ -99,6 +99,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                if c.output.kind == logferry::config::OutputKind::Elasticsearch {
+                    for w in c.output.elasticsearch.warnings() {
+                        eprintln!("logferry: warning: {w}");
+                    }
+                }
                 print!("{}", c.to_toml());
                 ExitCode::SUCCESS
             }
@@ -247,6 +252,12 @@ fn setup(
     if let Err((key, msg)) = es.validate() {
         eprintln!("logferry: {key}: {msg}");
         return ExitCode::from(2);
+    }
+    if let Some((url, _)) = &kibana {
+        if logferry::config::has_userinfo(url) {
+            eprintln!("logferry: --kibana-url: a user or password in the URL is refused: Kibana is reached with the credentials of output.elasticsearch");
+            return ExitCode::from(2);
+        }
     }
     let resources = setup::resources(es, &cfg.source.kept_objects());
     let objects = match logferry::kibana::saved_objects(&Router::new(es).index_pattern()) {

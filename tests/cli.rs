@@ -7,9 +7,12 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logferry");
 
+/// Runs the binary from the project root, with a secret in the environment that no output
+/// may show.
 fn logferry(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
+        .env("LOGFERRY_TEST_PW", "hunter2")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap()
@@ -155,6 +158,102 @@ fn check_config_prints_the_effective_config_with_variables_resolved() {
     );
 }
 
+/// Every way a credential could be written or mistyped: refused or redacted, and the
+/// secret appears in no output.
+#[test]
+fn no_output_ever_contains_a_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\n";
+    let cases: Vec<(String, &str)> = vec![
+        // A literal behind a default gets round the rule against literals.
+        (format!("{es}username = \"elastic\"\npassword = \"${{LOGFERRY_TEST_UNSET:-hunter2}}\"\n"), "output.elasticsearch.password"),
+        (format!("{es}api_key = \"${{LOGFERRY_TEST_UNSET:-hunter2}}${{X}}\"\n"), "output.elasticsearch.api_key"),
+        (format!("{es}bearer_token = \"pre-${{LOGFERRY_TEST_UNSET}}-hunter2\"\n"), "output.elasticsearch.bearer_token"),
+        (format!("{es}username = \"elastic\"\npassword = 'hunter2'\n"), "output.elasticsearch.password"),
+        (format!("{es}api_key = 31337424\n"), "output.elasticsearch.api_key"),
+        // Userinfo in an endpoint, written or from the environment.
+        (format!("{es}endpoints = [\"https://elastic:hunter2@es:9200\"]\n"), "output.elasticsearch.endpoints[0]"),
+        (format!("{es}endpoints = [\"https://es:1\", \"https://elastic:${{LOGFERRY_TEST_PW}}@es:bad\"]\n"), "output.elasticsearch.endpoints[1]"),
+        // TOML errors inside credentials, in every string form.
+        (format!("{es}password = \"\"\"\nhunter2-first\nhunter2 \\q second\n\"\"\"\n"), "line 6"),
+        (format!("{es}password = \"\"\"\nhunter2\nmore"), "line 6"),
+        (format!("{es}password = '''\nhunter2\nmore\n"), "line 6"),
+        (format!("{es}password = \"hunter2\" x\n"), "line 4"),
+        (format!("{es}\"password\" = \"hunt\\qer2 hunter2\"\n"), "line 4"),
+        ("output.elasticsearch.password = \"hunt\\qer2 hunter2\"\n".into(), "line 1"),
+        ("[output]\nelasticsearch = { password = \"hunter2\" }\n".into(), "output.elasticsearch.password"),
+    ];
+    for (text, key) in &cases {
+        let p = dir.path().join("secret.toml");
+        fs::write(&p, text).unwrap();
+        for cmd in [
+            vec!["check-config", p.to_str().unwrap()],
+            vec!["setup", "--dry-run", "--config", p.to_str().unwrap()],
+            vec!["run", "--config", p.to_str().unwrap()],
+        ] {
+            let out = logferry(&cmd);
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(2), "{cmd:?} {text:?}: {all}");
+            assert!(all.contains(key), "{cmd:?} {text:?}: {all}");
+            assert!(!all.contains("hunter2"), "{cmd:?} {text:?}: {all}");
+            assert!(!all.contains("31337424"), "{cmd:?} {text:?}: {all}");
+        }
+    }
+    // Userinfo is pointed to the keys to use instead.
+    let p = dir.path().join("secret.toml");
+    fs::write(&p, &cases[5].0).unwrap();
+    let err = String::from_utf8(logferry(&["check-config", p.to_str().unwrap()]).stderr).unwrap();
+    assert!(
+        err.contains("username") && err.contains("password_file"),
+        "{err}"
+    );
+    // Nor a Kibana URL's.
+    fs::write(&p, format!("{es}endpoints = [\"https://es:9200\"]\n")).unwrap();
+    let out = logferry(&[
+        "setup",
+        "--config",
+        p.to_str().unwrap(),
+        "--kibana-url",
+        "https://elastic:hunter2@kibana:5601",
+    ]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && all.contains("--kibana-url"),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[test]
+fn credentials_to_a_plain_http_endpoint_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("es.toml");
+    let write = |endpoint: &str| {
+        fs::write(
+            &p,
+            format!("[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"{endpoint}\"]\nusername = \"elastic\"\npassword_file = \"/run/secrets/pw\"\n"),
+        )
+        .unwrap();
+        let out = logferry(&["check-config", p.to_str().unwrap()]);
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = write("http://es:9200");
+    assert!(
+        err.contains("warning: credentials would be sent in clear text to http://es:9200"),
+        "{err}"
+    );
+    assert_eq!(write("https://es:9200"), "");
+}
+
 #[test]
 fn usage_errors_exit_2_and_version_exits_0() {
     assert_eq!(logferry(&["frobnicate"]).status.code(), Some(2));
@@ -191,7 +290,7 @@ fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
     let p = dir.path().join("es.toml");
     fs::write(
         &p,
-        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"https://es.example:9200\"]\nusername = \"elastic\"\npassword = \"${LOGFERRY_TEST_PW:-hunter2}\"\nretention_days = 30\n",
+        "[output]\ntype = \"elasticsearch\"\n[output.elasticsearch]\nendpoints = [\"https://es.example:9200\"]\nusername = \"elastic\"\npassword = \"${LOGFERRY_TEST_PW}\"\nretention_days = 30\n",
     )
     .unwrap();
     let out = logferry(&["setup", "--config", p.to_str().unwrap(), "--dry-run"]);

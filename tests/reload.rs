@@ -141,12 +141,27 @@ fn sighup_reloads_the_config_without_losing_or_repeating_a_line() {
     .unwrap();
     agent.signal(libc::SIGHUP);
     agent.wait("the refusal", |r| r.log().contains("config not reloaded"));
+    // A syntax error inside a multi-line password: refused, and the log does not quote it.
+    std::fs::write(
+        &cfg,
+        config(
+            "broken",
+            "[reload]\nwatch = false\n[output.elasticsearch]\npassword = \"\"\"\nhunter2-reload \\q\n\"\"\"",
+        ),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait("the second refusal", |r| {
+        r.log().matches("config not reloaded").count() == 2
+    });
     c.append(seq_lines(3000, 100).as_bytes());
     agent.wait_docs(3100);
     let (docs, log) = agent.stop();
 
     assert_exactly_once(&seqs(&docs), 3100);
     assert!(log.contains("source.multiline.presets[0]"), "{log}");
+    assert!(log.contains("line 6"), "the error still says where: {log}");
+    assert!(!log.contains("hunter2"), "{log}");
     assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
     for d in &docs {
         let seq = seqs(std::slice::from_ref(d))[0];

@@ -67,6 +67,11 @@ pub struct ElasticsearchConfig {
     pub ca_file: Option<PathBuf>,
     /// Development only: accept any certificate.
     pub insecure_skip_verify: bool,
+    /// PEM client certificate (and chain) for client-certificate (mTLS) authentication,
+    /// with `key_file`; alone or with one of the credentials above.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
 
@@ -131,6 +136,8 @@ impl Default for ElasticsearchConfig {
             bearer_token_file: None,
             ca_file: None,
             insecure_skip_verify: false,
+            cert_file: None,
+            key_file: None,
             request_timeout: Duration::from_secs(60),
             mode: IndexMode::DataStream,
             dataset: "kubernetes".into(),
@@ -161,16 +168,66 @@ impl Default for ElasticsearchConfig {
 
 type KeyError = (String, String);
 
+/// Whether a URL carries `user[:password]@` before its host.
+pub fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
+}
+
 fn err(key: &str, msg: impl Into<String>) -> KeyError {
     (format!("output.elasticsearch.{key}"), msg.into())
 }
 
 impl ElasticsearchConfig {
+    /// Whether a password, API key or token is configured.
+    pub fn has_credentials(&self) -> bool {
+        !self.password.is_empty()
+            || self.password_file.is_some()
+            || !self.api_key.is_empty()
+            || self.api_key_file.is_some()
+            || !self.bearer_token.is_empty()
+            || self.bearer_token_file.is_some()
+    }
+
+    /// What is allowed but unwise, said by `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings_for(&self.endpoints)
+    }
+
+    /// The warnings for reaching `urls` (the endpoints, or Kibana) with this config: said
+    /// when the connection is set up.
+    pub fn warnings_for(&self, urls: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.has_credentials() {
+            for u in urls {
+                if u.trim_start().to_ascii_lowercase().starts_with("http://") {
+                    out.push(format!(
+                        "credentials would be sent in clear text to {u}: use https://"
+                    ));
+                }
+            }
+        }
+        if self.insecure_skip_verify {
+            out.push("output.elasticsearch.insecure_skip_verify is on: the cluster's certificate is not checked (development only)".into());
+        }
+        out
+    }
+
     pub fn validate(&self) -> Result<(), KeyError> {
         if self.endpoints.is_empty() {
             return Err(err("endpoints", "needs at least one URL"));
         }
         for (i, e) in self.endpoints.iter().enumerate() {
+            // Checked before parsing, so that no message quotes the URL's password.
+            if has_userinfo(e) {
+                return Err(err(
+                    &format!("endpoints[{i}]"),
+                    "a user or password in the URL is refused (it would be printed and \
+                     logged with the URL); give username, and password_file or \
+                     password = \"${ENV_VAR}\"",
+                ));
+            }
             match elasticsearch::http::Url::parse(e) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 Ok(_) => {
@@ -197,6 +254,16 @@ impl ElasticsearchConfig {
             return Err(err(
                 "password_file",
                 "give password or password_file, not both",
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(err(
+                if self.cert_file.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                },
+                "cert_file and key_file go together (client-certificate authentication)",
             ));
         }
         if auth[0] && self.username.is_empty() {

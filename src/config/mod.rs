@@ -8,7 +8,7 @@ mod kubernetes;
 mod rate_limit;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
-pub use elasticsearch::{ElasticsearchConfig, IndexMode, Secret};
+pub use elasticsearch::{has_userinfo, ElasticsearchConfig, IndexMode, Secret};
 pub use fields::{FieldsConfig, LogfmtConfig};
 pub use kubernetes::KubernetesConfig;
 pub use rate_limit::RateLimitConfig;
@@ -370,7 +370,7 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: origin.to_string(),
-                    message: redact_snippet(e.to_string().trim()),
+                    message: redact_snippet(e.to_string().trim(), text),
                 })?;
         no_literal_credentials(&table).map_err(|(key, message)| ConfigError::Key {
             path: origin.to_string(),
@@ -513,24 +513,27 @@ impl Config {
     }
 }
 
-/// Credentials come from the environment or from files, never from the config file
-/// itself (a ConfigMap anyone with read access to the namespace can see).
-/// A TOML error quotes the line at fault: a credential on it must not reach the logs.
-fn redact_snippet(message: &str) -> String {
+/// The keys whose values are credentials, in `[output.elasticsearch]`.
+pub const CREDENTIAL_KEYS: [&str; 3] = ["password", "api_key", "bearer_token"];
+
+/// A TOML error quotes the line at fault: a line of a credential's value (all of them,
+/// for a multi-line string) is replaced by `<redacted>`.
+fn redact_snippet(message: &str, text: &str) -> String {
+    let secret_lines = credential_lines(text);
     message
         .lines()
         .map(|l| {
             let quoted = l
                 .split_once(" | ")
-                .filter(|(n, _)| n.trim().parse::<u32>().is_ok());
+                .and_then(|(n, rest)| Some((n, n.trim().parse::<usize>().ok()?, rest)));
             match quoted {
-                Some((n, text))
-                    if ["password", "api_key", "bearer_token", "token"]
-                        .iter()
-                        .any(|k| text.contains(k)) =>
-                {
-                    let key = text.split('=').next().unwrap_or("").trim_end();
-                    format!("{n} | {key} = <redacted>")
+                Some((n, number, rest)) if secret_lines.contains(&number) => {
+                    let key = rest.split('=').next().unwrap_or("").trim_end();
+                    if rest.contains('=') && credential_key(key) {
+                        format!("{n} | {key} = <redacted>")
+                    } else {
+                        format!("{n} | <redacted>")
+                    }
                 }
                 _ => l.to_string(),
             }
@@ -539,6 +542,46 @@ fn redact_snippet(message: &str) -> String {
         .join("\n")
 }
 
+fn credential_key(text: &str) -> bool {
+    ["password", "api_key", "bearer_token", "token", "secret"]
+        .iter()
+        .any(|k| text.contains(k))
+}
+
+/// The 1-based numbers of the lines that may hold a credential: a line naming a credential
+/// key, and every line of a multi-line string (`"""` or `'''`) that starts on one.
+/// Lexical, as the text did not parse.
+fn credential_lines(text: &str) -> std::collections::HashSet<usize> {
+    let mut lines = std::collections::HashSet::new();
+    let mut open: Option<&str> = None;
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if let Some(delim) = open {
+            lines.insert(number);
+            if line.contains(delim) {
+                open = None;
+            }
+            continue;
+        }
+        if !credential_key(line) {
+            continue;
+        }
+        lines.insert(number);
+        for delim in ["\"\"\"", "'''"] {
+            if let Some(at) = line.find(delim) {
+                if !line[at + 3..].contains(delim) {
+                    open = Some(delim);
+                }
+                break;
+            }
+        }
+    }
+    lines
+}
+
+/// Credentials come from the environment or from files, never from the config file
+/// itself (a ConfigMap anyone with read access to the namespace can see): the value must
+/// be made of `${VAR}` references alone, without a default to fall back on.
 fn no_literal_credentials(table: &toml::Table) -> Result<(), (String, String)> {
     let Some(es) = table
         .get("output")
@@ -547,19 +590,44 @@ fn no_literal_credentials(table: &toml::Table) -> Result<(), (String, String)> {
     else {
         return Ok(());
     };
-    for key in ["password", "api_key", "bearer_token"] {
-        if let Some(toml::Value::String(v)) = es.get(key) {
-            if !v.is_empty() && !v.contains("${") {
-                return Err((
-                    format!("output.elasticsearch.{key}"),
-                    format!(
-                        "a credential must not be written in the config file; use \"${{ENV_VAR}}\" or {key}_file"
-                    ),
-                ));
-            }
-        }
+    for key in CREDENTIAL_KEYS {
+        let message = match es.get(key) {
+            None => continue,
+            Some(toml::Value::String(v)) if only_references(v) => continue,
+            Some(toml::Value::String(v)) if v.contains("${") => format!(
+                "a credential must come from the environment or a file: \"${{ENV_VAR}}\" \
+                 alone, without a default or other text (or use {key}_file)"
+            ),
+            Some(toml::Value::String(_)) => format!(
+                "a credential must not be written in the config file; use \"${{ENV_VAR}}\" or {key}_file"
+            ),
+            Some(other) => format!(
+                "must be a string naming an environment variable, \"${{ENV_VAR}}\" (or use \
+                 {key}_file), not a {}",
+                other.type_str()
+            ),
+        };
+        return Err((format!("output.elasticsearch.{key}"), message));
     }
     Ok(())
+}
+
+/// Whether `v` is empty or only `${VAR}` references (an empty `:-` default allowed).
+fn only_references(v: &str) -> bool {
+    let mut rest = v;
+    while !rest.is_empty() {
+        let Some(body) = rest.strip_prefix("${") else {
+            return false;
+        };
+        let Some(end) = body.find('}') else {
+            return false;
+        };
+        if matches!(body[..end].split_once(":-"), Some((_, d)) if !d.is_empty()) {
+            return false;
+        }
+        rest = &body[end + 1..];
+    }
+    true
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string value; `$$` is a literal `$`.
@@ -771,6 +839,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&es(r#"api_key = "id:key""#)).is_err());
+        // Nor behind a default, nor mixed with references.
+        for v in [
+            r#""${PW:-hunter2}""#,
+            r#""${PW}hunter2""#,
+            r#""${PW""#,
+            r#"'hunter2'"#,
+        ] {
+            let e = parse(&es(&format!("password = {v}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("output.elasticsearch.password"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        assert!(parse(&es(r#"password = "${NODE_NAME}${EMPTY:-}""#)).is_ok());
         // From the environment, a file, or empty: fine.
         let c = parse(&es(r#"password = "${NODE_NAME}""#)).unwrap();
         assert_eq!(c.output.elasticsearch.password.expose(), "node-7");

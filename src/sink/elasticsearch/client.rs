@@ -4,9 +4,11 @@
 use super::response::{self, ItemResult, FILTER_PATH, FILTER_PATH_WITH_INDEX};
 use crate::config::ElasticsearchConfig;
 use bytes::Bytes;
-use elasticsearch::auth::Credentials;
+use elasticsearch::auth::{ClientCertificate, Credentials};
 use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use elasticsearch::http::headers::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 use flate2::write::GzEncoder;
@@ -27,6 +29,8 @@ pub enum ClientError {
     },
     #[error("output.elasticsearch.ca_file: {0}")]
     Ca(String),
+    #[error("output.elasticsearch.cert_file/key_file: {0}")]
+    ClientCert(String),
     #[error("output.elasticsearch.endpoints: {0}")]
     Endpoint(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -176,26 +180,90 @@ impl BulkClient {
     }
 }
 
-/// A transport to `urls` with the cluster's credentials, CA and timeout: Kibana is reached
-/// with the same ones.
+/// A transport to `urls` with the cluster's credentials, CA, client certificate and
+/// timeout: Kibana is reached with the same ones.
 pub fn transport(urls: Vec<Url>, cfg: &ElasticsearchConfig) -> Result<Transport, ClientError> {
+    let credentials = credentials(cfg)?;
+    for w in cfg.warnings_for(&urls.iter().map(Url::to_string).collect::<Vec<_>>()) {
+        tracing::warn!("{w}");
+    }
+    // Read even when verification is off: a path that is wrong is wrong either way.
+    let ca = match &cfg.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?;
+            Some(
+                Certificate::from_pem(&pem)
+                    .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
     let mut b = TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
         .timeout(cfg.request_timeout)
         .disable_proxy();
-    if let Some(c) = credentials(cfg)? {
-        b = b.auth(c);
+    match (client_identity(cfg)?, credentials) {
+        // The transport takes one `auth`: with a client certificate, the other credential
+        // goes as a header.
+        (Some(pem), other) => {
+            b = b.auth(Credentials::Certificate(ClientCertificate::Pem(pem)));
+            if let Some(c) = other {
+                b = b.header(AUTHORIZATION, authorization(&c)?);
+            }
+        }
+        (None, Some(c)) => b = b.auth(c),
+        (None, None) => {}
     }
     if cfg.insecure_skip_verify {
-        tracing::warn!("output.elasticsearch.insecure_skip_verify is on: the cluster's certificate is not checked (development only)");
         b = b.cert_validation(CertificateValidation::None);
-    } else if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?;
-        let cert = Certificate::from_pem(&pem)
-            .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
+    } else if let Some(cert) = ca {
         b = b.cert_validation(CertificateValidation::Full(cert));
     }
-    b.build().map_err(|e| ClientError::Build(e.to_string()))
+    b.build().map_err(|e| match &cfg.cert_file {
+        Some(path) => ClientError::ClientCert(format!("{}: {e}", path.display())),
+        None => ClientError::Build(e.to_string()),
+    })
+}
+
+/// The client certificate and its key as one PEM buffer, as the transport takes them.
+fn client_identity(cfg: &ElasticsearchConfig) -> Result<Option<Vec<u8>>, ClientError> {
+    let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str, marker: &str| {
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::ClientCert(format!("cannot read {}: {e}", path.display())))?;
+        if !String::from_utf8_lossy(&pem).contains(marker) {
+            return Err(ClientError::ClientCert(format!(
+                "{} holds no PEM {what}",
+                path.display()
+            )));
+        }
+        Ok(pem)
+    };
+    let mut pem = read(key, "private key", "PRIVATE KEY-----")?;
+    pem.push(b'\n');
+    pem.extend(read(cert, "certificate", "BEGIN CERTIFICATE-----")?);
+    Ok(Some(pem))
+}
+
+/// The `Authorization` header a credential makes, marked sensitive (kept out of debug
+/// output).
+fn authorization(c: &Credentials) -> Result<HeaderValue, ClientError> {
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = match c {
+        Credentials::Basic(u, p) => format!("Basic {}", b64(format!("{u}:{p}"))),
+        Credentials::ApiKey(id, key) => format!("ApiKey {}", b64(format!("{id}:{key}"))),
+        Credentials::EncodedApiKey(k) => format!("ApiKey {k}"),
+        Credentials::Bearer(t) => format!("Bearer {t}"),
+        _ => return Err(ClientError::Build("unexpected credential kind".into())),
+    };
+    let mut v = HeaderValue::from_str(&text).map_err(|_| {
+        ClientError::Build("a credential holds a character a header cannot carry".into())
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Whether the request failed before any of it left: no connection could be made.
