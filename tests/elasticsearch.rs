@@ -415,15 +415,107 @@ fn tls_with_a_custom_ca_and_the_development_escape_hatch() {
         Reply::Items(items) => assert_eq!(items[0].status, 409, "the same id again"),
         other => panic!("{other:?}"),
     }
-    let bad = BulkClient::new(&ElasticsearchConfig {
-        ca_file: Some(dir.path().join("missing.pem")),
-        ..base
+    // A missing CA file is an error, whether verification is on or off.
+    for insecure_skip_verify in [false, true] {
+        let bad = BulkClient::new(&ElasticsearchConfig {
+            ca_file: Some(dir.path().join("missing.pem")),
+            insecure_skip_verify,
+            ..base.clone()
+        });
+        let e = bad.err().unwrap().to_string();
+        assert!(e.contains("output.elasticsearch.ca_file"), "{e}");
+        assert!(e.contains("missing.pem"), "{e}");
+    }
+}
+
+#[test]
+fn client_certificates_and_the_reason_a_handshake_fails() {
+    use logferry::config::{ElasticsearchConfig, Secret};
+    use logferry::sink::elasticsearch::client::{BulkClient, Reply};
+    use support::es_server::EsServer;
+    use support::serve::TlsSetup;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body = b"{\"create\":{\"_index\":\"logs-tls-a\",\"_id\":\"1\"}}\n{\"@timestamp\":\"2024-01-01T00:00:00Z\"}\n";
+    let send = |cfg: &ElasticsearchConfig| rt.block_on(BulkClient::new(cfg).unwrap().bulk(body)).0;
+    let start = |setup: TlsSetup| {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let server = EsServer::start_tls_with(&ca, &setup);
+        let cfg = ElasticsearchConfig {
+            endpoints: vec![server.url.clone()],
+            ca_file: Some(ca),
+            ..Default::default()
+        };
+        (dir, server, cfg)
+    };
+
+    // Client certificates required: without one the request fails…
+    let (dir, server, base) = start(TlsSetup {
+        client_auth: true,
+        ..Default::default()
     });
-    assert!(bad
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("output.elasticsearch.ca_file"));
+    match send(&base) {
+        Reply::Items(items) => panic!("accepted without a client certificate: {items:?}"),
+        Reply::Unreachable(why) | Reply::Unanswered(why) => {
+            assert!(why.to_lowercase().contains("certificate"), "{why}")
+        }
+        Reply::Status(s, why) => panic!("{s} {why}"),
+    }
+    // …with one it is taken…
+    let with_cert = ElasticsearchConfig {
+        cert_file: Some(dir.path().join("client.pem")),
+        key_file: Some(dir.path().join("client.key")),
+        ..base.clone()
+    };
+    match send(&with_cert) {
+        Reply::Items(items) => assert_eq!(items[0].status, 201),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.state.lock().unwrap().last_authorization, None);
+    // …and a password goes along with it.
+    let both = ElasticsearchConfig {
+        username: "elastic".into(),
+        password: Secret::new("pw"),
+        ..with_cert.clone()
+    };
+    match send(&both) {
+        Reply::Items(items) => assert_eq!(items[0].status, 409, "the same id again"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        server.state.lock().unwrap().last_authorization.as_deref(),
+        Some("Basic ZWxhc3RpYzpwdw==")
+    );
+    // A key file that holds no key is named.
+    let wrong = BulkClient::new(&ElasticsearchConfig {
+        key_file: Some(dir.path().join("client.pem")),
+        ..with_cert.clone()
+    });
+    let e = wrong.err().unwrap().to_string();
+    assert!(
+        e.contains("cert_file/key_file") && e.contains("client.pem") && e.contains("private key"),
+        "{e}"
+    );
+
+    // The reason of a failed handshake is in the message.
+    let (_dir, _server, cfg) = start(TlsSetup {
+        names: Some(vec!["elsewhere.example".into()]),
+        ..Default::default()
+    });
+    match send(&cfg) {
+        Reply::Unreachable(why) => {
+            assert!(why.contains("not valid for name \"127.0.0.1\""), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_dir, _server, cfg) = start(TlsSetup {
+        expired: true,
+        ..Default::default()
+    });
+    match send(&cfg) {
+        Reply::Unreachable(why) => assert!(why.contains("expired"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -283,6 +283,12 @@ impl EsServer {
         Self::start_with(Some(crate::serve::tls_acceptor(ca_pem)))
     }
 
+    /// The server behind TLS as `setup` says: other names, an expired certificate, client
+    /// certificates required.
+    pub fn start_tls_with(ca_pem: &std::path::Path, setup: &crate::serve::TlsSetup) -> EsServer {
+        Self::start_with(Some(crate::serve::tls_acceptor_with(ca_pem, setup)))
+    }
+
     fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EsServer {
         let state = Arc::new(Mutex::new(State {
             rng: 0x9e3779b97f4a7c15,

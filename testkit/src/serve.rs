@@ -61,23 +61,67 @@ where
     (rt, format!("{scheme}://{addr}"))
 }
 
+/// How a test server presents itself over TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSetup {
+    /// Names in the server's certificate; `None`: `localhost` and `127.0.0.1`.
+    pub names: Option<Vec<String>>,
+    /// The server's certificate expired in 2020.
+    pub expired: bool,
+    /// Require a client certificate signed by the CA. One is written next to the CA's PEM,
+    /// as `client.pem` and `client.key`.
+    pub client_auth: bool,
+}
+
 pub fn tls_acceptor(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_with(ca_pem, &TlsSetup::default())
+}
+
+/// A TLS acceptor with a certificate from a fresh CA, whose PEM is written to `ca_pem`.
+pub fn tls_acceptor_with(ca_pem: &Path, setup: &TlsSetup) -> tokio_rustls::TlsAcceptor {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     fs::write(ca_pem, ca.pem()).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+    let names = setup
+        .names
+        .clone()
+        .unwrap_or_else(|| vec!["localhost".to_string(), "127.0.0.1".to_string()]);
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    if setup.expired {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    }
+    let cert = params.signed_by(&key, &ca).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+    let builder = if setup.client_auth {
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["logferry".to_string()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        fs::write(ca_pem.with_file_name("client.pem"), client.pem()).unwrap();
+        fs::write(
+            ca_pem.with_file_name("client.key"),
+            client_key.serialize_pem(),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
         .with_single_cert(
             vec![cert.der().clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),

@@ -373,7 +373,7 @@ pub fn assert_exactly_once(got: &[u64], n: u64) {
 }
 
 #[allow(unused_imports)]
-pub use logferry_testkit::{es_server, kube_server};
+pub use logferry_testkit::{es_server, kube_server, serve};
 
 /// The Elasticsearch the tests talk to: the in-tree server, or a real cluster when
 /// `LOGFERRY_TEST_ES_URL` is set (tests that need injected faults skip themselves then).
