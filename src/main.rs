@@ -360,6 +360,10 @@ fn run_pipeline(
                 &http.listen,
                 health.clone(),
                 stats.clone(),
+                logferry::http::Limits {
+                    max_connections: http.max_connections,
+                    ..Default::default()
+                },
             ))
             .with_context(|| format!("cannot listen on http.listen {}", http.listen))?;
         tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");

@@ -2,7 +2,7 @@
 //! and how far each followed file's committed offset is behind its size.
 
 use crate::checkpoint::Entry;
-use crate::http::Health;
+use crate::http::{FilePage, Health};
 use crate::stats::Stats;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
@@ -157,6 +157,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             "Turns a file with data waited for the checkpoints to reserve more of it (the bound on a crash's replay).",
             Counter,
             &s.reads_held_for_reservation,
+        ),
+        (
+            "http_connections_evicted_total",
+            "Connections to this endpoint closed to make room for a newer one (over the cap).",
+            Counter,
+            &s.http_connections_evicted,
         ),
         (
             "read_errors_total",
@@ -528,9 +534,14 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
 }
 
 /// `/status`: readiness, each file's offsets and lag, the buffer, the counters.
-pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
-    let files_json: Vec<serde_json::Value> = files
+/// `/status`: one page of the files, the most lagging first (a node can follow thousands).
+pub fn status(health: &Health, stats: &Stats, files: &[FileLag], page: FilePage) -> String {
+    let mut order: Vec<&FileLag> = files.iter().collect();
+    order.sort_by(|a, b| b.lag.cmp(&a.lag).then_with(|| a.path.cmp(&b.path)));
+    let files_json: Vec<serde_json::Value> = order
         .iter()
+        .skip(page.offset)
+        .take(page.limit)
         .map(|f| {
             serde_json::json!({
                 "path": f.path, "committed_offset": f.committed, "size": f.size, "lag_bytes": f.lag,
@@ -549,6 +560,9 @@ pub fn status(health: &Health, stats: &Stats, files: &[FileLag]) -> String {
         "alive": health.alive(),
         "ready": health.ready(),
         "lag_bytes": files.iter().map(|f| f.lag).sum::<u64>(),
+        "files_total": files.len(),
+        "files_offset": page.offset,
+        "files_limit": page.limit,
         "files": files_json,
         "buffer_bytes": Stats::get(&stats.buffer_bytes),
         "sink": {
@@ -642,8 +656,13 @@ mod tests {
             );
             value.parse::<f64>().unwrap();
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&status(&Health::default(), &stats, &lags)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status(
+            &Health::default(),
+            &stats,
+            &lags,
+            FilePage::default(),
+        ))
+        .unwrap();
         assert_eq!(v["lag_bytes"], 400);
         assert_eq!(v["files"][0]["committed_offset"], 600);
         assert_eq!(v["counters"]["events_delivered_total"], 7);

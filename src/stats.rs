@@ -81,6 +81,8 @@ pub struct Stats {
     pub generations_decompressed: AtomicU64,
     /// Turns a file with data waited for its reservation in the checkpoints to be written.
     pub reads_held_for_reservation: AtomicU64,
+    /// Connections to the agent's HTTP endpoint closed to make room for a newer one.
+    pub http_connections_evicted: AtomicU64,
     /// Bytes of over-long lines that were not kept.
     pub bytes_dropped: AtomicU64,
     pub events_truncated: AtomicU64,
@@ -200,6 +202,7 @@ impl Default for Stats {
             generations_recovered: AtomicU64::new(0),
             generations_decompressed: AtomicU64::new(0),
             reads_held_for_reservation: AtomicU64::new(0),
+            http_connections_evicted: AtomicU64::new(0),
             bytes_dropped: AtomicU64::new(0),
             events_truncated: AtomicU64::new(0),
             events_stderr: AtomicU64::new(0),

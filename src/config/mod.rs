@@ -301,6 +301,8 @@ impl Default for StdoutConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub listen: String,
+    /// Connections held at once; a new one past it closes the oldest.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -308,6 +310,7 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: "0.0.0.0:2020".into(),
+            max_connections: 64,
         }
     }
 }
@@ -470,6 +473,9 @@ impl Config {
         }
         crate::source::multiline::MultilineRules::from_config(&s.multiline)?;
         self.kubernetes.validate()?;
+        if self.http.max_connections == 0 {
+            return Err(("http.max_connections".into(), "must be at least 1".into()));
+        }
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err((
                 "http.listen".into(),
