@@ -2,6 +2,8 @@
 //! `source` (discover, tail, parse, merge) → `enrich` → `encode` → `sink`, with
 //! acknowledgements flowing back to `checkpoint`.
 
+#![forbid(unsafe_code)]
+
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The `logferry` command: `run` (the agent), `debug` (files → stdout), `check-config`.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use logferry::config::{Config, StartAt, StdoutFormat};

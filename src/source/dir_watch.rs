@@ -7,7 +7,6 @@ use super::wake::Wake;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +17,6 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
     .union(WatchMask::ONLYDIR);
-
-/// How often the event thread looks at the stop flag.
-const POLL_MS: i32 = 200;
 
 type Dirs = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
 
@@ -48,18 +44,17 @@ impl DirWatcher {
             .spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 while !s.load(Ordering::Acquire) {
-                    let mut fds = libc::pollfd {
-                        fd: inotify.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd, owned by this frame.
-                    if unsafe { libc::poll(&mut fds, 1, POLL_MS) } <= 0 {
-                        continue;
-                    }
-                    let events = match inotify.read_events(&mut buf) {
+                    // Blocks until an event; `Drop` raises one to end the thread.
+                    let events = match inotify.read_events_blocking(&mut buf) {
                         Ok(events) => events,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            continue
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "directory watches failed; new files are found by periodic rescans only");
                             return;
@@ -130,8 +125,20 @@ impl DirWatcher {
 impl Drop for DirWatcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Removing a watch queues an IN_IGNORED event, which ends the thread's blocking read.
+        let woken = self
+            .watches
+            .add("/", WatchMask::ONLYDIR | WatchMask::DELETE_SELF)
+            .and_then(|wd| self.watches.remove(wd));
+        match (self.thread.take(), woken) {
+            (Some(t), Ok(())) => {
+                let _ = t.join();
+            }
+            // Not joined: it ends at its next event.
+            (Some(_), Err(e)) => {
+                tracing::debug!(error = %e, "cannot wake the directory-watch thread to stop it")
+            }
+            (None, _) => {}
         }
     }
 }
@@ -179,5 +186,22 @@ mod tests {
         std::fs::File::create(dir.path().join("2.log")).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(wake.take_changed_dirs().is_empty(), "no longer watched");
+    }
+
+    #[test]
+    fn dropping_the_watcher_ends_its_blocked_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DirWatcher::start(Arc::new(Wake::default())).unwrap();
+        w.watch(dir.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(w);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the drop joined the thread"
+        );
     }
 }
