@@ -191,6 +191,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if once {
+                if let Err(e) = something_to_read(&cfg) {
+                    eprintln!("logferry: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             // With a config file, SIGHUP and changes reload it, the command line still applied.
             let reload = config.map(|path| {
                 let p = path.clone();
@@ -203,6 +209,24 @@ fn main() -> ExitCode {
             run(cfg, once, state_dir, false, reload, set_level)
         }
     }
+}
+
+/// A `--once` run over nothing is a mistake to say, not an empty success.
+fn something_to_read(cfg: &Config) -> anyhow::Result<()> {
+    use logferry::source::discover::Discovery;
+    let discovery = Discovery::new(&cfg.source).context("source.exclude")?;
+    if discovery.scan(&Stats::default()).is_empty() {
+        anyhow::bail!(
+            "no file to read matches {}",
+            cfg.source
+                .include
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The embedded default of the debug mode: every built-in multiline preset on.

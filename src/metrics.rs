@@ -117,6 +117,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.links_refused,
         ),
         (
+            "links_dangling_total",
+            "Symlinks in the include globs found leading to no file (on Docker nodes: /var/lib/docker/containers not mounted).",
+            Counter,
+            &s.links_dangling,
+        ),
+        (
             "rotations_total",
             "Files seen rotated away or deleted.",
             Counter,

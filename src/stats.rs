@@ -124,6 +124,8 @@ pub struct Stats {
     pub files_excluded: AtomicU64,
     /// Links not followed because they lead out of the log directories.
     pub links_refused: AtomicU64,
+    /// Links in the include globs found leading to no file.
+    pub links_dangling: AtomicU64,
     /// Files that waited because `source.max_open_files` were followed.
     pub files_deferred: AtomicU64,
     /// Times the enrich stage held its most and stopped taking input.
@@ -230,6 +232,7 @@ impl Default for Stats {
             kube_cache_evicted: AtomicU64::new(0),
             files_excluded: AtomicU64::new(0),
             links_refused: AtomicU64::new(0),
+            links_dangling: AtomicU64::new(0),
             files_deferred: AtomicU64::new(0),
             enrich_full: AtomicU64::new(0),
             dead_letter_evicted_bytes: AtomicU64::new(0),

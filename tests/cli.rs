@@ -255,6 +255,50 @@ fn credentials_to_a_plain_http_endpoint_are_warned_about() {
 }
 
 #[test]
+fn include_patterns_that_match_nothing_and_dangling_links_are_said() {
+    // Nothing at all to read: `--once` fails, naming the pattern.
+    let out = logferry(&["debug", "--once", "/nonexistent/*.log"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no file to read matches \"/nonexistent/*.log\""),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Links into a directory that is not mounted (a Docker node without
+    // /var/lib/docker/containers): warned about, with the link and its target.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        "/var/lib/docker/containers/abc/abc-json.log",
+        dir.path().join("web_shop_app-abc.log"),
+    )
+    .unwrap();
+    let glob = format!("{}/*.log", dir.path().display());
+    let out = logferry(&["debug", "--once", &glob]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("lead to no file"), "{err}");
+    assert!(err.contains("web_shop_app-abc.log"), "{err}");
+    assert!(
+        err.contains("/var/lib/docker/containers/abc/abc-json.log"),
+        "{err}"
+    );
+    // One pattern of two matches nothing: the run goes on and the pattern is named.
+    let out = logferry(&[
+        "debug",
+        "--once",
+        "--from-beginning",
+        "examples/var/log/containers/*.log",
+        "/nonexistent/*.log",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("a pattern matches no file to read"), "{err}");
+    assert!(err.contains("/nonexistent/*.log"), "{err}");
+    assert!(!out.stdout.is_empty());
+}
+
+#[test]
 fn usage_errors_exit_2_and_version_exits_0() {
     assert_eq!(logferry(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(

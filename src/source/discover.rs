@@ -2,6 +2,7 @@
 //! kubelet's `/var/log/containers` links point into `/var/log/pods`), one entry per file.
 
 use crate::config::SourceConfig;
+use crate::stats::Stats;
 use globset::{GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -26,6 +27,8 @@ pub struct Discovery {
     roots: Vec<PathBuf>,
     /// Links refused, so each is reported once.
     refused: std::sync::Mutex<HashSet<PathBuf>>,
+    /// Links that led to nothing at the last scan.
+    dangling: std::sync::Mutex<HashSet<PathBuf>>,
 }
 
 impl Discovery {
@@ -48,12 +51,14 @@ impl Discovery {
             exclude: b.build()?,
             roots,
             refused: Default::default(),
+            dangling: Default::default(),
         })
     }
 
-    /// Every matching regular file, in a stable order, once each. `refused` counts the
-    /// links that lead out of the allowed roots.
-    pub fn scan(&self, refused: &std::sync::atomic::AtomicU64) -> Vec<Found> {
+    /// Every matching regular file, in a stable order, once each. Links that lead out of
+    /// the allowed roots and links that lead to nothing are counted in `stats` and warned
+    /// about, as are patterns that match nothing (rate-limited).
+    pub fn scan(&self, stats: &Stats) -> Vec<Found> {
         let roots: Vec<PathBuf> = self
             .roots
             .iter()
@@ -61,21 +66,31 @@ impl Discovery {
             .collect();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let mut dangling = HashSet::new();
+        let mut empty = Vec::new();
         for pattern in &self.include {
             let Ok(paths) = glob::glob(pattern) else {
                 continue;
             };
+            let mut matched = false;
             for path in paths.flatten() {
                 if self.exclude.is_match(&path) {
                     continue;
                 }
-                let Ok(real_path) = std::fs::canonicalize(&path) else {
-                    continue;
+                let real_path = match std::fs::canonicalize(&path) {
+                    Ok(p) => p,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if path.is_symlink() {
+                            dangling.insert(path);
+                        }
+                        continue;
+                    }
+                    Err(_) => continue,
                 };
                 if !roots.iter().any(|r| real_path.starts_with(r)) {
                     let mut reported = self.refused.lock().unwrap_or_else(|e| e.into_inner());
                     if reported.insert(path.clone()) {
-                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Stats::add(&stats.links_refused, 1);
                         tracing::warn!(path = %path.display(), target = %real_path.display(), "not following a link out of the log directories (source.symlink_roots)");
                     }
                     continue;
@@ -86,7 +101,11 @@ impl Discovery {
                 let Ok(meta) = std::fs::metadata(&real_path) else {
                     continue;
                 };
-                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
+                if !meta.is_file() {
+                    continue;
+                }
+                matched = true;
+                if !seen.insert((meta.dev(), meta.ino())) {
                     continue;
                 }
                 out.push(Found {
@@ -96,10 +115,40 @@ impl Discovery {
                     inode: meta.ino(),
                 });
             }
+            if !matched {
+                empty.push(pattern.as_str());
+            }
+        }
+        self.report_dangling(dangling, stats);
+        if !empty.is_empty() {
+            if let Some(held_back) = crate::log_limit::allow("include_matches_nothing") {
+                tracing::warn!(patterns = ?empty, held_back, "source.include: a pattern matches no file to read");
+            }
         }
         out
     }
 
+    /// Counts the links newly found dangling; warns, at most once a period, while any do.
+    /// On Docker and cri-dockerd nodes they dangle when `/var/lib/docker/containers` is
+    /// not mounted.
+    fn report_dangling(&self, now: HashSet<PathBuf>, stats: &Stats) {
+        let mut known = self.dangling.lock().unwrap_or_else(|e| e.into_inner());
+        let new = now.difference(&known).count() as u64;
+        Stats::add(&stats.links_dangling, new);
+        if let Some(example) = now.iter().min() {
+            if let Some(held_back) = crate::log_limit::allow("dangling_link") {
+                let target = std::fs::read_link(example).unwrap_or_default();
+                tracing::warn!(
+                    dangling = now.len(),
+                    example = %example.display(),
+                    target = %target.display(),
+                    held_back,
+                    "links in source.include lead to no file, which is not read: is the directory they point into mounted (on Docker nodes, /var/lib/docker/containers)?"
+                );
+            }
+        }
+        *known = now;
+    }
     /// The directories to watch for new files: each include glob's fixed leading part.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.include.iter().map(|g| fixed_prefix(g)).collect();
@@ -153,8 +202,12 @@ mod tests {
             ..Default::default()
         };
         let disc = Discovery::new(&cfg).unwrap();
-        let found = disc.scan(&Default::default());
+        let stats = Stats::default();
+        let found = disc.scan(&stats);
         assert_eq!(found.len(), 1, "{found:?}");
+        // The dangling link is counted once, however often it is seen.
+        disc.scan(&stats);
+        assert_eq!(Stats::get(&stats.links_dangling), 1);
         assert_eq!(found[0].path, containers.join("p_ns_c-1.log"));
         assert_eq!(
             found[0].real_path,
@@ -181,11 +234,11 @@ mod tests {
             include: vec![format!("{}/*.log", containers.display())],
             ..Default::default()
         };
-        let refused = std::sync::atomic::AtomicU64::new(0);
-        let found = Discovery::new(&cfg).unwrap().scan(&refused);
+        let stats = Stats::default();
+        let found = Discovery::new(&cfg).unwrap().scan(&stats);
         let names: Vec<_> = found.iter().map(|f| f.path.file_name().unwrap()).collect();
         assert_eq!(names, vec!["ok.log"]);
-        assert_eq!(refused.into_inner(), 1);
+        assert_eq!(Stats::get(&stats.links_refused), 1);
         // Allowed once its directory is a configured root.
         cfg.symlink_roots.push(d.path().join("etc"));
         let found = Discovery::new(&cfg).unwrap().scan(&Default::default());

@@ -156,7 +156,7 @@ impl Tailer {
     /// directory (an event-driven one looks only where something appeared).
     pub(super) fn rescan(&mut self, now: Instant, full: bool) {
         self.watch_dirs();
-        let found = self.discovery.scan(&self.stats.links_refused);
+        let found = self.discovery.scan(&self.stats);
         let present: HashSet<(u64, u64)> = found.iter().map(|f| (f.dev, f.inode)).collect();
         for fd in found {
             match self
