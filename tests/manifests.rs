@@ -124,9 +124,19 @@ fn the_daemonset_keeps_its_promises() {
         (q(&r.requests, "cpu"), q(&r.requests, "memory")),
         ("100m".into(), "64Mi".into())
     );
+    // No CPU limit: it would throttle the catch-up after an outage (README).
+    assert_eq!(q(&r.limits, "memory"), "256Mi");
+    assert!(!r.limits.as_ref().unwrap().contains_key("cpu"));
     assert_eq!(
-        (q(&r.limits, "cpu"), q(&r.limits, "memory")),
-        ("500m".into(), "256Mi".into())
+        pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+        "linux"
+    );
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
     );
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         p.as_ref()
@@ -168,7 +178,85 @@ fn the_daemonset_keeps_its_promises() {
             .path
     };
     assert_eq!(host("varlog"), "/var/log");
+    // On Docker and cri-dockerd nodes the /var/log/containers links lead here.
+    assert_eq!(host("dockercontainers"), "/var/lib/docker/containers");
+    let docker = mounts
+        .iter()
+        .find(|m| m.name == "dockercontainers")
+        .unwrap();
+    assert_eq!(docker.mount_path, "/var/lib/docker/containers");
+    assert_eq!(docker.read_only, Some(true));
     assert_eq!(host("state"), "/var/lib/logferry");
+}
+
+#[test]
+fn the_namespace_admits_the_hostpath_volumes() {
+    let ns: Namespace = strict(documents("namespace.yaml").remove(0), "Namespace");
+    let labels = ns.metadata.labels.unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+}
+
+#[test]
+fn the_prometheus_operator_component_scrapes_and_alerts() {
+    use k8s_openapi::api::core::v1::Service;
+    let dir = "components/prometheus-operator";
+    let component = &documents(&format!("{dir}/kustomization.yaml"))[0];
+    assert_eq!(component["kind"], "Component");
+    let mut listed: Vec<&str> = component["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["prometheusrule.yaml", "service.yaml", "servicemonitor.yaml"]
+    );
+    let service: Service = strict(
+        documents(&format!("{dir}/service.yaml")).remove(0),
+        "Service",
+    );
+    let spec = service.spec.unwrap();
+    let ds: DaemonSet = strict(documents("daemonset.yaml").remove(0), "DaemonSet");
+    let pod_labels = ds.spec.template.metadata.unwrap().labels.unwrap();
+    for (k, v) in spec.selector.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "the Service selects the agent's pods");
+    }
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("http"), 2020));
+    let monitor = &documents(&format!("{dir}/servicemonitor.yaml"))[0];
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    let service_labels = service.metadata.labels.unwrap();
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            service_labels.get(k.as_str().unwrap()).map(String::as_str),
+            v.as_str(),
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "http");
+    assert_eq!(endpoint["path"], "/metrics");
+    // The rules are the rule file's, to the letter.
+    let rule = &documents(&format!("{dir}/prometheusrule.yaml"))[0];
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let alerts: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/prometheus/alerts.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+    for doc in [rule, monitor] {
+        assert_eq!(doc["metadata"]["namespace"], "logferry");
+    }
 }
 
 #[test]
@@ -235,6 +323,59 @@ fn kustomize_renders_the_base() {
         "ghcr.io/logferry/logferry:0.1.0"
     );
     let _: DaemonSet = strict(ds.clone(), "rendered DaemonSet");
+
+    // With the Prometheus Operator component, from an overlay as a user would write it.
+    let overlay = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = relative(overlay.path(), Path::new(DIR));
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{0}]\ncomponents: [{0}/components/prometheus-operator]\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    for k in ["DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"] {
+        let doc = docs.iter().find(|d| d["kind"] == k);
+        assert!(doc.is_some(), "{k} missing");
+        assert_eq!(doc.unwrap()["metadata"]["namespace"], "logferry", "{k}");
+    }
+}
+
+/// `to` as a path relative to `from` (kustomize takes no absolute resource paths).
+fn relative(from: &Path, to: &Path) -> std::path::PathBuf {
+    let (from, to) = (
+        std::fs::canonicalize(from).unwrap(),
+        std::fs::canonicalize(to).unwrap(),
+    );
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = std::path::PathBuf::new();
+    for _ in from.components().skip(common) {
+        out.push("..");
+    }
+    for c in to.components().skip(common) {
+        out.push(c);
+    }
+    out
 }
 
 #[test]
