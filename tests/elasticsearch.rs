@@ -611,7 +611,37 @@ fn refused_credentials_are_retried_and_max_retries_dead_letters() {
         summary.committed[0].offset,
         std::fs::metadata(c.path()).unwrap().len()
     );
+
+    // Without a state directory they go to a new private directory for the run.
+    let tree = Tree::new();
+    let ns = unique("nostate");
+    tree.container("ns", "p", "app")
+        .append(seq_lines(0, 5).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, &ns);
+    cfg.output.elasticsearch.setup = false;
+    cfg.output.elasticsearch.max_retries = 2;
+    let agent = Agent::start(cfg, None);
+    agent.wait_stat("dead-lettered", |s| Stats::get(&s.es_dead_lettered), 5);
+    agent.stop();
     server.faults(|f| f.fail_requests = 0);
+    let prefix = format!("logferry-dead-letter-{}-", std::process::id());
+    let held: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| (f.path(), std::fs::read_to_string(f.path()).unwrap()))
+        .filter(|(_, text)| text.contains(&ns))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let (file, text) = &held[0];
+    assert_eq!(text.matches("seq=").count(), 5, "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(file), 0o600);
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    assert!(file.starts_with(std::env::temp_dir()));
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
 #[test]

@@ -221,7 +221,11 @@ fn the_prometheus_operator_component_scrapes_and_alerts() {
     let ds: DaemonSet = strict(documents("daemonset.yaml").remove(0), "DaemonSet");
     let pod_labels = ds.spec.template.metadata.unwrap().labels.unwrap();
     for (k, v) in spec.selector.as_ref().unwrap() {
-        assert_eq!(pod_labels.get(k), Some(v), "the Service selects the agent's pods");
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "the Service selects the agent's pods"
+        );
     }
     let port = &spec.ports.unwrap()[0];
     assert_eq!((port.name.as_deref(), port.port), (Some("http"), 2020));
