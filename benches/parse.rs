@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use logferry::config::ElasticsearchConfig;
+use logferry::config::MultilineRules;
 use logferry::config::{JsonConfig, LineOverflow, LogFormat, MultilineConfig};
 use logferry::encode::ecs_fields::FieldKeys;
 use logferry::encode::json_message::lift;
@@ -16,7 +17,6 @@ use logferry::event::{FileContext, FileIdentity, Flags, LogEvent, Stream};
 use logferry::sink::elasticsearch::batch::Batch;
 use logferry::sink::elasticsearch::target::Router;
 use logferry::source::assembler::{Assembler, AssemblyRules};
-use logferry::source::multiline::MultilineRules;
 use logferry::source::reader::RawLine;
 use logferry::source::{cri, docker};
 use std::hint::black_box;

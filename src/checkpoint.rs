@@ -310,7 +310,7 @@ pub struct Checkpointer {
     entries: HashMap<FileIdentity, Entry>,
     dirty: bool,
     /// Where the committed offsets are shown (`/status`, `/metrics`).
-    publish: Option<std::sync::Arc<crate::http::Health>>,
+    publish: Option<tokio::sync::watch::Sender<Vec<Entry>>>,
     /// Woken when reservations are written down (the tailer may be waiting for one).
     wake: Option<Arc<crate::source::wake::Wake>>,
 }
@@ -338,8 +338,8 @@ impl Checkpointer {
     }
 
     /// Shows the committed offsets at every interval.
-    pub fn publishing(mut self, health: std::sync::Arc<crate::http::Health>) -> Self {
-        self.publish = Some(health);
+    pub fn publishing(mut self, to: tokio::sync::watch::Sender<Vec<Entry>>) -> Self {
+        self.publish = Some(to);
         self
     }
 
@@ -523,8 +523,8 @@ impl Checkpointer {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    if let Some(h) = &self.publish {
-                        h.publish_checkpoints(self.committed());
+                    if let Some(p) = &self.publish {
+                        p.send_replace(self.committed());
                     }
                     urgent_since = None;
                     self.persist_reporting(&mut failing);

@@ -3,6 +3,7 @@
 //! invariant breaks (a document that is not JSON, an offset out of range), never on
 //! input alone.
 
+use crate::config::MultilineRules;
 use crate::config::{Config, JsonConfig, LineOverflow, LogFormat, MultilineConfig};
 use crate::encode::ecs_fields::FieldKeys;
 use crate::encode::json_message::lift;
@@ -10,7 +11,6 @@ use crate::encode::{DocumentEncoder, FileMetadata};
 use crate::enrich::path::PathMetadata;
 use crate::event::{FileContext, FileIdentity, LogEvent};
 use crate::source::assembler::{Assembler, AssemblyRules};
-use crate::source::multiline::MultilineRules;
 use crate::source::reader::LineReader;
 use bytes::Bytes;
 use std::path::Path;

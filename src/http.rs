@@ -8,74 +8,13 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+use crate::health::Health;
+use crate::metrics::FilePage;
 use crate::stats::Stats;
-
-#[derive(Debug, Default)]
-pub struct Health {
-    alive: AtomicBool,
-    ready: AtomicBool,
-    /// The committed offsets as the checkpointer last published them.
-    checkpoints: std::sync::Mutex<Vec<crate::checkpoint::Entry>>,
-    /// The running pipeline's tasks: one that ended makes `/healthz` fail.
-    tasks: std::sync::Mutex<Vec<(&'static str, tokio::task::AbortHandle)>>,
-}
-
-impl Health {
-    pub fn set_alive(&self, v: bool) {
-        self.alive.store(v, Ordering::Release);
-    }
-
-    pub fn set_ready(&self, v: bool) {
-        self.ready.store(v, Ordering::Release);
-    }
-
-    pub fn alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    /// Watches a pipeline task until `untrack_all`.
-    pub fn track(&self, name: &'static str, task: tokio::task::AbortHandle) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name, task));
-    }
-
-    /// The run is over (shutdown or reload): its tasks end on purpose.
-    pub fn untrack_all(&self) {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// The first pipeline task that ended while it should run.
-    pub fn stopped_task(&self) -> Option<&'static str> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(_, t)| t.is_finished())
-            .map(|(n, _)| *n)
-    }
-
-    pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn publish_checkpoints(&self, entries: Vec<crate::checkpoint::Entry>) {
-        *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = entries;
-    }
-
-    pub fn checkpoints(&self) -> Vec<crate::checkpoint::Entry> {
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 /// What keeps the endpoint answering whatever its clients do.
 #[derive(Debug, Clone, Copy)]
@@ -167,42 +106,6 @@ fn answer<B>(req: &Request<B>, health: &Health, stats: &Stats) -> Response<Full<
         return r;
     }
     route(req.uri().path(), req.uri().query(), health, stats)
-}
-
-/// The page of `/status`'s file list: `?offset=N&limit=M`, the most lagging files first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FilePage {
-    pub offset: usize,
-    pub limit: usize,
-}
-
-impl Default for FilePage {
-    fn default() -> Self {
-        FilePage {
-            offset: 0,
-            limit: Self::DEFAULT_LIMIT,
-        }
-    }
-}
-
-impl FilePage {
-    pub const DEFAULT_LIMIT: usize = 100;
-    pub const MAX_LIMIT: usize = 1000;
-
-    fn parse(query: Option<&str>) -> Result<FilePage, String> {
-        let mut page = FilePage::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let n: usize = v.parse().map_err(|_| format!("{k}={v}: not a number\n"))?;
-            match k {
-                "offset" => page.offset = n,
-                "limit" if (1..=Self::MAX_LIMIT).contains(&n) => page.limit = n,
-                "limit" => return Err(format!("limit={n}: from 1 to {}\n", Self::MAX_LIMIT)),
-                _ => return Err(format!("{k}: unknown parameter (offset, limit)\n")),
-            }
-        }
-        Ok(page)
-    }
 }
 
 fn route(path: &str, query: Option<&str>, health: &Health, stats: &Stats) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod http;
 pub mod kibana;
 pub mod log_limit;

@@ -377,7 +377,7 @@ fn run_pipeline(
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let health = std::sync::Arc::new(logferry::http::Health::default());
+    let health = std::sync::Arc::new(logferry::health::Health::default());
     let stats = std::sync::Arc::new(Stats::default());
     let http = cfg.http.clone();
     if serve_http && http.enabled {

@@ -2,7 +2,7 @@
 //! and how far each followed file's committed offset is behind its size.
 
 use crate::checkpoint::Entry;
-use crate::http::{FilePage, Health};
+use crate::health::Health;
 use crate::stats::Stats;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
@@ -540,6 +540,42 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
 }
 
 /// `/status`: readiness, each file's offsets and lag, the buffer, the counters.
+/// The page of `/status`'s file list: `?offset=N&limit=M`, the most lagging files first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilePage {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl Default for FilePage {
+    fn default() -> Self {
+        FilePage {
+            offset: 0,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl FilePage {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+
+    pub fn parse(query: Option<&str>) -> Result<FilePage, String> {
+        let mut page = FilePage::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let n: usize = v.parse().map_err(|_| format!("{k}={v}: not a number\n"))?;
+            match k {
+                "offset" => page.offset = n,
+                "limit" if (1..=Self::MAX_LIMIT).contains(&n) => page.limit = n,
+                "limit" => return Err(format!("limit={n}: from 1 to {}\n", Self::MAX_LIMIT)),
+                _ => return Err(format!("{k}: unknown parameter (offset, limit)\n")),
+            }
+        }
+        Ok(page)
+    }
+}
+
 /// `/status`: one page of the files, the most lagging first (a node can follow thousands).
 pub fn status(health: &Health, stats: &Stats, files: &[FileLag], page: FilePage) -> String {
     let mut order: Vec<&FileLag> = files.iter().collect();

@@ -3,6 +3,7 @@
 //! persist).
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, Entry, Loaded};
+use crate::config::MultilineRules;
 use crate::config::{BufferKind, Config, OutputKind};
 use crate::encode::DocumentEncoder;
 use crate::enrich::exclude::Exclusion;
@@ -16,7 +17,6 @@ use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::stdout::{SinkError, StdoutSink};
 use crate::source::assembler::AssemblyRules;
 use crate::source::discover::Discovery;
-use crate::source::multiline::MultilineRules;
 use crate::source::tailer::{Tailer, TailerSettings};
 use crate::source::wake::Wake;
 use crate::stats::Stats;
@@ -69,7 +69,7 @@ pub struct RunOptions {
     /// Counters the pipeline adds to; shared so the caller can watch them.
     pub stats: Arc<Stats>,
     /// What `/healthz` and `/readyz` report.
-    pub health: Arc<crate::http::Health>,
+    pub health: Arc<crate::health::Health>,
     /// Without a state directory: the offsets a previous run in this process committed
     /// (a config reload), so the next run resumes there.
     pub resume: Option<Vec<Entry>>,
@@ -171,7 +171,7 @@ pub async fn run(
     let exclusion = Exclusion::new(&config.kubernetes, kube_view);
     let checkpointer = tokio::spawn(
         Checkpointer::new(store, &loaded)
-            .publishing(opts.health.clone())
+            .publishing(opts.health.checkpoint_publisher())
             .waking(wake.clone())
             .run(ck_rx, config.checkpoint.interval),
     );

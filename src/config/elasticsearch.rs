@@ -288,7 +288,7 @@ impl ElasticsearchConfig {
                 .replace("%Y", "2024")
                 .replace("%m", "01")
                 .replace("%d", "01");
-            if crate::sink::elasticsearch::target::sanitize_index(&probe) != probe {
+            if super::sanitize_index(&probe) != probe {
                 return Err(err(
                     "index",
                     format!("{:?} is not a valid index name", self.index),

@@ -4,13 +4,17 @@
 mod buffer;
 mod elasticsearch;
 mod fields;
+mod index_name;
 mod kubernetes;
+mod multiline;
 mod rate_limit;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
 pub use elasticsearch::{has_userinfo, ElasticsearchConfig, IndexMode, Secret};
 pub use fields::{FieldsConfig, LogfmtConfig};
+pub use index_name::{sanitize_index, sanitize_part};
 pub use kubernetes::KubernetesConfig;
+pub use multiline::{MultilineConfig, MultilineParserConfig, MultilineRuleConfig, MultilineRules};
 pub use rate_limit::RateLimitConfig;
 
 use serde::{Deserialize, Serialize};
@@ -170,45 +174,6 @@ impl Default for SourceConfig {
             max_open_files: 10_000,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MultilineConfig {
-    /// Built-in rule sets to enable: `java`, `python`, `go` (all three by default, so an
-    /// exception is one event; `presets = []` turns them off).
-    pub presets: Vec<String>,
-    pub parsers: Vec<MultilineParserConfig>,
-    #[serde(with = "duration_str")]
-    pub flush_timeout: Duration,
-    pub max_lines: usize,
-}
-
-impl Default for MultilineConfig {
-    fn default() -> Self {
-        MultilineConfig {
-            presets: vec!["java".into(), "python".into(), "go".into()],
-            parsers: vec![],
-            flush_timeout: Duration::from_secs(1),
-            max_lines: 500,
-        }
-    }
-}
-
-/// A custom multiline parser: a state machine whose first rules leave `start_state`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MultilineParserConfig {
-    pub name: String,
-    pub rules: Vec<MultilineRuleConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MultilineRuleConfig {
-    pub state: String,
-    pub pattern: String,
-    pub next: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -471,7 +436,7 @@ impl Config {
                 "must be at least 2".into(),
             ));
         }
-        crate::source::multiline::MultilineRules::from_config(&s.multiline)?;
+        MultilineRules::from_config(&s.multiline)?;
         self.kubernetes.validate()?;
         if self.http.max_connections == 0 {
             return Err(("http.max_connections".into(), "must be at least 1".into()));

@@ -147,7 +147,7 @@ impl<'a> Raw<'a> {
     pub fn json(raw: &'a RawValue) -> Raw<'a> {
         let s = raw.get();
         match s.as_bytes().first() {
-            Some(b'"') => Raw::Text(super::json_message::text_of(raw)),
+            Some(b'"') => Raw::Text(super::json_str::text_of(raw)),
             Some(b'-' | b'0'..=b'9') => Raw::Number(s),
             Some(b'n') => Raw::Null,
             _ => Raw::Other,

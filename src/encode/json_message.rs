@@ -3,6 +3,7 @@
 //! itself is kept verbatim, without building a value tree.
 
 use super::ecs_fields::{EcsValues, Field, FieldKeys, Raw, LEVEL_KEYS, MESSAGE_KEYS};
+use super::json_str::{text_of, CowStr};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -184,42 +185,6 @@ impl<'de> Visitor<'de> for Nested<'_, '_, 'de> {
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
     }
-}
-
-/// A string that borrows from the input unless it had escapes.
-struct CowStr<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for CowStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<CowStr<'de>, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
-                Ok(CowStr(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-pub(super) fn text_of(raw: &RawValue) -> Cow<'_, str> {
-    let s = raw.get();
-    // Most strings have no escape: their text is what is between the quotes.
-    if s.len() >= 2 && s.starts_with('"') && memchr::memchr(b'\\', s.as_bytes()).is_none() {
-        return Cow::Borrowed(&s[1..s.len() - 1]);
-    }
-    if s.starts_with('"') {
-        if let Ok(CowStr(v)) = serde_json::from_str::<CowStr>(s) {
-            return v;
-        }
-    }
-    Cow::Borrowed(s)
 }
 
 /// A level string as written, lower-cased; pino/bunyan numeric levels by name.

@@ -5,6 +5,7 @@ pub mod document;
 pub mod ecs_fields;
 pub mod escape;
 pub mod json_message;
+mod json_str;
 pub mod logfmt;
 
 pub use document::{DocumentEncoder, FileMetadata};

@@ -4,9 +4,10 @@
 
 use super::format::FormatState;
 use super::line::Line;
-use super::multiline::{MultilineBuffer, MultilineRules};
+use super::multiline::MultilineBuffer;
 use super::partial::{bounded, PartialBuffer};
 use super::reader::RawLine;
+use crate::config::MultilineRules;
 use crate::config::{LineOverflow, LogFormat};
 use crate::event::{FileContext, Flags, LogEvent, Stream};
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! The CRI log format kubelet's runtimes write: `<RFC3339Nano> <stdout|stderr> <P|F> <content>`.
 //! Pure and allocation-free: every field is a slice of the line.
 
-use super::format::RuntimeLine;
+use super::line::RuntimeLine;
 use crate::event::Stream;
 use bytes::Bytes;
 use memchr::memchr;

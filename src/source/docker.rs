@@ -5,7 +5,7 @@
 //! slices `log` and `time` out of the line without copying. Anything it does not expect
 //! (`attrs`, `\u` escapes, odd keys) goes to serde_json, which has the last word.
 
-use super::format::RuntimeLine;
+use super::line::RuntimeLine;
 use crate::event::Stream;
 use bytes::Bytes;
 use serde::Deserialize;

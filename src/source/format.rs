@@ -1,21 +1,11 @@
-//! Which runtime format a file is in, detected from its first line, and the parsed shape
-//! both formats share. A line that fits neither is carried through as it is, flagged.
+//! Which runtime format a file is in, detected from its first line. A line that fits
+//! neither is carried through as it is, flagged.
 
+use super::line::RuntimeLine;
 use crate::config::LogFormat;
-use crate::event::Stream;
 use bytes::Bytes;
 
 type Parse = fn(&Bytes) -> Option<RuntimeLine>;
-
-/// One line as the container runtime wrote it.
-#[derive(Debug, Clone)]
-pub struct RuntimeLine {
-    pub timestamp: Bytes,
-    pub stream: Stream,
-    /// A chunk of a longer line; the rest follows.
-    pub partial: bool,
-    pub content: Bytes,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {

@@ -1,7 +1,18 @@
-//! A logical line between the stages of assembly: a runtime line, or chunks already merged.
+//! The lines of assembly: one as the runtime wrote it (either format parses to it), and a
+//! logical line, a runtime line or chunks already merged.
 
 use crate::event::{Flags, Stream};
 use bytes::Bytes;
+
+/// One line as the container runtime wrote it.
+#[derive(Debug, Clone)]
+pub struct RuntimeLine {
+    pub timestamp: Bytes,
+    pub stream: Stream,
+    /// A chunk of a longer line; the rest follows.
+    pub partial: bool,
+    pub content: Bytes,
+}
 
 #[derive(Debug, Clone)]
 pub struct Line {

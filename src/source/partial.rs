@@ -1,7 +1,7 @@
 //! Joins the chunks a runtime split a long line into (CRI `P`…`F`, Docker lines without `\n`)
 //! back into one line, per stream, bounded by `max_line_bytes`.
 
-use super::format::RuntimeLine;
+use super::line::RuntimeLine;
 use super::line::{char_boundary, Line};
 use crate::config::LineOverflow;
 use crate::event::Flags;

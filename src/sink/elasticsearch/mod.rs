@@ -45,7 +45,7 @@ struct Shared {
 }
 
 pub struct ElasticsearchSink {
-    health: Arc<crate::http::Health>,
+    health: Arc<crate::health::Health>,
     shared: Arc<Shared>,
     router: Router,
     encoder: DocumentEncoder,
@@ -54,7 +54,7 @@ pub struct ElasticsearchSink {
 
 impl ElasticsearchSink {
     pub fn new(
-        health: Arc<crate::http::Health>,
+        health: Arc<crate::health::Health>,
         cfg: &ElasticsearchConfig,
         source: &crate::config::SourceConfig,
         dead_letter_dir: &std::path::Path,
