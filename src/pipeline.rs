@@ -12,7 +12,7 @@ use crate::enrich::kube::watch;
 use crate::enrich::stage::Enricher;
 use crate::rate_limit::{self, RateLimits};
 use crate::sink::elasticsearch::spool::Spool;
-use crate::sink::elasticsearch::target::Router;
+use crate::sink::elasticsearch::target::{Router, Targets};
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::stdout::{SinkError, StdoutSink};
 use crate::source::assembler::AssemblyRules;
@@ -189,6 +189,7 @@ pub async fn run(
             let sink = StdoutSink {
                 encoder: DocumentEncoder::for_source(src).counting(stats.clone()),
                 format: config.output.stdout.format,
+                targets: Targets::new(Router::new(&config.output.elasticsearch)),
                 writer: opts.output,
                 acks: ck_tx.clone(),
                 stats: stats.clone(),

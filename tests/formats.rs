@@ -317,10 +317,12 @@ fn bulk_format_prints_deterministic_ids() {
     );
     assert_eq!(ida.len(), 22);
     assert_ne!(ida, idb);
-    assert_eq!(
-        serde_json::from_str::<Value>(lines[1]).unwrap()["message"],
-        "a"
-    );
+    // The Elasticsearch sink's body: `_index` in the action, the data stream in the document.
+    assert_eq!(a["create"]["_index"], "logs-kubernetes-default");
+    let doc: Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(doc["message"], "a");
+    assert_eq!(doc["data_stream"]["dataset"], "kubernetes");
+    assert_eq!(doc["data_stream"]["namespace"], "default");
     assert_eq!(run(), first, "a second reading gives the same ids");
 }
 

@@ -1,11 +1,13 @@
 //! The stdout sink of the debug mode: writes each batch, flushes, then acknowledges it.
-//! `bulk` format prints the exact NDJSON body Elasticsearch would receive.
+//! `bulk` format prints the exact NDJSON body the Elasticsearch sink would send with this
+//! config (`_index` included), through the same encoding.
 
 use crate::checkpoint::CheckpointMsg;
 use crate::config::StdoutFormat;
-use crate::encode::doc_id::document_id;
 use crate::encode::DocumentEncoder;
 use crate::event::{AckBuilder, LogEvent};
+use crate::sink::elasticsearch::batch::encode_item;
+use crate::sink::elasticsearch::target::Targets;
 use crate::stats::Stats;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub enum SinkError {
 pub struct StdoutSink {
     pub encoder: DocumentEncoder,
     pub format: StdoutFormat,
+    /// Where each event would go: `bulk` prints its action line.
+    pub targets: Targets,
     pub writer: Box<dyn Write + Send>,
     pub acks: mpsc::UnboundedSender<CheckpointMsg>,
     pub stats: Arc<Stats>,
@@ -38,13 +42,16 @@ impl StdoutSink {
             buf.clear();
             let mut acks = AckBuilder::default();
             for e in &batch {
-                if self.format == StdoutFormat::Bulk {
-                    buf.extend_from_slice(b"{\"create\":{\"_id\":\"");
-                    buf.extend_from_slice(&document_id(e.file.id_seed, e.offset));
-                    buf.extend_from_slice(b"\"}}\n");
+                match self.format {
+                    StdoutFormat::Bulk => {
+                        let target = self.targets.get(e);
+                        encode_item(e, &target, &self.encoder, &mut buf);
+                    }
+                    StdoutFormat::Document => {
+                        self.encoder.encode(e, &mut buf);
+                        buf.push(b'\n');
+                    }
                 }
-                self.encoder.encode(e, &mut buf);
-                buf.push(b'\n');
                 acks.push(e);
             }
             let written = self
