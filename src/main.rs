@@ -120,7 +120,15 @@ fn main() -> ExitCode {
         } => match Config::load(&config) {
             Ok(c) => {
                 let kibana = kibana_url.map(|url| (url, kibana_space));
-                setup(&c, dry_run, overwrite, kibana)
+                let mut out = std::io::stdout();
+                match logferry::setup::command(&c, dry_run, overwrite, kibana, &mut out) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(1),
+                    Err(e) => {
+                        eprintln!("logferry: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
             }
             Err(e) => config_error(e),
         },
@@ -264,103 +272,6 @@ fn run(
             let config = matches!(e.downcast_ref(), Some(pipeline::PipelineError::Config(_)));
             ExitCode::from(if config { 2 } else { 1 })
         }
-    }
-}
-
-fn setup(
-    cfg: &Config,
-    dry_run: bool,
-    overwrite: bool,
-    kibana: Option<(String, Option<String>)>,
-) -> ExitCode {
-    use logferry::sink::elasticsearch::{client::BulkClient, setup, target::Router};
-    let es = &cfg.output.elasticsearch;
-    if let Err((key, msg)) = es.validate() {
-        eprintln!("logferry: {key}: {msg}");
-        return ExitCode::from(2);
-    }
-    if let Some((url, _)) = &kibana {
-        if logferry::config::has_userinfo(url) {
-            eprintln!("logferry: --kibana-url: a user or password in the URL is refused: Kibana is reached with the credentials of output.elasticsearch");
-            return ExitCode::from(2);
-        }
-    }
-    let resources = setup::resources(es, &cfg.source.kept_objects());
-    let objects = match logferry::kibana::saved_objects(&Router::new(es).index_pattern()) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("logferry: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if dry_run {
-        print!("{}", setup::describe(&resources));
-        if let Some((url, space)) = &kibana {
-            let at = space
-                .as_ref()
-                .map(|s| format!("s/{s}/"))
-                .unwrap_or_default();
-            print!("# Kibana saved objects\nPOST {url}/{at}api/saved_objects/_import?overwrite={overwrite}\n{objects}");
-        }
-        return ExitCode::SUCCESS;
-    }
-    let client = match BulkClient::new(es) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("logferry: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("logferry: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut incomplete = false;
-    match rt.block_on(setup::apply(client.transport(), &resources, overwrite)) {
-        Ok(changes) => {
-            for (r, c) in changes {
-                incomplete |= c == setup::Change::Differs;
-                println!("{} {}: {c}", r.kind, r.name);
-            }
-        }
-        Err(e) => {
-            eprintln!("logferry: setup failed: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    if let Some((url, space)) = kibana {
-        let imported = logferry::kibana::transport(&url, es).and_then(|t| {
-            rt.block_on(logferry::kibana::import(
-                &t,
-                space.as_deref(),
-                &objects,
-                overwrite,
-            ))
-        });
-        match imported {
-            Ok(items) => {
-                for i in items {
-                    // An object that exists may well be ours unchanged: Kibana cannot tell.
-                    incomplete |= matches!(i.outcome, logferry::kibana::Outcome::Failed(_));
-                    println!("Kibana {} {:?}: {}", i.kind, i.title, i.outcome);
-                }
-            }
-            Err(e) => {
-                eprintln!("logferry: Kibana import failed: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    if incomplete {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
     }
 }
 

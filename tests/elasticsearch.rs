@@ -221,7 +221,8 @@ fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
 
 #[test]
 fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
-    use logferry::sink::elasticsearch::{client::BulkClient, setup};
+    use logferry::setup::elasticsearch as setup;
+    use logferry::sink::elasticsearch::client::BulkClient;
     let es = Es::new();
     let mut cfg = logferry::config::ElasticsearchConfig {
         endpoints: vec![es.url()],

@@ -5,8 +5,8 @@
 mod support;
 
 use logferry::config::ElasticsearchConfig;
-use logferry::kibana::{saved_objects, DATA_VIEW_ID, SAVED_OBJECTS};
-use logferry::sink::elasticsearch::setup;
+use logferry::setup::elasticsearch as setup;
+use logferry::setup::kibana::{saved_objects, DATA_VIEW_ID, SAVED_OBJECTS};
 use logferry_testkit::kibana_server::KibanaServer;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -682,7 +682,7 @@ fn setup_against_a_real_kibana_when_one_is_given() {
         .build()
         .unwrap();
     let status = rt.block_on(async {
-        let t = logferry::kibana::transport(&url, &ElasticsearchConfig::default()).unwrap();
+        let t = logferry::setup::kibana::transport(&url, &ElasticsearchConfig::default()).unwrap();
         t.send(
             elasticsearch::http::Method::Get,
             "api/saved_objects/dashboard/logferry-kubernetes-logs",

@@ -40,7 +40,7 @@ pub struct Enricher {
     /// Events in all files' `pending`.
     pending: usize,
     /// Per-container rate limits, applied to what leaves (no stage hop of their own).
-    limits: Option<crate::rate_limit::RateLimits>,
+    limits: Option<crate::enrich::rate_limit::RateLimits>,
 }
 
 /// What turns a file's path names into its pod's metadata.
@@ -80,7 +80,10 @@ impl Enricher {
         }
     }
 
-    pub fn with_rate_limits(mut self, limits: Option<crate::rate_limit::RateLimits>) -> Self {
+    pub fn with_rate_limits(
+        mut self,
+        limits: Option<crate::enrich::rate_limit::RateLimits>,
+    ) -> Self {
         self.limits = limits;
         self
     }

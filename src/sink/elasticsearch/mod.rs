@@ -5,6 +5,7 @@
 //! only, so they never pass a line that is not in Elasticsearch (or the dead-letter file).
 //! The flow, its pace and its retries are `shipper`'s.
 
+pub mod backoff;
 pub mod batch;
 pub mod client;
 pub mod concurrency;
@@ -14,21 +15,19 @@ mod replay;
 pub mod rescue;
 pub mod response;
 pub mod retry;
-pub mod setup;
 pub mod shipper;
 pub mod spool;
 pub mod target;
 
 use self::client::BulkClient;
 use self::dead_letter::DeadLetter;
-use self::retry::{Acked, Backoff};
+use self::retry::Acked;
 use self::shipper::Shipper;
 use self::target::{Router, Targets};
 use crate::checkpoint::CheckpointMsg;
 use crate::config::ElasticsearchConfig;
 use crate::encode::DocumentEncoder;
 use crate::event::LogEvent;
-use crate::log_limit;
 use crate::stats::Stats;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -82,7 +81,12 @@ impl ElasticsearchSink {
     /// Ships until the channel closes and everything in flight is settled.
     pub async fn run(self, mut rx: mpsc::Receiver<Vec<LogEvent>>) {
         if self.shared.cfg.setup {
-            ensure_setup(&self.shared).await;
+            crate::setup::ensure(
+                self.shared.client.transport(),
+                &self.shared.cfg,
+                &self.shared.kept,
+            )
+            .await;
         }
         self.health.set_ready(true);
         let mut targets = Targets::new(self.router.clone());
@@ -142,7 +146,7 @@ impl ElasticsearchSink {
                 }
             };
             tokio::select! {
-                _ = ensure_setup(&shared) => {}
+                _ = crate::setup::ensure(shared.client.transport(), &shared.cfg, &shared.kept) => {}
                 _ = closed, if !drain => {
                     tracing::info!("stopping before Elasticsearch answered; the documents stay in the disk buffer");
                     return;
@@ -240,49 +244,6 @@ fn free_records(
             unsettled.remove(&t);
             if let Err(e) = reader.ack(crate::buffer::Ticket::from_id(t)) {
                 tracing::error!(error = %e, "cannot free delivered records in the disk buffer");
-            }
-        }
-    }
-}
-
-/// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
-/// it, so the data stream is never created without our template.
-async fn ensure_setup(shared: &Shared) {
-    let rs = setup::resources(&shared.cfg, &shared.kept);
-    let mut backoff = Backoff::new(
-        shared.cfg.retry_initial_backoff,
-        shared.cfg.retry_max_backoff,
-    );
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        match setup::apply(shared.client.transport(), &rs, false).await {
-            Ok(changes) => {
-                for (r, c) in changes {
-                    match c {
-                        setup::Change::Differs => {
-                            tracing::warn!(kind = r.kind, name = %r.name, "{c}")
-                        }
-                        _ => tracing::info!(kind = r.kind, name = %r.name, "{c}"),
-                    }
-                }
-                if attempts > 1 {
-                    tracing::info!(attempts, "Elasticsearch index setup done; shipping starts");
-                }
-                return;
-            }
-            Err(e @ setup::SetupError::Refused { .. }) => {
-                // Retrying will not change a refusal (e.g. a user allowed to write but not
-                // to manage templates): ship, so that no line waits on it.
-                tracing::error!(error = %e, "Elasticsearch refused the index setup; shipping without it (run `logferry setup` with a privileged user)");
-                return;
-            }
-            Err(e) => {
-                let wait = backoff.failed();
-                if let Some(held_back) = log_limit::allow("es.setup") {
-                    tracing::error!(error = %e, attempts, held_back, retry_in = ?wait, "Elasticsearch index setup failed; shipping waits for it");
-                }
-                tokio::time::sleep(wait).await;
             }
         }
     }

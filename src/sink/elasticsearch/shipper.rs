@@ -9,9 +9,10 @@
 //! open batch together stay under a byte budget, past which no new input is taken and the
 //! lines wait in their files (or in the disk buffer).
 
+use super::backoff::Backoff;
 use super::batch::{Batch, ItemMeta, Origin, Sealed};
 use super::concurrency::Controller;
-use super::retry::{self, Acked, Backoff, Completion, Pending, Settled, Verdict};
+use super::retry::{self, Acked, Completion, Pending, Settled, Verdict};
 use super::target::Target;
 use super::Shared;
 use crate::encode::DocumentEncoder;

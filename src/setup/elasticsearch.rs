@@ -3,8 +3,8 @@
 //! each object carries a content hash in `_meta.version`; one that differs is reported and
 //! replaced only when asked (`setup --overwrite`).
 
-use super::target::Router;
 use crate::config::{ElasticsearchConfig, IndexMode};
+use crate::sink::elasticsearch::target::Router;
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::Transport;
 use elasticsearch::http::Method;
@@ -253,7 +253,7 @@ async fn call(
                 return Err(SetupError::Unreachable {
                     kind: r.kind,
                     name: r.name.clone(),
-                    message: super::client::error_chain(&e),
+                    message: crate::sink::elasticsearch::client::error_chain(&e),
                 })
             }
         }

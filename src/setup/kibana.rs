@@ -12,7 +12,7 @@ use std::fmt;
 use thiserror::Error;
 
 /// Kibana 8.8 or later: the NDJSON that `Export` writes.
-pub const SAVED_OBJECTS: &str = include_str!("../deploy/kibana/logferry.ndjson");
+pub const SAVED_OBJECTS: &str = include_str!("../../deploy/kibana/logferry.ndjson");
 pub const DATA_VIEW_ID: &str = "logferry-logs-kubernetes";
 
 #[derive(Debug, Error)]
