@@ -61,34 +61,12 @@ pub fn is_rfc3339(b: &[u8]) -> bool {
     }
 }
 
-/// Formats a time as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+/// Formats a time as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (through `humantime`; before 1970,
+/// the epoch).
 pub fn format_rfc3339_nanos(t: SystemTime, out: &mut Vec<u8>) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = civil_from_days(days as i64);
-    let s = format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        d.subsec_nanos()
-    );
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    use std::io::Write;
+    let t = t.max(UNIX_EPOCH);
+    let _ = write!(out, "{}", humantime::format_rfc3339_nanos(t));
 }
 
 #[cfg(test)]
