@@ -7,13 +7,13 @@ use logferry::config::ElasticsearchConfig;
 use logferry::config::MultilineRules;
 use logferry::config::{JsonConfig, LineOverflow, LogFormat, MultilineConfig};
 use logferry::encode::ecs_fields::FieldKeys;
+use logferry::encode::file_fields::Describe;
 use logferry::encode::json_message::lift;
 use logferry::encode::logfmt;
-use logferry::encode::{DocumentEncoder, FileMetadata};
+use logferry::encode::DocumentEncoder;
 use logferry::enrich::kube::pod::PodInfo;
-use logferry::enrich::metadata::{ContainerMetadata, MetadataOptions};
 use logferry::enrich::path::PathMetadata;
-use logferry::event::{FileContext, FileIdentity, Flags, LogEvent, Stream};
+use logferry::event::{FileContext, FileIdentity, Flags, LogEvent, PodMetadata, Stream};
 use logferry::sink::elasticsearch::batch::Batch;
 use logferry::sink::elasticsearch::target::Router;
 use logferry::source::assembler::{Assembler, AssemblyRules};
@@ -40,9 +40,6 @@ fn ctx() -> Arc<FileContext> {
             fingerprint: 3,
         },
         path: path.to_path_buf(),
-        id_seed: 42,
-        path_fragment: FileMetadata::path_fragment(path),
-        metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
         known_since: Instant::now(),
         replay_end: 0,
     })
@@ -51,6 +48,7 @@ fn ctx() -> Arc<FileContext> {
 fn event(message: &str) -> LogEvent {
     LogEvent {
         file: ctx(),
+        pod: None,
         seq: 0,
         offset: 123_456,
         safe_point: 123_600,
@@ -182,7 +180,7 @@ fn assembling(c: &mut Criterion) {
 fn encoding(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(1));
-    let enc = DocumentEncoder::new(&JsonConfig::default());
+    let mut enc = on_node_1(DocumentEncoder::new(&JsonConfig::default()));
     // Neither logfmt nor ECS fields: the encoder as it was before issue 15.
     let mut plain = logferry::config::SourceConfig::default();
     plain.logfmt.enabled = false;
@@ -191,7 +189,7 @@ fn encoding(c: &mut Criterion) {
         "url_path": [], "http_status": [], "duration_ms": [], "duration": []
     }))
     .expect("empty lists");
-    let plain = DocumentEncoder::for_source(&plain);
+    let mut plain = on_node_1(DocumentEncoder::for_source(&plain));
     let mut buf = Vec::with_capacity(1 << 20);
     for (name, msg) in [("text_document_plain", TEXT), ("json_document_plain", JSON)] {
         let e = event(msg);
@@ -227,8 +225,20 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
-/// The metadata fragment of a pod as the API describes it (labels, owner, image).
-fn pod_fragment(meta: &PathMetadata) -> Bytes {
+/// A pod as the API describes it (labels, owner, image), one for every event as the
+/// enrich stage hands it.
+fn pod() -> Arc<PodMetadata> {
+    static POD: std::sync::OnceLock<Arc<PodMetadata>> = std::sync::OnceLock::new();
+    POD.get_or_init(|| {
+        Arc::new(PodMetadata {
+            pod: Arc::new(pod_info()),
+            namespace_labels: None,
+        })
+    })
+    .clone()
+}
+
+fn pod_info() -> PodInfo {
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": "checkout-6c9f7b8d4-k7wzp", "namespace": "shop",
@@ -246,18 +256,11 @@ fn pod_fragment(meta: &PathMetadata) -> Bytes {
             "ready": true, "restartCount": 0 }] }
     }))
     .expect("a valid pod");
-    let info = PodInfo::from_pod(&pod).expect("the pod has a uid");
-    ContainerMetadata {
-        path: meta,
-        pod: Some(&info),
-        namespace_labels: None,
-        options: &MetadataOptions::default(),
-    }
-    .fragment("node-1")
+    PodInfo::from_pod(&pod).expect("the pod has a uid")
 }
 
 fn with_pod(mut e: LogEvent) -> LogEvent {
-    e.file = Arc::new(e.file.with_metadata(pod_fragment(&e.file.kube)));
+    e.pod = Some(pod());
     e
 }
 
@@ -265,7 +268,7 @@ fn bulk(c: &mut Criterion) {
     let mut g = c.benchmark_group("bulk");
     const N: usize = 1000;
     g.throughput(Throughput::Elements(N as u64));
-    let enc = DocumentEncoder::new(&JsonConfig::default());
+    let mut enc = on_node_1(DocumentEncoder::new(&JsonConfig::default()));
     let router = Router::new(&ElasticsearchConfig::default());
     let target = router.target(Some("shop"), "");
     // 30% JSON messages, as in the reference workload.
@@ -281,13 +284,21 @@ fn bulk(c: &mut Criterion) {
             b.iter(|| {
                 let mut batch = Batch::new(level);
                 for e in &events {
-                    batch.push(e, &target, &enc);
+                    batch.push(e, &target, &mut enc);
                 }
                 black_box(batch.seal().payload.len())
             })
         });
     }
     g.finish();
+}
+
+/// The encoder as the agent builds it, on a node named `node-1`.
+fn on_node_1(enc: DocumentEncoder) -> DocumentEncoder {
+    enc.describing(Describe {
+        host_name: "node-1".into(),
+        ..Default::default()
+    })
 }
 
 criterion_group!(benches, parsing, assembling, encoding, bulk);

@@ -134,8 +134,9 @@ mod hex_u64 {
 /// gets a new key). Acknowledgements are addressed by it.
 pub type FileKey = u64;
 
-/// What every event of a file shares: identity, path and the pre-encoded metadata.
-#[derive(Debug)]
+/// What every event of a file shares: its identity, its path and the names the path
+/// tells. What documents make of it is encoded once per file by the encoder.
+#[derive(Debug, Clone)]
 pub struct FileContext {
     pub key: FileKey,
     pub identity: FileIdentity,
@@ -143,13 +144,6 @@ pub struct FileContext {
     pub path: PathBuf,
     /// The Kubernetes names its path tells (the API's metadata is matched by them).
     pub kube: crate::enrich::path::PathMetadata,
-    /// Seed of the deterministic document ids of this file's events.
-    pub id_seed: u128,
-    /// `"file":{"path":…}`, pre-encoded for the `log` object of every document.
-    pub path_fragment: Bytes,
-    /// The document members every event of this file shares (Kubernetes, container,
-    /// host, agent), encoded once; no leading comma.
-    pub metadata: Bytes,
     /// When the file was first seen: waiting for its pod's metadata counts from here, in
     /// whichever stage the wait happens.
     pub known_since: std::time::Instant,
@@ -159,27 +153,21 @@ pub struct FileContext {
     pub replay_end: u64,
 }
 
-impl FileContext {
-    /// The same file with other document members (its pod's, once known).
-    pub fn with_metadata(&self, metadata: Bytes) -> FileContext {
-        FileContext {
-            key: self.key,
-            identity: self.identity,
-            path: self.path.clone(),
-            kube: self.kube.clone(),
-            id_seed: self.id_seed,
-            path_fragment: self.path_fragment.clone(),
-            metadata,
-            known_since: self.known_since,
-            replay_end: self.replay_end,
-        }
-    }
+/// The API's metadata of a file's pod, as the enrich stage found it: one per pod version,
+/// shared by the file's events.
+#[derive(Debug)]
+pub struct PodMetadata {
+    pub pod: Arc<crate::enrich::kube::pod::PodInfo>,
+    /// The namespace's labels, when asked for.
+    pub namespace_labels: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 /// One log event: a line, a merged partial line or a multiline group.
 #[derive(Clone, Debug)]
 pub struct LogEvent {
     pub file: Arc<FileContext>,
+    /// The pod's metadata from the API, once the enrich stage found it.
+    pub pod: Option<Arc<PodMetadata>>,
     /// Position in the file's event sequence, for acknowledgements.
     pub seq: u64,
     /// Byte offset of the event's first raw line: with the file identity, its document id.

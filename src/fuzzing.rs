@@ -7,7 +7,7 @@ use crate::config::MultilineRules;
 use crate::config::{Config, JsonConfig, LineOverflow, LogFormat, MultilineConfig};
 use crate::encode::ecs_fields::FieldKeys;
 use crate::encode::json_message::lift;
-use crate::encode::{DocumentEncoder, FileMetadata};
+use crate::encode::DocumentEncoder;
 use crate::enrich::path::PathMetadata;
 use crate::event::{FileContext, FileIdentity, LogEvent};
 use crate::source::assembler::{Assembler, AssemblyRules};
@@ -87,7 +87,7 @@ pub fn assemble(data: &[u8]) {
     }
     asm.flush_expired(now + Duration::from_secs(3600), &mut events);
     asm.flush_all(now, &mut events);
-    let encoder = DocumentEncoder::new(&JsonConfig::default());
+    let mut encoder = DocumentEncoder::new(&JsonConfig::default());
     let mut doc = Vec::new();
     let mut last_safe = 0;
     for (i, e) in events.iter().enumerate() {
@@ -121,9 +121,6 @@ fn context() -> Arc<FileContext> {
             fingerprint: 3,
         },
         path: path.to_path_buf(),
-        id_seed: 7,
-        path_fragment: FileMetadata::path_fragment(path),
-        metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
         kube: meta,
         known_since: Instant::now(),
         replay_end: 0,
@@ -158,6 +155,7 @@ pub fn logfmt(data: &[u8]) {
         // The document of a logfmt line is JSON whatever the line held.
         let e = LogEvent {
             file: context(),
+            pod: None,
             seq: 0,
             offset: 0,
             safe_point: data.len() as u64,

@@ -154,13 +154,8 @@ pub async fn run(
             ck_tx.clone(),
             stats.clone(),
         );
-        let enricher = Enricher::new(
-            cache.clone(),
-            &config.kubernetes,
-            opts.host_name.clone(),
-            stats.clone(),
-        )
-        .with_rate_limits(limits);
+        let enricher = Enricher::new(cache.clone(), &config.kubernetes, stats.clone())
+            .with_rate_limits(limits);
         let task = tokio::spawn(enricher.run(ev_rx, enriched_tx, changed_rx));
         opts.health.track("enrich", task.abort_handle());
         ev_rx = enriched_rx;
@@ -187,7 +182,8 @@ pub async fn run(
     let sink = match config.output.kind {
         OutputKind::Stdout => {
             let sink = StdoutSink {
-                encoder: DocumentEncoder::for_source(src).counting(stats.clone()),
+                encoder: DocumentEncoder::for_config(config, &opts.host_name)
+                    .counting(stats.clone()),
                 format: config.output.stdout.format,
                 targets: Targets::new(Router::new(&config.output.elasticsearch)),
                 writer: opts.output,
@@ -215,6 +211,7 @@ pub async fn run(
                 opts.health.clone(),
                 &config.output.elasticsearch,
                 src,
+                DocumentEncoder::for_config(config, &opts.host_name).counting(stats.clone()),
                 &dead_letter,
                 ck_tx.clone(),
                 stats.clone(),
@@ -238,7 +235,7 @@ pub async fn run(
                 let spool = Spool::new(
                     writer,
                     Router::new(&config.output.elasticsearch),
-                    DocumentEncoder::for_source(src).counting(stats.clone()),
+                    DocumentEncoder::for_config(config, &opts.host_name).counting(stats.clone()),
                     ck_tx.clone(),
                     &config.buffer,
                 );
@@ -260,7 +257,7 @@ pub async fn run(
             }
         }
     };
-    let mut settings = TailerSettings::new(config, opts.host_name, opts.once);
+    let mut settings = TailerSettings::new(config, opts.once);
     if opts.state_dir.is_some() {
         settings.reserve_ahead = Some(crate::source::tailer::RESERVE_AHEAD);
     }

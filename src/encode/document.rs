@@ -1,44 +1,27 @@
 //! The ECS document of one event, written byte by byte into the sink's buffer. What all
-//! events of a file share was encoded once when the file was opened.
+//! events of a file share is encoded once per file and pod version (`file_fields`).
 
+use super::doc_id::document_id;
 use super::ecs_fields::{EcsValues, FieldKeys};
 use super::escape::{write_bytes, write_str};
+use super::file_fields::{Describe, FileFields, FileFieldsCache};
 use super::json_message::{lift, Lifted};
 use super::logfmt::{self, Parsed};
-use crate::enrich::path::PathMetadata;
+use super::metadata::MetadataOptions;
 use crate::event::{Flags, LogEvent};
-use bytes::Bytes;
-use std::path::Path;
 use std::time::SystemTime;
 
-/// Builds the pre-encoded parts of a file's documents.
-pub struct FileMetadata;
-
-impl FileMetadata {
-    /// `"file":{"path":"…"}`, for inside the `log` object.
-    pub fn path_fragment(path: &Path) -> Bytes {
-        let mut out = b"\"file\":{\"path\":".to_vec();
-        write_bytes(&mut out, path.as_os_str().as_encoded_bytes());
-        out.push(b'}');
-        Bytes::from(out)
-    }
-
-    /// The Kubernetes, container, host and agent members from the path alone, without braces.
-    pub fn metadata_fragment(k: &PathMetadata, host_name: &str) -> Bytes {
-        let options = crate::enrich::metadata::MetadataOptions::default();
-        crate::enrich::metadata::ContainerMetadata {
-            path: k,
-            pod: None,
-            namespace_labels: None,
-            options: &options,
-        }
-        .fragment(host_name)
-    }
-}
-
-/// Writes documents; one per sink, reused for every event.
+/// Writes documents; one per sink, reused for every event. What a file's documents share
+/// is encoded once per file and pod version (`FileFieldsCache`).
 #[derive(Debug, Clone)]
 pub struct DocumentEncoder {
+    event: EventEncoder,
+    files: FileFieldsCache,
+}
+
+/// What differs from one document to the next: the message and what is lifted from it.
+#[derive(Debug, Clone)]
+struct EventEncoder {
     /// `"<target>":` when JSON messages are lifted and kept.
     json_key: Option<Vec<u8>>,
     lift_json: bool,
@@ -98,27 +81,84 @@ impl DocumentEncoder {
         DocumentEncoder::with(&src.json, &src.logfmt, &src.fields)
     }
 
+    /// The agent's documents: the source's settings, this node's name, and what of each
+    /// pod the Kubernetes config keeps.
+    pub fn for_config(config: &crate::config::Config, host_name: &str) -> Self {
+        DocumentEncoder::for_source(&config.source).describing(Describe {
+            host_name: host_name.to_string(),
+            options: MetadataOptions {
+                annotations: config.kubernetes.annotations.clone(),
+                dedot: config.kubernetes.dedot_keys,
+            },
+        })
+    }
+
     fn with(
         json: &crate::config::JsonConfig,
         logfmt: &crate::config::LogfmtConfig,
         fields: &crate::config::FieldsConfig,
     ) -> Self {
         DocumentEncoder {
-            json_key: member_key(json.enabled, &json.target),
-            lift_json: json.enabled,
-            logfmt_key: member_key(logfmt.enabled, &logfmt.target),
-            lift_logfmt: logfmt.enabled,
-            keys: std::sync::Arc::new(FieldKeys::new(fields)),
-            stats: None,
+            event: EventEncoder {
+                json_key: member_key(json.enabled, &json.target),
+                lift_json: json.enabled,
+                logfmt_key: member_key(logfmt.enabled, &logfmt.target),
+                lift_logfmt: logfmt.enabled,
+                keys: std::sync::Arc::new(FieldKeys::new(fields)),
+                stats: None,
+            },
+            files: FileFieldsCache::default(),
         }
+    }
+
+    /// The node's name and the pod metadata options of the shared members.
+    pub fn describing(mut self, describe: Describe) -> Self {
+        self.files = FileFieldsCache::new(describe);
+        self
     }
 
     /// Counts events whose invalid UTF-8 was replaced in `stats`.
     pub fn counting(mut self, stats: std::sync::Arc<crate::stats::Stats>) -> Self {
-        self.stats = Some(stats);
+        self.event.stats = Some(stats);
         self
     }
 
+    /// Appends the event's document (no trailing newline) to `out`.
+    pub fn encode(&mut self, e: &LogEvent, out: &mut Vec<u8>) {
+        self.encode_with(e, &[], out)
+    }
+
+    /// Like `encode`, adding `extra` members (e.g. `data_stream`, no leading comma).
+    pub fn encode_with(&mut self, e: &LogEvent, extra: &[u8], out: &mut Vec<u8>) {
+        let fields = self.files.get(e);
+        self.event.encode(e, fields, extra, out)
+    }
+
+    /// Appends the event's bulk item: the `create` action for `index` with the document's
+    /// id, and the document with `extra` members, each line ending in `\n`. Returns the
+    /// length of the action line.
+    pub fn encode_bulk_item(
+        &mut self,
+        e: &LogEvent,
+        index: &str,
+        extra: &[u8],
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let fields = self.files.get(e);
+        let a = out.len();
+        out.extend_from_slice(b"{\"create\":{\"_index\":\"");
+        out.extend_from_slice(index.as_bytes());
+        out.extend_from_slice(b"\",\"_id\":\"");
+        out.extend_from_slice(&document_id(fields.id_seed, e.offset));
+        out.extend_from_slice(b"\"}}\n");
+        let action_len = out.len() - a;
+        self.event.encode(e, fields, extra, out);
+        out.push(b'\n');
+        action_len
+    }
+}
+
+impl EventEncoder {
     /// The message as a JSON object or a logfmt line, when it is one and lifting is on.
     /// The ECS fields go into `ecs`.
     fn structured<'a>(&self, message: &'a [u8], ecs: &mut EcsValues<'a>) -> Option<Structured<'a>> {
@@ -134,13 +174,8 @@ impl DocumentEncoder {
         }
     }
 
-    /// Appends the event's document (no trailing newline) to `out`.
-    pub fn encode(&self, e: &LogEvent, out: &mut Vec<u8>) {
-        self.encode_with(e, &[], out)
-    }
-
-    /// Like `encode`, adding `extra` members (e.g. `data_stream`, no leading comma).
-    pub fn encode_with(&self, e: &LogEvent, extra: &[u8], out: &mut Vec<u8>) {
+    /// Appends the document, `fields` being its file's shared parts.
+    fn encode(&self, e: &LogEvent, fields: &FileFields, extra: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"@timestamp\":\"");
         if e.timestamp.is_empty() {
             crate::time::format_rfc3339_nanos(SystemTime::now(), out);
@@ -173,7 +208,7 @@ impl DocumentEncoder {
         out.extend_from_slice(b"\",\"log\":{\"offset\":");
         out.extend_from_slice(itoa::Buffer::new().format(e.offset).as_bytes());
         out.push(b',');
-        out.extend_from_slice(&e.file.path_fragment);
+        out.extend_from_slice(&fields.path);
         if let Some(level) = lifted.as_ref().and_then(|l| l.level()) {
             out.extend_from_slice(b",\"level\":");
             write_str(out, level);
@@ -191,9 +226,9 @@ impl DocumentEncoder {
             out.push(b']');
         }
         out.push(b'}');
-        if !e.file.metadata.is_empty() {
+        if !fields.members.is_empty() {
             out.push(b',');
-            out.extend_from_slice(&e.file.metadata);
+            out.extend_from_slice(&fields.members);
         }
         ecs.write(out);
         match (&lifted, &self.json_key, &self.logfmt_key) {
@@ -230,7 +265,9 @@ impl DocumentEncoder {
 pub(crate) mod tests {
     use super::*;
     use crate::config::JsonConfig;
+    use crate::enrich::path::PathMetadata;
     use crate::event::{FileContext, FileIdentity, Stream};
+    use bytes::Bytes;
     use serde_json::{json, Value};
     use std::sync::Arc;
 
@@ -245,19 +282,17 @@ pub(crate) mod tests {
         LogEvent {
             file: Arc::new(FileContext {
                 key: 1,
-                kube: Default::default(),
+                kube: meta,
                 identity: FileIdentity {
                     dev: 1,
                     inode: 2,
                     fingerprint: 3,
                 },
                 path: "/var/log/containers/x.log".into(),
-                id_seed: 0,
-                path_fragment: FileMetadata::path_fragment(Path::new("/var/log/containers/x.log")),
-                metadata: FileMetadata::metadata_fragment(&meta, "node-1"),
                 known_since: std::time::Instant::now(),
                 replay_end: 0,
             }),
+            pod: None,
             seq: 0,
             offset: 1234,
             safe_point: 2000,
@@ -268,7 +303,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// The document `enc` writes for `e` on node `node-1`.
     fn encode(enc: &DocumentEncoder, e: &LogEvent) -> Value {
+        let mut enc = enc.clone().describing(Describe {
+            host_name: "node-1".into(),
+            ..Default::default()
+        });
         let mut out = Vec::new();
         enc.encode(e, &mut out);
         assert!(!out.contains(&b'\n'));

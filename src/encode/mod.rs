@@ -4,8 +4,10 @@ pub mod doc_id;
 pub mod document;
 pub mod ecs_fields;
 pub mod escape;
+pub mod file_fields;
 pub mod json_message;
 mod json_str;
 pub mod logfmt;
+pub mod metadata;
 
-pub use document::{DocumentEncoder, FileMetadata};
+pub use document::DocumentEncoder;

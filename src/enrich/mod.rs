@@ -5,7 +5,6 @@
 
 pub mod exclude;
 pub mod kube;
-pub mod metadata;
 pub mod path;
 pub mod rate_limit;
 pub mod stage;

@@ -355,9 +355,18 @@ mod tests {
         }
     }
 
+    /// An event of a file whose path tells no pod: containers are known by their path.
+    fn unnamed_event() -> LogEvent {
+        let mut e = event(b"line", Flags::empty());
+        let mut ctx = (*e.file).clone();
+        ctx.kube = Default::default();
+        e.file = Arc::new(ctx);
+        e
+    }
+
     /// Events of one container, seq 0..n.
     fn events(n: u64) -> Vec<LogEvent> {
-        let e = event(b"line", Flags::empty());
+        let e = unnamed_event();
         (0..n)
             .map(|seq| LogEvent {
                 seq,
@@ -427,8 +436,8 @@ mod tests {
 
     /// `n` events of a file of its own, `key`, at `path`.
     fn file_events(key: u64, path: &str, n: u64) -> Vec<LogEvent> {
-        let e = event(b"line", Flags::empty());
-        let mut ctx = e.file.with_metadata(e.file.metadata.clone());
+        let e = unnamed_event();
+        let mut ctx = (*e.file).clone();
         ctx.key = key;
         ctx.path = path.into();
         let ctx = Arc::new(ctx);

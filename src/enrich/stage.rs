@@ -3,8 +3,7 @@
 //! `metadata_wait` while the watch catches up, without holding any other file.
 
 use super::kube::cache::SharedCache;
-use super::metadata::{ContainerMetadata, MetadataOptions};
-use crate::event::{FileContext, FileKey, Flags, LogEvent};
+use crate::event::{FileContext, FileKey, Flags, LogEvent, PodMetadata};
 use crate::stats::Stats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,8 +20,10 @@ const MAX_PENDING: usize = 16_384;
 const IDLE_FORGET: Duration = Duration::from_secs(600);
 
 struct FileState {
-    /// The pod version and namespace-label generation the context was built for.
+    /// The pod version and namespace-label generation `pod` is of.
     built_for: Option<(String, u64)>,
+    /// What the file's events carry of their pod.
+    pod: Option<Arc<PodMetadata>>,
     /// The cache generation last looked at: while it stands, nothing needs looking up.
     cache_gen: u64,
     ctx: Arc<FileContext>,
@@ -46,9 +47,7 @@ pub struct Enricher {
 /// What turns a file's path names into its pod's metadata.
 struct Resolver {
     cache: SharedCache,
-    options: MetadataOptions,
     namespace_labels: bool,
-    host_name: String,
     /// The cache generation last announced by the watch: while a file's context was built
     /// at it, events need no lookup (and no lock) at all.
     announced: u64,
@@ -58,18 +57,12 @@ impl Enricher {
     pub fn new(
         cache: SharedCache,
         cfg: &crate::config::KubernetesConfig,
-        host_name: String,
         stats: Arc<Stats>,
     ) -> Self {
         Enricher {
             resolver: Resolver {
                 cache,
-                options: MetadataOptions {
-                    annotations: cfg.annotations.clone(),
-                    dedot: cfg.dedot_keys,
-                },
                 namespace_labels: cfg.namespace_labels,
-                host_name,
                 announced: 0,
             },
             wait: cfg.metadata_wait,
@@ -162,6 +155,7 @@ impl Enricher {
         let key = e.file.key;
         let state = self.files.entry(key).or_insert_with(|| FileState {
             built_for: None,
+            pod: None,
             cache_gen: 0,
             ctx: e.file.clone(),
             pending: VecDeque::new(),
@@ -177,7 +171,7 @@ impl Enricher {
         }
         match self.resolver.resolve(state) {
             Resolved::Enriched | Resolved::NotKubernetes => {
-                e.file = state.ctx.clone();
+                e.pod = state.pod.clone();
                 out.push(e);
             }
             Resolved::Unknown if state.gave_up => {
@@ -216,7 +210,7 @@ impl Enricher {
             }
             self.pending -= state.pending.len();
             for mut e in state.pending.drain(..) {
-                e.file = state.ctx.clone();
+                e.pod = state.pod.clone();
                 if missing {
                     Self::give_up(&self.stats, &mut e);
                 }
@@ -233,7 +227,7 @@ impl Enricher {
 }
 
 impl Resolver {
-    /// Makes `state.ctx` carry the pod's current metadata.
+    /// Makes `state.pod` the pod's current metadata.
     fn resolve(&self, state: &mut FileState) -> Resolved {
         let path = &state.ctx.kube;
         if path.pod_uid.is_none() && (path.namespace.is_none() || path.pod_name.is_none()) {
@@ -262,14 +256,10 @@ impl Resolver {
         let labels = labels.map(|(_, l)| l);
         let version = (pod.resource_version.clone(), labels_gen);
         if state.built_for.as_ref() != Some(&version) {
-            let fragment = ContainerMetadata {
-                path,
-                pod: Some(&pod),
-                namespace_labels: labels.as_deref(),
-                options: &self.options,
-            }
-            .fragment(&self.host_name);
-            state.ctx = Arc::new(state.ctx.with_metadata(fragment));
+            state.pod = Some(Arc::new(PodMetadata {
+                pod,
+                namespace_labels: labels,
+            }));
             state.built_for = Some(version);
         }
         state.cache_gen = self.announced;
@@ -292,7 +282,7 @@ mod tests {
     /// Events of a pod the cache does not know, from a file found at `known_since`.
     fn unknown_pod_events(n: usize, known_since: std::time::Instant) -> Vec<LogEvent> {
         let e = event(b"line", Flags::empty());
-        let mut ctx = e.file.with_metadata(e.file.metadata.clone());
+        let mut ctx = (*e.file).clone();
         ctx.kube.pod_uid = Some("uid-not-yet".into());
         ctx.known_since = known_since;
         let ctx = Arc::new(ctx);
@@ -317,7 +307,7 @@ mod tests {
             ..Default::default()
         };
         let stats = Arc::new(Stats::default());
-        let stage = Enricher::new(SharedCache::default(), &cfg, "node-1".into(), stats.clone());
+        let stage = Enricher::new(SharedCache::default(), &cfg, stats.clone());
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, out_rx) = mpsc::channel(4);
         let (changed_tx, changed_rx) = watch::channel(0u64);

@@ -45,7 +45,7 @@ impl StdoutSink {
                 match self.format {
                     StdoutFormat::Bulk => {
                         let target = self.targets.get(e);
-                        encode_item(e, &target, &self.encoder, &mut buf);
+                        encode_item(e, &target, &mut self.encoder, &mut buf);
                     }
                     StdoutFormat::Document => {
                         self.encoder.encode(e, &mut buf);

@@ -186,6 +186,7 @@ impl Assembler {
                 flags.insert(Flags::NO_TIMESTAMP);
             }
             out.push(LogEvent {
+                pod: None,
                 file: self.ctx.clone(),
                 seq,
                 offset: line.start,
@@ -230,9 +231,6 @@ mod tests {
                 fingerprint: 0,
             },
             path: "/x".into(),
-            id_seed: 0,
-            path_fragment: Bytes::new(),
-            metadata: Bytes::new(),
             known_since: std::time::Instant::now(),
             replay_end: 0,
         })

@@ -5,7 +5,6 @@
 //! came from, so that it is acknowledged on its own, whatever becomes of the others.
 
 use super::target::Target;
-use crate::encode::doc_id::document_id;
 use crate::encode::DocumentEncoder;
 use crate::event::{FileKey, LogEvent};
 use bytes::Bytes;
@@ -99,7 +98,7 @@ impl Batch {
         }
     }
 
-    pub fn push(&mut self, e: &LogEvent, target: &Target, encoder: &DocumentEncoder) {
+    pub fn push(&mut self, e: &LogEvent, target: &Target, encoder: &mut DocumentEncoder) {
         let a = self.begin_item();
         let action_len = encode_item(e, target, encoder, &mut self.pending);
         self.end_item(a, action_len);
@@ -195,19 +194,10 @@ impl Batch {
 pub fn encode_item(
     e: &LogEvent,
     target: &Target,
-    encoder: &DocumentEncoder,
+    encoder: &mut DocumentEncoder,
     out: &mut Vec<u8>,
 ) -> usize {
-    let a = out.len();
-    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
-    out.extend_from_slice(target.index.as_bytes());
-    out.extend_from_slice(b"\",\"_id\":\"");
-    out.extend_from_slice(&document_id(e.file.id_seed, e.offset));
-    out.extend_from_slice(b"\"}}\n");
-    let action_len = out.len() - a;
-    encoder.encode_with(e, &target.extra, out);
-    out.push(b'\n');
-    action_len
+    encoder.encode_bulk_item(e, &target.index, &target.extra, out)
 }
 
 /// A batch ready to send.
@@ -315,7 +305,7 @@ mod tests {
     fn fill(level: u32, n: usize) -> (Sealed, Vec<u8>) {
         let router = Router::new(&ElasticsearchConfig::default());
         let target = router.target(None, "");
-        let encoder = DocumentEncoder::new(&JsonConfig::default());
+        let mut encoder = DocumentEncoder::new(&JsonConfig::default());
         let mut batch = Batch::new(level);
         let mut plain = Batch::new(0);
         for i in 0..n {
@@ -324,8 +314,8 @@ mod tests {
                 Flags::empty(),
             );
             (e.seq, e.offset) = (i as u64, i as u64 * 100);
-            batch.push(&e, &target, &encoder);
-            plain.push(&e, &target, &encoder);
+            batch.push(&e, &target, &mut encoder);
+            plain.push(&e, &target, &mut encoder);
         }
         let plain = plain.seal();
         (batch.seal(), plain.payload.to_vec())

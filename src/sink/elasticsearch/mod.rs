@@ -56,6 +56,7 @@ impl ElasticsearchSink {
         health: Arc<crate::health::Health>,
         cfg: &ElasticsearchConfig,
         source: &crate::config::SourceConfig,
+        encoder: DocumentEncoder,
         dead_letter_dir: &std::path::Path,
         acks: mpsc::UnboundedSender<CheckpointMsg>,
         stats: Arc<Stats>,
@@ -73,13 +74,13 @@ impl ElasticsearchSink {
                 )),
             }),
             router: Router::new(cfg),
-            encoder: DocumentEncoder::for_source(source).counting(stats),
+            encoder,
             acks,
         })
     }
 
     /// Ships until the channel closes and everything in flight is settled.
-    pub async fn run(self, mut rx: mpsc::Receiver<Vec<LogEvent>>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<LogEvent>>) {
         if self.shared.cfg.setup {
             crate::setup::ensure(
                 self.shared.client.transport(),
@@ -107,7 +108,7 @@ impl ElasticsearchSink {
                         for e in &events {
                             let t = targets.get(e);
                             let replay = e.is_replay() && t.replays_need_lookup();
-                            shipper.push_event(e, &t, &self.encoder, replay);
+                            shipper.push_event(e, &t, &mut self.encoder, replay);
                         }
                     }
                     None => open = false,

@@ -163,7 +163,7 @@ impl Shipper {
         &mut self,
         e: &LogEvent,
         target: &Target,
-        encoder: &DocumentEncoder,
+        encoder: &mut DocumentEncoder,
         replayed: bool,
     ) {
         self.batch.ambiguous |= replayed;

@@ -78,7 +78,7 @@ impl Spool {
                 if e.is_replay() && target.replays_need_lookup() {
                     item.push(REPLAY_TAG);
                 }
-                encode_item(e, &target, &self.encoder, &mut item);
+                encode_item(e, &target, &mut self.encoder, &mut item);
                 record::encode(&item, &mut framed);
                 held.push(e);
             }

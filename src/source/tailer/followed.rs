@@ -83,9 +83,6 @@ impl Tailer {
             kube: f.kube.clone(),
             identity,
             path: f.path.clone(),
-            id_seed: id_seed(&identity),
-            path_fragment: FileMetadata::path_fragment(&f.path),
-            metadata: FileMetadata::metadata_fragment(&f.kube, &self.settings.host_name),
             known_since: f.known_since,
             replay_end,
         });

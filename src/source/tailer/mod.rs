@@ -11,8 +11,6 @@ use super::reader::{LineReader, RawLine};
 use super::wake::Wake;
 use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
 use crate::config::{Config, StartAt};
-use crate::encode::doc_id::id_seed;
-use crate::encode::FileMetadata;
 use crate::enrich::exclude::{Decision, Exclusion};
 use crate::enrich::kube::cache::pod_key;
 use crate::enrich::path::PathMetadata;
@@ -55,7 +53,6 @@ pub struct TailerSettings {
     pub max_raw_line: usize,
     /// Files followed (or held waiting for their pod) at most; more wait for room.
     pub max_open_files: usize,
-    pub host_name: String,
     /// Stop once every file is read to its end (`debug --once`).
     pub once: bool,
     /// With a state directory: how far ahead of its reading a file is reserved in the
@@ -64,7 +61,7 @@ pub struct TailerSettings {
 }
 
 impl TailerSettings {
-    pub fn new(cfg: &Config, host_name: String, once: bool) -> Self {
+    pub fn new(cfg: &Config, once: bool) -> Self {
         let s = &cfg.source;
         let max_line = s.max_line_bytes as usize;
         TailerSettings {
@@ -77,7 +74,6 @@ impl TailerSettings {
             // A raw line carries the runtime's prefix or JSON escaping around the content.
             max_raw_line: max_line.saturating_mul(2).max(max_line + 4096),
             max_open_files: s.max_open_files as usize,
-            host_name,
             once,
             reserve_ahead: None,
         }

@@ -1,8 +1,9 @@
 //! The Kubernetes, container, host and agent members of a container's documents: built
-//! from the path's names and, when the API has it, the pod; encoded once per change.
+//! from the path's names and, when the enrich stage found it, the pod; encoded once per
+//! file and pod version (`file_fields`).
 
-use super::kube::pod::PodInfo;
-use super::path::PathMetadata;
+use crate::enrich::kube::pod::PodInfo;
+use crate::enrich::path::PathMetadata;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
