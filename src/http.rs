@@ -1,5 +1,5 @@
 //! The agent's own HTTP endpoint: `/healthz` (the pipeline runs), `/readyz` (checkpoints
-//! loaded and, with Elasticsearch, the index setup done), `/metrics` (Prometheus text) and
+//! loaded and, with Elasticsearch, the index setup done), `/metrics` (OpenMetrics text) and
 //! `/status` (JSON: each file's committed offset, size and lag, a page at a time; the
 //! buffer). GET and HEAD only; slow and surplus clients are dropped (`Limits`).
 
@@ -114,7 +114,7 @@ fn route(path: &str, query: Option<&str>, health: &Health, stats: &Stats) -> Res
             let files = crate::metrics::file_lags(&health.checkpoints());
             return reply(
                 200,
-                "text/plain; version=0.0.4",
+                crate::metrics::CONTENT_TYPE,
                 crate::metrics::render(stats, &files),
             );
         }

@@ -1,10 +1,15 @@
-//! What `/metrics` and `/status` show: the pipeline's counters in Prometheus' text format,
-//! and how far each followed file's committed offset is behind its size.
+//! What `/metrics` and `/status` show: the pipeline's counters in the OpenMetrics text
+//! format (written by `prometheus-client`), and how far each followed file's committed
+//! offset is behind its size.
 
 use crate::checkpoint::Entry;
 use crate::health::Health;
 use crate::stats::Stats;
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 /// One followed file: where its checkpoint is, and how much is written past it.
@@ -395,147 +400,190 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
     ]
 }
 
-fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
-    let _ = writeln!(out, "# HELP logferry_{name} {help}");
-    let _ = writeln!(out, "# TYPE logferry_{name} {kind}");
-    let _ = writeln!(out, "logferry_{name} {value}");
+/// One metric family, read from the counters at a scrape.
+#[derive(Debug)]
+enum Family {
+    Counter(&'static str, &'static str, u64),
+    CounterF64(&'static str, &'static str, f64),
+    Gauge(&'static str, &'static str, u64),
+    GaugeF64(&'static str, &'static str, f64),
+    /// A counter family with one label.
+    Labelled(
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(&'static str, u64)>,
+    ),
+    /// Upper bounds (the last `f64::MAX` for `+Inf`) with the count of each bucket, and the
+    /// sum.
+    Histogram(&'static str, &'static str, Vec<(f64, u64)>, f64),
 }
 
-/// A counter family with one label.
-fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP logferry_{name} {help}");
-    let _ = writeln!(out, "# TYPE logferry_{name} counter");
-    for (v, n) in values {
-        let _ = writeln!(out, "logferry_{name}{{{label}=\"{v}\"}} {n}");
+/// The scrape's values: a collector for `prometheus-client`, which writes the exposition.
+/// The counters themselves stay plain atomics on the hot path.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+/// OpenMetrics suffixes a counter's samples with `_total` itself.
+fn base(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let no_labels: Option<&Exemplar<Vec<(String, String)>, u64>> = None;
+        for f in &self.0 {
+            match f {
+                Family::Counter(name, help, v) => encoder
+                    .encode_descriptor(base(name), help, None, MetricType::Counter)?
+                    .encode_counter(v, no_labels)?,
+                Family::CounterF64(name, help, v) => encoder
+                    .encode_descriptor(base(name), help, None, MetricType::Counter)?
+                    .encode_counter(v, None::<&Exemplar<Vec<(String, String)>, f64>>)?,
+                Family::Gauge(name, help, v) => encoder
+                    .encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_gauge(v)?,
+                Family::GaugeF64(name, help, v) => encoder
+                    .encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_gauge(v)?,
+                Family::Labelled(name, help, label, values) => {
+                    let mut family =
+                        encoder.encode_descriptor(base(name), help, None, MetricType::Counter)?;
+                    for (value, n) in values {
+                        family
+                            .encode_family(&[(*label, *value)])?
+                            .encode_counter(n, no_labels)?;
+                    }
+                }
+                Family::Histogram(name, help, buckets, sum) => {
+                    let count = buckets.iter().map(|(_, n)| n).sum();
+                    encoder
+                        .encode_descriptor(name, help, None, MetricType::Histogram)?
+                        .encode_histogram::<Vec<(String, String)>>(*sum, count, buckets, None)?
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &crate::stats::Histogram) {
-    let _ = writeln!(out, "# HELP logferry_{name} {help}");
-    let _ = writeln!(out, "# TYPE logferry_{name} histogram");
+/// A histogram's buckets as counts per bucket (the exposition adds them up).
+fn histogram(name: &'static str, help: &'static str, h: &crate::stats::Histogram) -> Family {
     let (cumulative, sum) = h.snapshot();
-    let les = h
+    let mut before = 0;
+    let buckets = h
         .bounds
         .iter()
-        .map(|b| b.to_string())
-        .chain(["+Inf".to_string()]);
-    for (le, n) in les.zip(&cumulative) {
-        let _ = writeln!(out, "logferry_{name}_bucket{{le=\"{le}\"}} {n}");
-    }
-    let _ = writeln!(out, "logferry_{name}_sum {sum}");
-    let _ = writeln!(
-        out,
-        "logferry_{name}_count {}",
-        cumulative.last().copied().unwrap_or(0)
-    );
+        .copied()
+        .chain([f64::MAX])
+        .zip(&cumulative)
+        .map(|(le, n)| {
+            let own = n - before;
+            before = *n;
+            (le, own)
+        })
+        .collect();
+    Family::Histogram(name, help, buckets, sum)
 }
 
-/// The Prometheus text exposition of every counter and the lag gauges.
+/// The content type of `render`'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The OpenMetrics text exposition of every counter, the histograms and the lag gauges.
 pub fn render(stats: &Stats, files: &[FileLag]) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    for (name, help, kind, v) in counters(stats) {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
-        metric(&mut out, name, help, kind, Stats::get(v));
-    }
+    let mut families: Vec<Family> = counters(stats)
+        .into_iter()
+        .map(|(name, help, kind, v)| match kind {
+            Kind::Counter => Family::Counter(name, help, Stats::get(v)),
+            Kind::Gauge => Family::Gauge(name, help, Stats::get(v)),
+        })
+        .collect();
     let stderr = Stats::get(&stats.events_stderr);
     let stdout = Stats::get(&stats.events).saturating_sub(stderr);
-    labelled(
-        &mut out,
-        "events_by_stream_total",
-        "Events by the container stream that wrote them.",
-        "stream",
-        &[("stdout", stdout), ("stderr", stderr)],
-    );
-    labelled(
-        &mut out,
-        "events_by_format_total",
-        "Events by the runtime log format of their file.",
-        "format",
-        &[
-            ("cri", Stats::get(&stats.events_cri)),
-            ("docker", Stats::get(&stats.events_docker)),
-        ],
-    );
-    let _ = writeln!(
-        out,
-        "# HELP logferry_backpressure_seconds_total Time the tailer waited for room in a full pipeline.\n\
-         # TYPE logferry_backpressure_seconds_total counter\n\
-         logferry_backpressure_seconds_total {}",
-        Stats::get(&stats.backpressure_micros) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "# HELP logferry_elasticsearch_rejected_share Share of recent bulk items refused for load (429), smoothed.\n\
-         # TYPE logferry_elasticsearch_rejected_share gauge\n\
-         logferry_elasticsearch_rejected_share {}\n\
-         # HELP logferry_elasticsearch_backoff_seconds Time left before the next bulk request after a failure.\n\
-         # TYPE logferry_elasticsearch_backoff_seconds gauge\n\
-         logferry_elasticsearch_backoff_seconds {}",
-        Stats::get_f64(&stats.es_rejected_share),
-        Stats::get_f64(&stats.es_backoff_seconds),
-    );
-    labelled(
-        &mut out,
-        "events_assembled_total",
-        "Events joined from partial chunks or multiline groups, split from a too-long line, or without a runtime timestamp.",
-        "kind",
-        &[
-            ("partial", Stats::get(&stats.events_partial_merged)),
-            ("multiline", Stats::get(&stats.events_multiline)),
-            ("split", Stats::get(&stats.events_split)),
-            ("no_timestamp", Stats::get(&stats.events_no_timestamp)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "elasticsearch_bulk_requests_total",
-        "Bulk requests by what came back.",
-        "outcome",
-        &[
-            ("items", Stats::get(&stats.es_outcome_items)),
-            ("refused", Stats::get(&stats.es_outcome_refused)),
-            ("throttled", Stats::get(&stats.es_outcome_throttled)),
-            ("unreachable", Stats::get(&stats.es_outcome_unreachable)),
-        ],
-    );
-    histogram(
-        &mut out,
-        "elasticsearch_bulk_duration_seconds",
-        "Time a bulk request took, answer included.",
-        &stats.es_bulk_seconds,
-    );
-    histogram(
-        &mut out,
-        "elasticsearch_batch_documents",
-        "Documents per bulk request built (resends included).",
-        &stats.es_batch_documents,
-    );
-    let total: u64 = files.iter().map(|f| f.lag).sum();
-    let max = files.iter().map(|f| f.lag).max().unwrap_or(0);
-    metric(
-        &mut out,
-        "files_followed",
-        "Files followed now.",
-        "gauge",
-        files.len() as u64,
-    );
-    metric(
-        &mut out,
-        "checkpoint_lag_bytes",
-        "Bytes written to followed files past their committed offsets.",
-        "gauge",
-        total,
-    );
-    metric(
-        &mut out,
-        "checkpoint_lag_max_file_bytes",
-        "The largest lag of one file.",
-        "gauge",
-        max,
-    );
+    families.extend([
+        Family::Labelled(
+            "events_by_stream_total",
+            "Events by the container stream that wrote them.",
+            "stream",
+            vec![("stdout", stdout), ("stderr", stderr)],
+        ),
+        Family::Labelled(
+            "events_by_format_total",
+            "Events by the runtime log format of their file.",
+            "format",
+            vec![
+                ("cri", Stats::get(&stats.events_cri)),
+                ("docker", Stats::get(&stats.events_docker)),
+            ],
+        ),
+        Family::CounterF64(
+            "backpressure_seconds_total",
+            "Time the tailer waited for room in a full pipeline.",
+            Stats::get(&stats.backpressure_micros) as f64 / 1e6,
+        ),
+        Family::GaugeF64(
+            "elasticsearch_rejected_share",
+            "Share of recent bulk items refused for load (429), smoothed.",
+            Stats::get_f64(&stats.es_rejected_share),
+        ),
+        Family::GaugeF64(
+            "elasticsearch_backoff_seconds",
+            "Time left before the next bulk request after a failure.",
+            Stats::get_f64(&stats.es_backoff_seconds),
+        ),
+        Family::Labelled(
+            "events_assembled_total",
+            "Events joined from partial chunks or multiline groups, split from a too-long line, or without a runtime timestamp.",
+            "kind",
+            vec![
+                ("partial", Stats::get(&stats.events_partial_merged)),
+                ("multiline", Stats::get(&stats.events_multiline)),
+                ("split", Stats::get(&stats.events_split)),
+                ("no_timestamp", Stats::get(&stats.events_no_timestamp)),
+            ],
+        ),
+        Family::Labelled(
+            "elasticsearch_bulk_requests_total",
+            "Bulk requests by what came back.",
+            "outcome",
+            vec![
+                ("items", Stats::get(&stats.es_outcome_items)),
+                ("refused", Stats::get(&stats.es_outcome_refused)),
+                ("throttled", Stats::get(&stats.es_outcome_throttled)),
+                ("unreachable", Stats::get(&stats.es_outcome_unreachable)),
+            ],
+        ),
+        histogram(
+            "elasticsearch_bulk_duration_seconds",
+            "Time a bulk request took, answer included.",
+            &stats.es_bulk_seconds,
+        ),
+        histogram(
+            "elasticsearch_batch_documents",
+            "Documents per bulk request built (resends included).",
+            &stats.es_batch_documents,
+        ),
+        Family::Gauge(
+            "files_followed",
+            "Files followed now.",
+            files.len() as u64,
+        ),
+        Family::Gauge(
+            "checkpoint_lag_bytes",
+            "Bytes written to followed files past their committed offsets.",
+            files.iter().map(|f| f.lag).sum(),
+        ),
+        Family::Gauge(
+            "checkpoint_lag_max_file_bytes",
+            "The largest lag of one file.",
+            files.iter().map(|f| f.lag).max().unwrap_or(0),
+        ),
+    ]);
+    let mut registry = Registry::with_prefix("logferry");
+    registry.register_collector(Box::new(Scrape(families)));
+    let mut out = String::with_capacity(12 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
@@ -708,5 +756,111 @@ mod tests {
         assert_eq!(v["lag_bytes"], 400);
         assert_eq!(v["files"][0]["committed_offset"], 600);
         assert_eq!(v["counters"]["events_delivered_total"], 7);
+    }
+
+    /// The names and labels dashboards and alerts depend on: a change here is a change
+    /// for every user's queries.
+    #[test]
+    fn the_exposition_pins_every_metric_name_and_label() {
+        let text = render(&Stats::default(), &[]);
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+        let mut samples: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let name = l.rsplit_once(' ').unwrap().0;
+                regex::Regex::new(r#"="[^"]*""#)
+                    .unwrap()
+                    .replace_all(name, "=")
+                    .into_owned()
+            })
+            .collect();
+        samples.sort();
+        samples.dedup();
+        let pinned = [
+            "logferry_backpressure_seconds_total",
+            "logferry_buffer_bytes",
+            "logferry_buffer_corrupt_bytes_total",
+            "logferry_buffer_corrupt_records_total",
+            "logferry_buffer_full_total",
+            "logferry_bytes_dropped_total",
+            "logferry_bytes_read_total",
+            "logferry_checkpoint_lag_bytes",
+            "logferry_checkpoint_lag_max_file_bytes",
+            "logferry_config_reload_failures_total",
+            "logferry_config_reloads_total",
+            "logferry_dead_letter_evicted_bytes_total",
+            "logferry_elasticsearch_backoff_seconds",
+            "logferry_elasticsearch_batch_documents_bucket{le=}",
+            "logferry_elasticsearch_batch_documents_count",
+            "logferry_elasticsearch_batch_documents_sum",
+            "logferry_elasticsearch_bulk_duration_seconds_bucket{le=}",
+            "logferry_elasticsearch_bulk_duration_seconds_count",
+            "logferry_elasticsearch_bulk_duration_seconds_sum",
+            "logferry_elasticsearch_bulk_requests_total{outcome=}",
+            "logferry_elasticsearch_bytes_raw_total",
+            "logferry_elasticsearch_bytes_sent_total",
+            "logferry_elasticsearch_concurrency_limit",
+            "logferry_elasticsearch_dead_lettered_total",
+            "logferry_elasticsearch_duplicates_total",
+            "logferry_elasticsearch_in_flight_bytes",
+            "logferry_elasticsearch_in_flight_full_total",
+            "logferry_elasticsearch_items_retried_total",
+            "logferry_elasticsearch_items_sent_total",
+            "logferry_elasticsearch_rate_limit_documents_per_second",
+            "logferry_elasticsearch_rejected_share",
+            "logferry_elasticsearch_replays_checked_total",
+            "logferry_elasticsearch_replays_present_total",
+            "logferry_elasticsearch_replays_unchecked_total",
+            "logferry_elasticsearch_request_failures_total",
+            "logferry_elasticsearch_requests_total",
+            "logferry_elasticsearch_rescued_total",
+            "logferry_elasticsearch_retry_queue_bytes",
+            "logferry_elasticsearch_retry_queue_documents",
+            "logferry_enrich_full_total",
+            "logferry_events_assembled_total{kind=}",
+            "logferry_events_by_format_total{format=}",
+            "logferry_events_by_stream_total{stream=}",
+            "logferry_events_delivered_total",
+            "logferry_events_field_type_mismatch_total",
+            "logferry_events_invalid_utf8_total",
+            "logferry_events_malformed_total",
+            "logferry_events_total",
+            "logferry_events_truncated_total",
+            "logferry_files_deferred_total",
+            "logferry_files_excluded_total",
+            "logferry_files_followed",
+            "logferry_files_opened_total",
+            "logferry_files_released_total",
+            "logferry_generations_decompressed_total",
+            "logferry_generations_recovered_total",
+            "logferry_http_connections_evicted_total",
+            "logferry_kubernetes_api_requests_total",
+            "logferry_kubernetes_cache_evicted_total",
+            "logferry_kubernetes_cache_pods",
+            "logferry_kubernetes_metadata_missing_total",
+            "logferry_kubernetes_relists_total",
+            "logferry_kubernetes_watch_errors_total",
+            "logferry_lines_read_total",
+            "logferry_links_dangling_total",
+            "logferry_links_refused_total",
+            "logferry_rate_limit_summaries_total",
+            "logferry_rate_limited_lines_total",
+            "logferry_read_errors_total",
+            "logferry_reads_held_for_reservation_total",
+            "logferry_rotations_total",
+            "logferry_truncation_recovered_bytes_total",
+            "logferry_truncations_total",
+            "logferry_truncations_unrecovered_total",
+        ];
+        assert_eq!(samples, pinned);
+        // Every family says its type once, before its samples.
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!(types, helps);
+        assert!(types >= 60, "{types} families");
     }
 }
