@@ -1,6 +1,8 @@
 //! logferry: a Kubernetes log shipping agent. The module tree follows the pipeline:
 //! `source` (discover, tail, parse, merge) → `enrich` → `encode` → `sink`, with
-//! acknowledgements flowing back to `checkpoint`.
+//! acknowledgements flowing back to `checkpoint`; `pipeline` wires them. Around it:
+//! `config`, `setup` (the cluster's templates and Kibana objects), `health`, `http` and
+//! `metrics` (the agent's own endpoint), `buffer` (the disk buffer), `reload`.
 
 #![forbid(unsafe_code)]
 

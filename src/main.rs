@@ -1,4 +1,5 @@
-//! The `logferry` command: `run` (the agent), `debug` (files → stdout), `check-config`.
+//! The `logferry` command: `run` (the agent), `debug` (files → stdout), `check-config`,
+//! `setup` (the cluster's ILM policy, templates and Kibana objects).
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
 
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! Counters every stage adds to; the metrics endpoint will read them. Lossy events
+//! Counters every stage adds to; `/metrics` and `/status` read them at each scrape. Lossy events
 //! (truncations, skipped bytes) are always counted here, never silent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
