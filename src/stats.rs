@@ -1,5 +1,5 @@
-//! Counters every stage adds to; `/metrics` and `/status` read them at each scrape. Lossy events
-//! (truncations, skipped bytes) are always counted here, never silent.
+//! Counters every stage adds to; `/metrics` and `/status` read them at each scrape. Lossy
+//! events (truncations, skipped bytes) are always counted here, never silent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
