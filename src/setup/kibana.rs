@@ -90,6 +90,34 @@ pub fn transport(url: &str, es: &ElasticsearchConfig) -> Result<Transport, Kiban
     Ok(client::transport(vec![parsed], es)?)
 }
 
+/// The import's `multipart/form-data` body, as the HTTP client writes it: its content type
+/// (with the boundary) and its bytes. The request is built only for its body, never sent:
+/// it goes through the transport, which carries the cluster's TLS and credentials.
+async fn multipart(ndjson: &str) -> Result<(HeaderValue, bytes::Bytes), KibanaError> {
+    use http_body_util::BodyExt;
+    let internal = |e: &dyn std::fmt::Display| KibanaError::Objects(format!("multipart body: {e}"));
+    let part = reqwest::multipart::Part::text(ndjson.to_string())
+        .file_name("logferry.ndjson")
+        .mime_str("application/ndjson")
+        .map_err(|e| internal(&e))?;
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let mut request = reqwest::Client::builder()
+        .build()
+        .and_then(|c| c.post("http://kibana.invalid/").multipart(form).build())
+        .map_err(|e| internal(&e))?;
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .cloned()
+        .ok_or_else(|| internal(&"no content type"))?;
+    let body = request
+        .body_mut()
+        .take()
+        .ok_or_else(|| internal(&"no body"))?;
+    let bytes = body.collect().await.map_err(|e| internal(&e))?.to_bytes();
+    Ok((content_type, bytes))
+}
+
 /// Imports `ndjson` into `space` (the default one when `None`).
 pub async fn import(
     t: &Transport,
@@ -97,23 +125,9 @@ pub async fn import(
     ndjson: &str,
     overwrite: bool,
 ) -> Result<Vec<Imported>, KibanaError> {
-    let boundary = boundary(ndjson);
-    let mut body = Vec::with_capacity(ndjson.len() + 256);
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
-             filename=\"logferry.ndjson\"\r\nContent-Type: application/ndjson\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(ndjson.as_bytes());
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let (content_type, body) = multipart(ndjson).await?;
     let mut headers = HeaderMap::new();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
-            .expect("the boundary is ASCII"),
-    );
+    headers.insert(CONTENT_TYPE, content_type);
     headers.insert(
         HeaderName::from_static("kbn-xsrf"),
         HeaderValue::from_static("logferry"),
@@ -124,7 +138,14 @@ pub async fn import(
     };
     let query = [("overwrite", if overwrite { "true" } else { "false" })];
     let resp = t
-        .send(Method::Post, &path, headers, Some(&query), Some(body), None)
+        .send(
+            Method::Post,
+            &path,
+            headers,
+            Some(&query),
+            Some(body.to_vec()),
+            None,
+        )
         .await
         .map_err(|e| KibanaError::Unreachable(e.to_string()))?;
     let status = resp.status_code().as_u16();
@@ -180,14 +201,6 @@ fn outcomes(reply: &Value) -> Vec<Imported> {
     out
 }
 
-/// A multipart boundary that the content does not hold.
-fn boundary(content: &str) -> String {
-    (0u64..)
-        .map(|n| format!("logferry-boundary-{n}"))
-        .find(|b| !content.contains(b.as_str()))
-        .expect("some boundary is free")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,12 +251,30 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_boundary_never_occurs_in_the_content() {
-        assert_eq!(boundary("x"), "logferry-boundary-0");
-        assert_eq!(
-            boundary("a logferry-boundary-0 b logferry-boundary-1"),
-            "logferry-boundary-2"
+    #[tokio::test]
+    async fn the_import_body_is_one_ndjson_file_part() {
+        let ndjson = "{\"type\":\"index-pattern\"}\n{\"type\":\"search\"}\n";
+        let (content_type, body) = multipart(ndjson).await.unwrap();
+        let content_type = content_type.to_str().unwrap();
+        let boundary = content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .unwrap();
+        let body = std::str::from_utf8(&body).unwrap();
+        let part = body
+            .strip_prefix(&format!("--{boundary}\r\n"))
+            .and_then(|b| b.strip_suffix(&format!("\r\n--{boundary}--\r\n")))
+            .unwrap_or_else(|| panic!("one part: {body:?}"));
+        let (headers, content) = part.split_once("\r\n\r\n").unwrap();
+        assert_eq!(content, ndjson);
+        assert!(
+            headers.contains("name=\"file\"; filename=\"logferry.ndjson\""),
+            "{headers}"
+        );
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("content-type: application/ndjson"),
+            "{headers}"
         );
     }
 }
