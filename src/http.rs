@@ -57,6 +57,8 @@ pub async fn serve(
             .header_read_timeout(limits.header_read_timeout);
         for id in 0u64.. {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, most often: let some close rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let (close_tx, close_rx) = oneshot::channel::<()>();

@@ -223,7 +223,9 @@ fn main() -> ExitCode {
 /// A `--once` run over nothing is a mistake to say, not an empty success.
 fn something_to_read(cfg: &Config) -> anyhow::Result<()> {
     use logferry::source::discover::Discovery;
-    let discovery = Discovery::new(&cfg.source).context("source.exclude")?;
+    let discovery = Discovery::new(&cfg.source)
+        .context("source.exclude")?
+        .with_dangling_grace(std::time::Duration::ZERO);
     if discovery.scan(&Stats::default()).is_empty() {
         anyhow::bail!(
             "no file to read matches {}",

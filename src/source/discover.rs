@@ -4,9 +4,10 @@
 use crate::config::SourceConfig;
 use crate::stats::Stats;
 use globset::{GlobSet, GlobSetBuilder};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -27,9 +28,15 @@ pub struct Discovery {
     roots: Vec<PathBuf>,
     /// Links refused, so each is reported once.
     refused: std::sync::Mutex<HashSet<PathBuf>>,
-    /// Links that led to nothing at the last scan.
-    dangling: std::sync::Mutex<HashSet<PathBuf>>,
+    /// Links that led to nothing at the last scan: since when, and whether counted yet.
+    dangling: std::sync::Mutex<HashMap<PathBuf, (Instant, bool)>>,
+    /// How long a link must lead to nothing before it is counted and warned about.
+    dangling_grace: Duration,
 }
+
+/// A link dangles for a moment in every rotation (the file renamed, the new one not yet
+/// made) and when kubelet cleans a container up: only one that stays so is a problem.
+pub const DANGLING_GRACE: Duration = Duration::from_secs(30);
 
 impl Discovery {
     pub fn new(cfg: &SourceConfig) -> Result<Self, globset::Error> {
@@ -52,7 +59,14 @@ impl Discovery {
             roots,
             refused: Default::default(),
             dangling: Default::default(),
+            dangling_grace: DANGLING_GRACE,
         })
+    }
+
+    /// Counts and warns about dangling links after `grace` (zero for a one-off look).
+    pub fn with_dangling_grace(mut self, grace: Duration) -> Self {
+        self.dangling_grace = grace;
+        self
     }
 
     /// Every matching regular file, in a stable order, once each. Links that lead out of
@@ -128,18 +142,31 @@ impl Discovery {
         out
     }
 
-    /// Counts the links newly found dangling; warns, at most once a period, while any do.
-    /// On Docker and cri-dockerd nodes they dangle when `/var/lib/docker/containers` is
-    /// not mounted.
-    fn report_dangling(&self, now: HashSet<PathBuf>, stats: &Stats) {
+    /// Counts each link that has led to nothing for the grace period, once; warns, at
+    /// most once a period, while any do. On Docker and cri-dockerd nodes they all do when
+    /// `/var/lib/docker/containers` is not mounted.
+    fn report_dangling(&self, found: HashSet<PathBuf>, stats: &Stats) {
+        let at = Instant::now();
         let mut known = self.dangling.lock().unwrap_or_else(|e| e.into_inner());
-        let new = now.difference(&known).count() as u64;
-        Stats::add(&stats.links_dangling, new);
-        if let Some(example) = now.iter().min() {
+        known.retain(|p, _| found.contains(p));
+        for p in found {
+            known.entry(p).or_insert((at, false));
+        }
+        let mut lasting = Vec::new();
+        for (p, (since, counted)) in known.iter_mut() {
+            if at.duration_since(*since) >= self.dangling_grace {
+                if !*counted {
+                    *counted = true;
+                    Stats::add(&stats.links_dangling, 1);
+                }
+                lasting.push(p);
+            }
+        }
+        if let Some(example) = lasting.iter().min() {
             if let Some(held_back) = crate::log_limit::allow("dangling_link") {
                 let target = std::fs::read_link(example).unwrap_or_default();
                 tracing::warn!(
-                    dangling = now.len(),
+                    dangling = lasting.len(),
                     example = %example.display(),
                     target = %target.display(),
                     held_back,
@@ -147,7 +174,6 @@ impl Discovery {
                 );
             }
         }
-        *known = now;
     }
     /// The directories to watch for new files: each include glob's fixed leading part.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
@@ -205,7 +231,11 @@ mod tests {
         let stats = Stats::default();
         let found = disc.scan(&stats);
         assert_eq!(found.len(), 1, "{found:?}");
-        // The dangling link is counted once, however often it is seen.
+        // A link dangles for a moment in a rotation: not counted within the grace period…
+        assert_eq!(Stats::get(&stats.links_dangling), 0);
+        // …counted once past it, however often it is seen.
+        let disc = disc.with_dangling_grace(Duration::ZERO);
+        disc.scan(&stats);
         disc.scan(&stats);
         assert_eq!(Stats::get(&stats.links_dangling), 1);
         assert_eq!(found[0].path, containers.join("p_ns_c-1.log"));
