@@ -50,15 +50,26 @@ impl Describe {
     }
 }
 
-/// Files past this many are forgotten all at once: each is encoded again at its next event.
-const MAX_FILES: usize = 8192;
+/// Every this many files encoded, those with no event since the last sweep are forgotten
+/// (released files, most often; one still followed is encoded again at its next event).
+const SWEEP_EVERY: u32 = 256;
 
 /// The shared parts of the files being read, by file and the pod version they were built
 /// for.
 #[derive(Debug, Clone, Default)]
 pub struct FileFieldsCache {
     describe: Describe,
-    files: HashMap<FileKey, (Option<Arc<PodMetadata>>, FileFields), BuildHasherDefault<KeyHasher>>,
+    files: HashMap<FileKey, Cached, BuildHasherDefault<KeyHasher>>,
+    built: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    /// The pod version the fields were built for.
+    pod: Option<Arc<PodMetadata>>,
+    fields: FileFields,
+    /// An event came since the last sweep.
+    used: bool,
 }
 
 impl FileFieldsCache {
@@ -66,28 +77,37 @@ impl FileFieldsCache {
         FileFieldsCache {
             describe,
             files: HashMap::default(),
+            built: 0,
         }
     }
 
     /// The event's file's shared parts, encoded on its first event and when its pod
     /// changes (the enrich stage hands a new `PodMetadata` per pod version).
     pub fn get(&mut self, e: &LogEvent) -> &FileFields {
-        let current = match self.files.get(&e.file.key) {
-            Some((pod, _)) => match (pod, &e.pod) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            },
+        let current = match self.files.get_mut(&e.file.key) {
+            Some(c) => {
+                c.used = true;
+                match (&c.pod, &e.pod) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+            }
             None => false,
         };
         if !current {
-            if self.files.len() >= MAX_FILES {
-                self.files.clear();
+            self.built = self.built.wrapping_add(1);
+            if self.built.is_multiple_of(SWEEP_EVERY) {
+                self.files.retain(|_, c| std::mem::take(&mut c.used));
             }
-            let fields = self.describe.fields(e);
-            self.files.insert(e.file.key, (e.pod.clone(), fields));
+            let cached = Cached {
+                pod: e.pod.clone(),
+                fields: self.describe.fields(e),
+                used: true,
+            };
+            self.files.insert(e.file.key, cached);
         }
-        &self.files[&e.file.key].1
+        &self.files[&e.file.key].fields
     }
 }
 
@@ -144,5 +164,32 @@ mod tests {
             .unwrap()
             .contains("\"ip\":\"10.1.2.3\""));
         assert_eq!(cache.get(&e).id_seed, id_seed(&e.file.identity));
+    }
+
+    #[test]
+    fn files_without_events_are_forgotten_and_the_busy_are_kept() {
+        let mut cache = FileFieldsCache::default();
+        let e = event(b"x", Flags::empty());
+        let of = |key: u64| {
+            let mut f = (*e.file).clone();
+            f.key = key;
+            LogEvent {
+                file: Arc::new(f),
+                ..e.clone()
+            }
+        };
+        let busy = of(0);
+        for key in 1..=(4 * SWEEP_EVERY as u64) {
+            cache.get(&of(key));
+            cache.get(&busy);
+        }
+        assert!(
+            cache.files.len() <= 2 * SWEEP_EVERY as usize,
+            "{}",
+            cache.files.len()
+        );
+        let kept = cache.get(&busy).members.as_ptr();
+        assert_eq!(cache.get(&busy).members.as_ptr(), kept);
+        assert!(cache.files.contains_key(&0), "the busy file stays");
     }
 }
