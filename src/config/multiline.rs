@@ -129,6 +129,8 @@ pub struct MultilineRules {
     pub max_lines: usize,
 }
 
+// Called for every line by `source::multiline`, a module (and codegen unit) away: inlined
+// across it as when they lived there.
 impl MultilineRules {
     /// Compiles the configured presets and parsers; errors name the config key.
     pub fn from_config(cfg: &MultilineConfig) -> Result<Self, (String, String)> {
@@ -208,10 +210,12 @@ impl MultilineRules {
         })
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.parsers.is_empty()
     }
 
+    #[inline]
     pub(crate) fn start(&self, content: &[u8]) -> Option<(usize, usize)> {
         if self.start_targets.is_empty() || !self.starts.is_match(content) {
             return None;
@@ -220,6 +224,7 @@ impl MultilineRules {
         Some(self.start_targets[first])
     }
 
+    #[inline]
     pub(crate) fn next(&self, parser: usize, state: usize, content: &[u8]) -> Option<usize> {
         self.parsers[parser].states[state]
             .iter()
@@ -227,6 +232,7 @@ impl MultilineRules {
             .map(|(_, n)| *n)
     }
 
+    #[inline]
     pub(crate) fn is_final(&self, parser: usize, state: usize) -> bool {
         self.parsers[parser].states[state].is_empty()
     }

@@ -28,6 +28,7 @@ impl<'de> de::Deserialize<'de> for CowStr<'de> {
 }
 
 /// A JSON string's text; any other JSON value's source text.
+#[inline]
 pub(super) fn text_of(raw: &RawValue) -> Cow<'_, str> {
     let s = raw.get();
     // Most strings have no escape: their text is what is between the quotes.
