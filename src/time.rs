@@ -12,6 +12,7 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// True for `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, the shape CRI and Docker write.
+#[inline]
 pub fn is_rfc3339(b: &[u8]) -> bool {
     fn digits(b: &[u8]) -> bool {
         b.iter().all(u8::is_ascii_digit)
