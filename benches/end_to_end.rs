@@ -47,8 +47,8 @@ struct Args {
     /// Mean message size in bytes.
     #[arg(long, default_value_t = 200)]
     message_size: usize,
-    /// gzip level of the bulk requests (0 = uncompressed).
-    #[arg(long, default_value_t = 1)]
+    /// gzip level of the bulk requests (0 = uncompressed); the agent's default.
+    #[arg(long, default_value_t = 3)]
     gzip_level: u32,
     /// Repetitions; medians are reported.
     #[arg(long, default_value_t = 3)]

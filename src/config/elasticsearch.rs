@@ -147,7 +147,7 @@ impl Default for ElasticsearchConfig {
             batch_max_bytes: 5 * 1024 * 1024,
             batch_max_events: 20_000,
             flush_interval: Duration::from_secs(1),
-            compression_level: 1,
+            compression_level: 3,
             max_in_flight: 4,
             adaptive_concurrency: true,
             outage_probe_interval: Duration::from_millis(500),
