@@ -96,10 +96,9 @@ pub struct Summary {
 /// `config.shutdown.timeout`.
 pub async fn run(
     config: &Config,
-    opts: RunOptions,
+    mut opts: RunOptions,
     stop: impl Future<Output = ()>,
 ) -> Result<Summary, PipelineError> {
-    let mut opts = opts;
     let output = std::mem::replace(&mut opts.output, Box::new(std::io::sink()));
     let (store, loaded) = open_checkpoints(&opts)?;
     let (rules, discovery) = reading_rules(config)?;

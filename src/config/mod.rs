@@ -513,9 +513,12 @@ fn redact_snippet(message: &str, text: &str) -> String {
         .join("\n")
 }
 
+/// Whether a line may name a credential: the credential keys, and any token or secret
+/// (redacting too much costs a less helpful message, too little a leak).
 fn credential_key(text: &str) -> bool {
-    ["password", "api_key", "bearer_token", "token", "secret"]
+    CREDENTIAL_KEYS
         .iter()
+        .chain(&["token", "secret"])
         .any(|k| text.contains(k))
 }
 
