@@ -426,6 +426,25 @@ impl Agent {
         (cpu, kib("VmRSS:"), kib("VmHWM:"))
     }
 
+    /// Context switches of all the agent's threads so far: each is a thread going to sleep
+    /// or being put off the CPU, so their rate counts its wake-ups.
+    fn context_switches(&self) -> u64 {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     fn alive(&self) -> bool {
         let mut status = 0;
         unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) == 0 }
@@ -853,6 +872,7 @@ fn idle(args: &Args, seconds: u64) -> Value {
     // Past the first flush and checkpoint: what is left is the steady state.
     std::thread::sleep(Duration::from_secs(3));
     let (cpu0, rss0, _) = agent.sample();
+    let switches0 = agent.context_switches();
     let step = Duration::from_secs(seconds.clamp(1, 10));
     let start = Instant::now();
     let mut rss = vec![rss0];
@@ -861,14 +881,16 @@ fn idle(args: &Args, seconds: u64) -> Value {
         rss.push(agent.sample().1);
     }
     let (cpu1, rss1, _) = agent.sample();
+    let wakeups = (agent.context_switches() - switches0) as f64;
     let elapsed = start.elapsed().as_secs_f64();
     let usage = agent.stop();
     servers.tracker.lock().unwrap().assert_exactly_once(&pods);
     let share = (cpu1 - cpu0) / elapsed;
     println!(
-        "idle: {} files followed for {elapsed:.0} s: {:.3}% of a core; RSS {:.1} → {:.1} MiB (peak {:.1} MiB)",
+        "idle: {} files followed for {elapsed:.0} s: {:.3}% of a core, {:.1} wake-ups/s; RSS {:.1} → {:.1} MiB (peak {:.1} MiB)",
         pods.len(),
         share * 100.0,
+        wakeups / elapsed,
         rss0 as f64 / 1024.0,
         rss1 as f64 / 1024.0,
         usage.peak_rss_kib as f64 / 1024.0,
@@ -878,6 +900,7 @@ fn idle(args: &Args, seconds: u64) -> Value {
         "files": pods.len(),
         "seconds": elapsed,
         "cpu_share_of_core": share,
+        "wakeups_per_second": wakeups / elapsed,
         "rss_start_mib": rss0 as f64 / 1024.0,
         "rss_end_mib": rss1 as f64 / 1024.0,
         "rss_mib_samples": rss.iter().map(|&k| k as f64 / 1024.0).collect::<Vec<_>>(),

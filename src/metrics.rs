@@ -62,6 +62,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.lines_read,
         ),
         (
+            "file_reads_total",
+            "Reads from log files that returned data.",
+            Counter,
+            &s.file_reads,
+        ),
+        (
             "events_total",
             "Events emitted after partial and multiline merging.",
             Counter,
@@ -830,6 +836,7 @@ mod tests {
             "logferry_events_malformed_total",
             "logferry_events_total",
             "logferry_events_truncated_total",
+            "logferry_file_reads_total",
             "logferry_files_deferred_total",
             "logferry_files_excluded_total",
             "logferry_files_followed",

@@ -64,6 +64,9 @@ pub const BATCH_BOUNDS: &[f64] = &[
 pub struct Stats {
     pub bytes_read: AtomicU64,
     pub lines_read: AtomicU64,
+    /// Reads from log files that returned data: lines per read says how well the reading
+    /// of many slow files is gathered.
+    pub file_reads: AtomicU64,
     pub events: AtomicU64,
     pub events_delivered: AtomicU64,
     pub files_opened: AtomicU64,
@@ -193,6 +196,7 @@ impl Default for Stats {
         Stats {
             bytes_read: AtomicU64::new(0),
             lines_read: AtomicU64::new(0),
+            file_reads: AtomicU64::new(0),
             events: AtomicU64::new(0),
             events_delivered: AtomicU64::new(0),
             files_opened: AtomicU64::new(0),

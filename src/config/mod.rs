@@ -126,6 +126,10 @@ pub struct SourceConfig {
     /// Longest wait between reads of an idle file (inotify usually wakes us sooner).
     #[serde(with = "duration_str")]
     pub max_idle_poll: Duration,
+    /// How long a file read to its end waits before it is read again: many files writing
+    /// a few lines each are read in passes that gather them, not one read per line.
+    #[serde(with = "duration_str")]
+    pub read_interval: Duration,
     pub multiline: MultilineConfig,
     pub json: JsonConfig,
     pub logfmt: LogfmtConfig,
@@ -166,6 +170,7 @@ impl Default for SourceConfig {
             max_read_bytes_per_file: 256 * 1024,
             rotate_wait: Duration::from_secs(5),
             max_idle_poll: Duration::from_millis(500),
+            read_interval: Duration::from_millis(100),
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
             logfmt: LogfmtConfig::default(),
@@ -399,6 +404,7 @@ impl Config {
         let positive = [
             ("source.rescan_interval", s.rescan_interval),
             ("source.max_idle_poll", s.max_idle_poll),
+            ("source.read_interval", s.read_interval),
             ("source.multiline.flush_timeout", s.multiline.flush_timeout),
             ("checkpoint.interval", self.checkpoint.interval),
             ("shutdown.timeout", self.shutdown.timeout),

@@ -26,6 +26,8 @@ pub struct DirWatcher {
     by_path: HashMap<PathBuf, (WatchDescriptor, usize)>,
     dirs: Dirs,
     stop: Arc<AtomicBool>,
+    /// The event thread ended on an error: nothing is watched any more.
+    failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -38,7 +40,8 @@ impl DirWatcher {
         let watches = inotify.watches();
         let dirs: Dirs = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (d, s) = (dirs.clone(), stop.clone());
+        let failed = Arc::new(AtomicBool::new(false));
+        let (d, s, fail) = (dirs.clone(), stop.clone(), failed.clone());
         let thread = std::thread::Builder::new()
             .name("dir-watch".into())
             .spawn(move || {
@@ -57,6 +60,8 @@ impl DirWatcher {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "directory watches failed; new files are found by periodic rescans only");
+                            fail.store(true, Ordering::Release);
+                            wake.request_full_rescan();
                             return;
                         }
                     };
@@ -84,8 +89,14 @@ impl DirWatcher {
             by_path: HashMap::new(),
             dirs,
             stop,
+            failed,
             thread: Some(thread),
         })
+    }
+
+    /// Whether events still come: if not, periodic looks are all there is.
+    pub fn is_working(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
     }
 
     pub fn watch(&mut self, dir: &Path) -> io::Result<()> {

@@ -11,6 +11,7 @@ pub mod fingerprint;
 pub mod format;
 pub mod line;
 pub mod multiline;
+pub mod open;
 pub mod partial;
 pub mod reader;
 pub mod tailer;

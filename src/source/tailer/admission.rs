@@ -38,7 +38,7 @@ fn generation_at(
     if !meta.is_file() || (!same_inode && !gz) {
         return None;
     }
-    let file = File::open(path).ok()?;
+    let file = open_log(path).ok()?;
     let (_, fp) = compressed::content_fingerprint(&file);
     // Another first line: the inode now holds another file.
     matches!(fp, Ok(Some(fp)) if fp == id.fingerprint)
@@ -120,21 +120,26 @@ impl Tailer {
         };
         // A rotated file still being drained keeps its directory watched: the new file
         // may come after the rename that the last scan saw.
-        let wanted: HashSet<PathBuf> = self
+        let wanted: HashSet<&Path> = self
             .files
             .iter()
-            .filter_map(|f| f.real_path.parent().map(Path::to_path_buf))
-            .filter(|d| !self.watched.contains(d))
+            .filter_map(|f| f.real_path.parent())
+            .filter(|d| !self.watched.contains(*d))
             .collect();
-        for dir in self.container_dirs.keys().filter(|d| !wanted.contains(*d)) {
+        for dir in self
+            .container_dirs
+            .keys()
+            .filter(|d| !wanted.contains(d.as_path()))
+        {
             w.unwatch(dir);
         }
-        self.container_dirs.retain(|d, _| wanted.contains(d));
+        self.container_dirs
+            .retain(|d, _| wanted.contains(d.as_path()));
         for dir in wanted {
-            if self.container_dirs.contains_key(&dir) {
+            if self.container_dirs.contains_key(dir) {
                 continue;
             }
-            match w.watch(&dir) {
+            match w.watch(dir) {
                 Ok(()) => {
                     // At a restart, what was written while logferry was down counts too.
                     let now = std::time::SystemTime::now();
@@ -143,7 +148,7 @@ impl Tailer {
                         Some(saved) => saved.min(now),
                         None => now - Duration::from_millis(100),
                     };
-                    self.container_dirs.insert(dir, since);
+                    self.container_dirs.insert(dir.to_path_buf(), since);
                 }
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a container's log directory")
@@ -173,6 +178,7 @@ impl Tailer {
         }
         self.excluded.retain(|k| present.contains(k));
         self.deferred.retain(|k| present.contains(k));
+        let changed = self.wake.take_changed_dirs();
         // A waiting file that vanished is held open: it stays until decided.
         for i in 0..self.files.len() {
             let f = &self.files[i];
@@ -180,7 +186,14 @@ impl Tailer {
                 tracing::debug!(path = %f.path.display(), "file rotated away or deleted; reading it to its end");
                 self.mark_rotated(i, now);
             }
-            if self.files[i].gone_since.is_none() && self.replaced(i) {
+            // Truncated and written again? Looked at where a file appeared, since the new
+            // content may be what was copied or compressed there (rotated files too), and
+            // on idle files; a file read since the last look was checked at that read.
+            let f = &self.files[i];
+            let beside_new = f.real_path.parent().is_some_and(|d| changed.contains(d));
+            let idle = f.at_eof && now.duration_since(f.last_data) >= self.settings.rescan_interval;
+            let look = f.compressed.is_none() && (beside_new || (f.gone_since.is_none() && idle));
+            if look && self.replaced(i) {
                 self.restart_generation(i, now, None);
             }
         }
@@ -194,7 +207,13 @@ impl Tailer {
         self.first_scan_done = true;
         self.watch_container_dirs();
         self.resume_since = None;
-        let changed = self.wake.take_changed_dirs();
+        // A generation found compressed is known by the first line of the file it came
+        // from: files not yet identified (no first line at their last look) are now.
+        for i in 0..self.files.len() {
+            if self.files[i].reading.is_none() {
+                self.identify(i);
+            }
+        }
         let dirs: Vec<PathBuf> = if full {
             self.container_dirs.keys().cloned().collect()
         } else {
@@ -219,16 +238,21 @@ impl Tailer {
         // Files still there: a full look forgets those checked that are gone.
         let mut listed: HashSet<Checked> = HashSet::new();
         let mut missed: Vec<Missed> = Vec::new();
+        // A full look goes through every container directory: one pass over the files,
+        // not one per directory.
+        let mut path_in: HashMap<&Path, &PathBuf> = HashMap::new();
+        let mut followed: HashSet<(u64, u64)> = HashSet::new();
+        for f in &self.files {
+            if let Some(dir) = f.real_path.parent() {
+                path_in.entry(dir).or_insert(&f.path);
+            }
+            followed.insert((f.dev, f.inode));
+        }
         for dir in dirs {
             let Some(&since) = self.container_dirs.get(dir) else {
                 continue;
             };
-            let Some(path) = self
-                .files
-                .iter()
-                .find(|f| f.real_path.parent() == Some(dir.as_path()))
-                .map(|f| f.path.clone())
-            else {
+            let Some(path) = path_in.get(dir.as_path()).map(|p| (*p).clone()) else {
                 continue;
             };
             let Ok(listing) = std::fs::read_dir(dir) else {
@@ -253,13 +277,13 @@ impl Tailer {
                     || meta.len() == 0
                     || present.contains(&key)
                     || self.generations_checked.contains(&checked)
-                    || self.files.iter().any(|f| (f.dev, f.inode) == key)
+                    || followed.contains(&key)
                     || meta.modified().map_or(true, |m| m < since)
                 {
                     continue;
                 }
                 let real_path = entry.path();
-                let Ok(file) = File::open(&real_path) else {
+                let Ok(file) = open_log(&real_path) else {
                     continue;
                 };
                 let (compressed, fp) = compressed::content_fingerprint(&file);
@@ -454,7 +478,7 @@ impl Tailer {
             }
             Decision::Wait => {
                 // Held open meanwhile: a file deleted during the wait can still be read.
-                let held = held.or_else(|| File::open(&fd.real_path).ok());
+                let held = held.or_else(|| open_log(&fd.real_path).ok());
                 self.waiting.push((fd, since, held));
             }
         }
@@ -476,7 +500,7 @@ impl Tailer {
     ) {
         let opened = match held {
             Some(f) => Ok(f),
-            None => File::open(&fd.real_path),
+            None => open_log(&fd.real_path),
         };
         let file = match opened {
             Ok(f) => f,

@@ -109,15 +109,19 @@ impl Tailer {
         });
     }
 
-    /// One turn over every file; returns the bytes read.
-    pub(super) fn read_pass(&mut self) -> Result<usize, ChannelClosed> {
-        let mut total = 0;
+    /// One turn over the files due: each is read up to its quantum, then looked at again
+    /// at once if it has more, after `read_interval` if it was read to its end, or later
+    /// and later while nothing comes. A pass thus gathers the lines of many files.
+    pub(super) fn read_pass(&mut self, pass: Instant) -> Result<(), ChannelClosed> {
         let older = self.oldest_unfinished_generations();
+        let mut now = pass;
         for i in 0..self.files.len() {
+            if self.files[i].next_visit > pass {
+                continue;
+            }
             if self.files[i].reading.is_none() {
                 self.identify(i);
             }
-            let now = Instant::now();
             let quantum = self.settings.quantum;
             let f = &mut self.files[i];
             // A container's generations are read in order: the newer wait for the older.
@@ -130,24 +134,25 @@ impl Tailer {
             }
             let Some(r) = f.reading.as_mut() else {
                 f.at_eof = true;
+                f.idle_backoff(pass, &self.settings);
                 continue;
             };
             let end = r.readable_end(self.settings.reserve_ahead, &self.ckpt_tx);
             let position = r.reader.read_position();
             // Stopped short of data by the reservation, not at the end of the file.
             let mut held = position >= end;
-            let n = if let Some(content) = f.compressed.as_deref_mut() {
+            let (n, more) = if let Some(content) = f.compressed.as_deref_mut() {
                 match r.reader.read(
                     content,
                     quantum,
                     end.saturating_sub(position),
                     &mut self.raw,
                 ) {
-                    Ok(n) => n,
+                    Ok(n) => (n, n > 0),
                     Err(e) => {
                         tracing::warn!(path = %f.real_path.display(), error = %e, "compressed generation is corrupt; what was read of it is shipped");
                         Stats::add(&self.stats.read_errors, 1);
-                        0
+                        (0, false)
                     }
                 }
             } else {
@@ -161,6 +166,7 @@ impl Tailer {
                         }
                         Stats::add(&self.stats.read_errors, 1);
                         f.at_eof = true;
+                        f.idle_backoff(pass, &self.settings);
                         continue;
                     }
                 };
@@ -170,12 +176,11 @@ impl Tailer {
                 }
                 held = held && size > position;
                 let line_start = r.reader.line_start();
-                let n = match r.reader.read(
-                    &mut f.file,
-                    quantum,
-                    size.min(end).saturating_sub(position),
-                    &mut self.raw,
-                ) {
+                let available = size.min(end).saturating_sub(position);
+                let n = match r
+                    .reader
+                    .read(&mut f.file, quantum, available, &mut self.raw)
+                {
                     Ok(n) => n,
                     Err(e) => {
                         // Repeats every turn while it lasts: logged once, then every 30 s with a count.
@@ -196,13 +201,15 @@ impl Tailer {
                     // What was just read is the new content: the old one is resumed, on
                     // its copy, from the line this read began in.
                     self.restart_generation(i, now, Some(line_start));
-                    total += n;
                     continue;
                 }
-                n
+                (n, (n as u64) < available && n > 0)
             };
-            total += n;
+            if n > 0 {
+                now = Instant::now();
+            }
             Stats::add(&self.stats.bytes_read, n as u64);
+            Stats::add(&self.stats.file_reads, u64::from(n > 0));
             Stats::add(&self.stats.lines_read, self.raw.len() as u64);
             for raw in self.raw.drain(..) {
                 r.asm.push(raw, now, &mut self.out);
@@ -210,7 +217,18 @@ impl Tailer {
             if held {
                 Stats::add(&self.stats.reads_held_for_reservation, 1);
             }
-            f.at_eof = n == 0 && !held;
+            f.at_eof = !more && !held;
+            // Timed from the pass's start, so that files read together stay together.
+            if held {
+                f.next_visit = pass + RESERVATION_WAIT;
+            } else if more {
+                f.next_visit = pass;
+            } else if n > 0 {
+                f.backoff = self.settings.read_interval;
+                f.next_visit = pass + f.backoff;
+            } else {
+                f.idle_backoff(pass, &self.settings);
+            }
             if n > 0 {
                 f.last_data = now;
             }
@@ -220,7 +238,7 @@ impl Tailer {
                 self.send()?;
             }
         }
-        Ok(total)
+        Ok(())
     }
 
     /// For each directory with a rotated generation not yet read to its end, the rank of
@@ -240,8 +258,15 @@ impl Tailer {
     }
 
     /// Has the file's path moved on to a new file (rotation)? The fallback to the watch on
-    /// its directory.
+    /// its directory: not needed while that works.
     pub(super) fn check_path(&mut self, i: usize, now: Instant) {
+        let watched = |p: &Path| {
+            p.parent()
+                .is_some_and(|d| self.container_dirs.contains_key(d))
+        };
+        if watched(&self.files[i].real_path) && self.watches_work() {
+            return;
+        }
         let f = &mut self.files[i];
         // The old file is read to its end through the open fd: at most once a second, so
         // idle files cost little.
@@ -297,8 +322,17 @@ impl Tailer {
                         Followed::new(copy.file, found, f.kube.clone(), f.known_since, now);
                     copy.reading = Some(r);
                     copy.compressed = content;
+                    let rank = f.rank;
                     self.files.push(copy);
-                    self.mark_rotated(self.files.len() - 1, now);
+                    let c = self.files.len() - 1;
+                    self.mark_rotated(c, now);
+                    // Found rotated before (renamed, then seen truncated): the copy holds
+                    // its older content and takes its place in the order; the new content
+                    // comes after.
+                    if rank != LIVE {
+                        self.files[i].rank = self.files[c].rank;
+                        self.files[c].rank = rank;
+                    }
                 }
                 None => {
                     r.asm.flush_all(now, &mut self.out);
@@ -314,6 +348,7 @@ impl Tailer {
         let f = &mut self.files[i];
         f.fresh = true;
         f.at_eof = false;
+        f.next_visit = now;
         if f.file.seek(SeekFrom::Start(0)).is_ok() {
             self.identify(i);
         }
@@ -470,7 +505,7 @@ pub(super) fn find_copy(real_path: &Path, identity: FileIdentity, position: u64)
         if !meta.is_file() || (meta.dev(), meta.ino()) == (identity.dev, identity.inode) {
             continue;
         }
-        let Ok(mut file) = File::open(&path) else {
+        let Ok(mut file) = open_log(&path) else {
             continue;
         };
         let (gz, fp) = compressed::content_fingerprint(&file);

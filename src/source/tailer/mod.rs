@@ -7,6 +7,7 @@ use super::compressed::{self, is_gzip, Decompressed};
 use super::dir_watch::DirWatcher;
 use super::discover::{Discovery, Found};
 use super::fingerprint::{fingerprint, fingerprint_unterminated};
+use super::open::open_log;
 use super::reader::{LineReader, RawLine};
 use super::wake::Wake;
 use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
@@ -34,11 +35,15 @@ mod followed;
 const BATCH_EVENTS: usize = 1024;
 /// How often an idle file's path is checked for a rotation, at least.
 const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// With directory watches working, how often a periodic rescan also lists every
+/// container directory for generations rotated away unseen (events say where to look).
+const FULL_LOOK_INTERVAL: Duration = Duration::from_secs(60);
 /// Rescans asked for by directory events come at most this often: a storm of rotations
 /// on many containers costs one scan per interval, not one per event.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(20);
-/// Shortest sleep of an idle loop; doubled up to `max_idle_poll`.
-const MIN_IDLE: Duration = Duration::from_millis(5);
+/// How soon a file stopped short by its reservation is looked at again: the checkpointer
+/// writes a reservation within 5 ms.
+const RESERVATION_WAIT: Duration = Duration::from_millis(5);
 /// How long the identities of released files are remembered in this run.
 const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -50,6 +55,9 @@ pub struct TailerSettings {
     pub quantum: usize,
     pub rotate_wait: Duration,
     pub max_idle_poll: Duration,
+    /// How long a file read to its end waits before it is read again (at most
+    /// `max_idle_poll`): a read of a few lines costs more than the lines.
+    pub read_interval: Duration,
     pub max_raw_line: usize,
     /// Files followed (or held waiting for their pod) at most; more wait for room.
     pub max_open_files: usize,
@@ -71,6 +79,12 @@ impl TailerSettings {
             quantum: s.max_read_bytes_per_file as usize,
             rotate_wait: s.rotate_wait,
             max_idle_poll: s.max_idle_poll,
+            // `debug --once` reads each file to its end at once.
+            read_interval: if once {
+                Duration::ZERO
+            } else {
+                s.read_interval.min(s.max_idle_poll)
+            },
             // A raw line carries the runtime's prefix or JSON escaping around the content.
             max_raw_line: max_line.saturating_mul(2).max(max_line + 4096),
             max_open_files: s.max_open_files as usize,
@@ -148,7 +162,12 @@ struct Followed {
     /// No longer found by discovery (rotated away or deleted): drain, then let go.
     gone_since: Option<Instant>,
     last_data: Instant,
+    /// Read to its end at the last look (or stopped by an error).
     at_eof: bool,
+    /// When it is next looked at.
+    next_visit: Instant,
+    /// The wait after a look that found nothing: doubled each time, up to `max_idle_poll`.
+    backoff: Duration,
     last_path_check: Instant,
     found_at_start: bool,
     /// Truncated: read from 0 whatever was known of it.
@@ -160,6 +179,17 @@ struct Followed {
     /// Order among the generations of its directory, given when it was found rotated:
     /// older ones are read to their end first. `LIVE` while it is the current file.
     rank: u64,
+}
+
+impl Followed {
+    /// Nothing to read: looked at again later, and later while nothing comes.
+    fn idle_backoff(&mut self, now: Instant, settings: &TailerSettings) {
+        self.backoff = (self.backoff * 2)
+            .max(settings.read_interval)
+            .max(RESERVATION_WAIT)
+            .min(settings.max_idle_poll);
+        self.next_visit = now + self.backoff;
+    }
 }
 
 /// The rank of a file its path still names.
@@ -178,6 +208,8 @@ impl Followed {
             gone_since: None,
             last_data: now,
             at_eof: false,
+            next_visit: now,
+            backoff: Duration::ZERO,
             last_path_check: now,
             found_at_start: false,
             fresh: false,
@@ -288,6 +320,7 @@ impl Tailer {
     fn mark_rotated(&mut self, i: usize, now: Instant) {
         let f = &mut self.files[i];
         f.gone_since = Some(now);
+        f.next_visit = now;
         f.rank = self.next_rank;
         self.next_rank += 1;
         Stats::add(&self.stats.rotations, 1);
@@ -302,17 +335,23 @@ impl Tailer {
         }
         let mut next_rescan = Instant::now();
         let mut last_rescan = Instant::now();
+        let mut next_full_look = Instant::now();
         let mut rescan_pending = false;
-        let mut idle = MIN_IDLE;
         loop {
             if self.wake.is_stopped() {
                 break;
             }
             let now = Instant::now();
             rescan_pending |= self.wake.take_rescan();
-            let periodic = now >= next_rescan || self.wake.take_full_rescan();
+            let lost_events = self.wake.take_full_rescan();
+            let periodic = now >= next_rescan || lost_events;
             if periodic || (rescan_pending && now.duration_since(last_rescan) >= MIN_RESCAN_GAP) {
-                self.rescan(now, periodic);
+                let full =
+                    lost_events || (periodic && (!self.watches_work() || now >= next_full_look));
+                if full {
+                    next_full_look = now + FULL_LOOK_INTERVAL;
+                }
+                self.rescan(now, full);
                 next_rescan = now + self.settings.rescan_interval;
                 last_rescan = now;
                 rescan_pending = false;
@@ -320,32 +359,37 @@ impl Tailer {
             if !self.waiting.is_empty() {
                 self.retry_waiting(now);
             }
-            let read = self.read_pass()?;
+            self.read_pass(now)?;
             let now = Instant::now();
             self.flush_expired(now);
             self.release_drained(now);
             self.send()?;
-            if read > 0 {
-                idle = MIN_IDLE;
-                continue;
-            }
             if self.settings.once && self.files.iter().all(|f| f.at_eof || f.reading.is_none()) {
                 self.finish_all(now);
                 self.send()?;
                 break;
             }
-            let mut timeout = idle.min(next_rescan.saturating_duration_since(now));
+            // Until the next file is due (at once if one has more to read), or an event.
+            let mut until = next_rescan;
             if rescan_pending {
-                timeout =
-                    timeout.min((last_rescan + MIN_RESCAN_GAP).saturating_duration_since(now));
+                until = until.min(last_rescan + MIN_RESCAN_GAP);
             }
             if let Some(d) = self.next_deadline() {
-                timeout = timeout.min(d.saturating_duration_since(now));
+                until = until.min(d);
             }
-            self.wake.wait(timeout);
-            idle = (idle * 2).min(self.settings.max_idle_poll);
+            if let Some(v) = self.files.iter().map(|f| f.next_visit).min() {
+                until = until.min(v);
+            }
+            if until > now {
+                self.wake.wait(until - now);
+            }
         }
         Ok(())
+    }
+
+    /// Whether directory events come: rotations and new files are then seen at once.
+    fn watches_work(&self) -> bool {
+        self.watcher.as_ref().is_some_and(DirWatcher::is_working)
     }
 
     fn send(&mut self) -> Result<(), ChannelClosed> {
