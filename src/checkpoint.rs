@@ -522,7 +522,8 @@ impl Checkpointer {
                     }
                     None => break,
                 },
-                _ = tick.tick() => {
+                // Nothing changed, nothing to write: an idle agent is not woken each second.
+                _ = tick.tick(), if self.dirty || failing => {
                     if let Some(p) = &self.publish {
                         p.send_replace(self.committed());
                     }
@@ -530,6 +531,9 @@ impl Checkpointer {
                     self.persist_reporting(&mut failing);
                 }
                 _ = tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)), if soon.is_some() => {
+                    if let Some(p) = &self.publish {
+                        p.send_replace(self.committed());
+                    }
                     urgent_since = None;
                     self.persist_reporting(&mut failing);
                 }

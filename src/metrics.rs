@@ -68,6 +68,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.file_reads,
         ),
         (
+            "file_watch_failures_total",
+            "Idle files that could not be watched for writes (inotify refused, or a write came without its event): they are polled.",
+            Counter,
+            &s.file_watches_failed,
+        ),
+        (
             "events_total",
             "Events emitted after partial and multiline merging.",
             Counter,
@@ -575,6 +581,11 @@ pub fn render(stats: &Stats, files: &[FileLag]) -> String {
             files.len() as u64,
         ),
         Family::Gauge(
+            "files_idle_watched",
+            "Idle files followed by an inotify watch for their next write instead of polled.",
+            Stats::get(&stats.files_idle_watched),
+        ),
+        Family::Gauge(
             "checkpoint_lag_bytes",
             "Bytes written to followed files past their committed offsets.",
             files.iter().map(|f| f.lag).sum(),
@@ -837,9 +848,11 @@ mod tests {
             "logferry_events_total",
             "logferry_events_truncated_total",
             "logferry_file_reads_total",
+            "logferry_file_watch_failures_total",
             "logferry_files_deferred_total",
             "logferry_files_excluded_total",
             "logferry_files_followed",
+            "logferry_files_idle_watched",
             "logferry_files_opened_total",
             "logferry_files_released_total",
             "logferry_generations_decompressed_total",

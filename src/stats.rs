@@ -67,6 +67,11 @@ pub struct Stats {
     /// Reads from log files that returned data: lines per read says how well the reading
     /// of many slow files is gathered.
     pub file_reads: AtomicU64,
+    /// Idle files that could not be watched for writes: refused, or a write came without
+    /// its event. They are polled.
+    pub file_watches_failed: AtomicU64,
+    /// Gauge: idle files watched for their next write instead of polled.
+    pub files_idle_watched: AtomicU64,
     pub events: AtomicU64,
     pub events_delivered: AtomicU64,
     pub files_opened: AtomicU64,
@@ -197,6 +202,8 @@ impl Default for Stats {
             bytes_read: AtomicU64::new(0),
             lines_read: AtomicU64::new(0),
             file_reads: AtomicU64::new(0),
+            file_watches_failed: AtomicU64::new(0),
+            files_idle_watched: AtomicU64::new(0),
             events: AtomicU64::new(0),
             events_delivered: AtomicU64::new(0),
             files_opened: AtomicU64::new(0),
@@ -278,6 +285,11 @@ impl Default for Stats {
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Lowers a gauge kept as a count.
+    pub fn sub(gauge: &AtomicU64, n: u64) {
+        gauge.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -82,7 +82,10 @@ fn every_document_carries_its_pods_labels_owner_and_container() {
 fn a_pod_that_writes_before_the_watch_sees_it_still_gets_its_metadata() {
     let api = KubeServer::start();
     let tree = Tree::new();
-    let agent = Agent::start(kube_config(&tree, &api), None);
+    let mut cfg = kube_config(&tree, &api);
+    // Found through inotify and read once their pod is known, without waiting for a rescan.
+    cfg.source.rescan_interval = Duration::from_secs(3600);
+    let agent = Agent::start(cfg, None);
     std::thread::sleep(Duration::from_millis(500));
     api.add_pod(pod(
         "shop",
@@ -120,6 +123,8 @@ fn a_pod_never_seen_ships_after_the_wait_flagged() {
     let tree = Tree::new();
     let mut cfg = kube_config(&tree, &api);
     cfg.kubernetes.metadata_wait = Duration::from_millis(500);
+    // The only file waits: it is looked at again on its own, not at the next rescan.
+    cfg.source.rescan_interval = Duration::from_secs(3600);
     tree.container("ghost", "nobody", "app")
         .append(seq_lines(0, 3).as_bytes());
     let agent = Agent::start(cfg, None);

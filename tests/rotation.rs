@@ -209,6 +209,63 @@ fn many_slow_files_are_read_in_gathered_passes() {
     );
 }
 
+/// Files with nothing new for a while are watched (inotify, one event) instead of polled:
+/// a write, a truncation, a rotation still reach the reader at once, not at the next
+/// look (every 10 s for a watched file).
+#[test]
+fn idle_files_are_watched_and_a_write_wakes_the_reader() {
+    let tree = Tree::new();
+    let files: Vec<_> = (0..10)
+        .map(|p| tree.container("ns", &format!("idle{p}"), "app"))
+        .collect();
+    for (p, f) in files.iter().enumerate() {
+        f.append(seq_lines(p as u64 * 100, 1).as_bytes());
+    }
+    let agent = Agent::start(test_config(vec![tree.glob()]), None);
+    agent.wait_for(10);
+    let watched = |s: &Stats| Stats::get(&s.files_idle_watched);
+    agent.wait_stat("every idle file watched", watched, 10);
+    // Sooner than any look at a watched file: only its event can bring the line.
+    let soon = |agent: &Agent, what: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while agent.docs().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not read within 5 s of being written"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    files[3].append(seq_lines(301, 2).as_bytes());
+    soon(&agent, "a write", 12);
+    agent.wait_stat("watched again once idle", watched, 10);
+    // copytruncate on a watched file: the truncation is its event.
+    let c = &files[5];
+    fs::copy(c.path(), c.dir.join("0.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(c.path())
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    c.append(seq_lines(501, 1).as_bytes());
+    soon(&agent, "a write after a truncation", 13);
+    agent.wait_stat("watched again once idle", watched, 10);
+    // kubelet's rotation of a watched file: the directory's event, then the new file.
+    files[7].rotate(1);
+    files[7].append(seq_lines(701, 1).as_bytes());
+    soon(&agent, "a line in the new file", 14);
+    let docs = agent.docs();
+    let summary = agent.stop();
+    let mut expected: Vec<u64> = (0..10).map(|p| p * 100).collect();
+    expected.extend([301, 302, 501, 701]);
+    let mut got = seqs(&docs);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert_eq!(Stats::get(&summary.stats.file_watches_failed), 0);
+}
+
 #[test]
 fn inotify_finds_new_containers_without_waiting_for_a_rescan() {
     let tree = Tree::new();

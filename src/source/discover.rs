@@ -175,6 +175,24 @@ impl Discovery {
             }
         }
     }
+    /// Whether every pattern has its wildcards in its last part only, so that watching
+    /// each pattern's directory tells of every file that may match.
+    pub fn flat(&self) -> bool {
+        self.include
+            .iter()
+            .all(|g| Some(fixed_prefix(g).as_path()) == Path::new(g).parent())
+    }
+
+    /// Whether the last scan found links leading to nothing (their files may come where
+    /// nothing is watched).
+    pub fn has_dangling(&self) -> bool {
+        !self
+            .dangling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// The directories to watch for new files: each include glob's fixed leading part.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.include.iter().map(|g| fixed_prefix(g)).collect();
@@ -204,6 +222,24 @@ fn fixed_prefix(pattern: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_is_flat_when_only_its_last_part_has_wildcards() {
+        let flat = |include: &[&str]| {
+            let cfg = SourceConfig {
+                include: include.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            Discovery::new(&cfg).unwrap().flat()
+        };
+        assert!(flat(&["/var/log/containers/*.log"]));
+        assert!(flat(&["/var/log/containers/*.log", "/var/log/app/x-?.log"]));
+        assert!(!flat(&["/var/log/pods/*/*/*.log"]));
+        assert!(!flat(&[
+            "/var/log/containers/*.log",
+            "/var/lib/docker/containers/*/*-json.log"
+        ]));
+    }
     use std::fs;
 
     #[test]

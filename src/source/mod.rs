@@ -4,7 +4,6 @@
 pub mod assembler;
 pub mod compressed;
 pub mod cri;
-pub mod dir_watch;
 pub mod discover;
 pub mod docker;
 pub mod fingerprint;
@@ -16,3 +15,4 @@ pub mod partial;
 pub mod reader;
 pub mod tailer;
 pub mod wake;
+pub mod watcher;

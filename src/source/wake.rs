@@ -16,6 +16,8 @@ pub struct Wake {
     stop: AtomicBool,
     /// Directories something was created in or renamed into since the last look.
     changed: Mutex<HashSet<PathBuf>>,
+    /// Watched idle files written since the last look, by device and inode.
+    written: Mutex<HashSet<(u64, u64)>>,
 }
 
 impl Wake {
@@ -55,6 +57,19 @@ impl Wake {
 
     pub fn take_changed_dirs(&self) -> HashSet<PathBuf> {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A watched idle file was written: read it.
+    pub fn note_written(&self, file: (u64, u64)) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file);
+        self.wake();
+    }
+
+    pub fn take_written(&self) -> HashSet<(u64, u64)> {
+        std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Asks the read loop to stop at its next turn.

@@ -84,7 +84,7 @@ enum Known {
 
 impl Tailer {
     pub(super) fn start_watcher(&mut self) {
-        match DirWatcher::start(self.wake.clone()) {
+        match Watcher::start(self.wake.clone()) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable; new files are found by periodic rescans only")
@@ -191,7 +191,10 @@ impl Tailer {
             // on idle files; a file read since the last look was checked at that read.
             let f = &self.files[i];
             let beside_new = f.real_path.parent().is_some_and(|d| changed.contains(d));
-            let idle = f.at_eof && now.duration_since(f.last_data) >= self.settings.rescan_interval;
+            // A watched file's truncation raises its event.
+            let idle = f.at_eof
+                && f.watch.is_none()
+                && now.duration_since(f.last_data) >= self.settings.rescan_interval;
             let look = f.compressed.is_none() && (beside_new || (f.gone_since.is_none() && idle));
             if look && self.replaced(i) {
                 self.restart_generation(i, now, None);

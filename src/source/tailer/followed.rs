@@ -139,6 +139,8 @@ impl Tailer {
             };
             let end = r.readable_end(self.settings.reserve_ahead, &self.ckpt_tx);
             let position = r.reader.read_position();
+            // A watched file with something to read at a look: when it was written.
+            let mut written_unseen = None;
             // Stopped short of data by the reservation, not at the end of the file.
             let mut held = position >= end;
             let (n, more) = if let Some(content) = f.compressed.as_deref_mut() {
@@ -158,7 +160,12 @@ impl Tailer {
             } else {
                 // The size says what there is to read: idle files cost one fstat, no buffer.
                 let size = match f.file.metadata() {
-                    Ok(m) => m.len(),
+                    Ok(m) => {
+                        if f.watch.is_some() && m.len() > position {
+                            written_unseen = m.modified().ok();
+                        }
+                        m.len()
+                    }
                     Err(e) => {
                         // Repeats every turn while it lasts: logged once, then every 30 s with a count.
                         if let Some(held_back) = crate::log_limit::allow("tail.stat") {
@@ -232,6 +239,16 @@ impl Tailer {
             if n > 0 {
                 f.last_data = now;
             }
+            if let Some(written) = written_unseen {
+                self.written_without_event(i, written);
+            }
+            let f = &self.files[i];
+            if f.backoff >= self.settings.max_idle_poll
+                && now.duration_since(f.last_data) >= PARK_AFTER
+                && !held
+            {
+                self.park(i, pass);
+            }
             // Also while a file is read at full speed: a rotation must not wait for its end.
             self.check_path(i, now);
             if self.out.len() >= BATCH_EVENTS {
@@ -239,6 +256,104 @@ impl Tailer {
             }
         }
         Ok(())
+    }
+
+    /// File `i` has been idle for a while: it is watched for its next write (one event,
+    /// see `Watcher::watch_file`) and otherwise looked at only on the `PARKED_LOOK` grid.
+    /// Not without directory watches (they tell of rotations), nor when it is rotated,
+    /// compressed, not yet identified or cannot be watched: those are polled.
+    fn park(&mut self, i: usize, pass: Instant) {
+        if !self.watches_work() {
+            return;
+        }
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        let f = &mut self.files[i];
+        let Some(r) = f.reading.as_ref() else { return };
+        if f.gone_since.is_some() || f.compressed.is_some() || f.unwatchable {
+            return;
+        }
+        if f.watch.is_none() {
+            match w.watch_file(&f.file, (f.dev, f.inode)) {
+                Ok(wd) => {
+                    f.watch = Some(wd);
+                    Stats::add(&self.stats.files_idle_watched, 1);
+                }
+                Err(e) => {
+                    if let Some(held_back) = crate::log_limit::allow("tail.watch_file") {
+                        tracing::info!(path = %f.path.display(), error = %e, held_back, "cannot watch an idle file for writes; it is polled");
+                    }
+                    Stats::add(&self.stats.file_watches_failed, 1);
+                    f.unwatchable = true;
+                    return;
+                }
+            }
+        }
+        // Written between the last look and the watch: no event will tell.
+        let position = r.reader.read_position();
+        f.next_visit = match f.file.metadata() {
+            Ok(m) if m.len() == position => {
+                let since = pass.saturating_duration_since(self.started);
+                let looks = since.as_millis() / PARKED_LOOK.as_millis() + 1;
+                self.started + PARKED_LOOK * looks as u32
+            }
+            _ => pass,
+        };
+    }
+
+    /// Watched idle files that were written: read them now.
+    pub(super) fn wake_written(&mut self, now: Instant, lost_events: bool) {
+        let written = self.wake.take_written();
+        if written.is_empty() && !lost_events {
+            return;
+        }
+        for i in 0..self.files.len() {
+            let f = &mut self.files[i];
+            if written.contains(&(f.dev, f.inode)) {
+                // The kernel removed the one-shot watch with its event.
+                if f.watch.take().is_some() {
+                    Stats::sub(&self.stats.files_idle_watched, 1);
+                }
+                f.next_visit = now;
+                f.backoff = Duration::ZERO;
+            } else if lost_events && f.watch.is_some() {
+                // Events were lost: every watched file is looked at (and watched anew).
+                self.unwatch(i);
+                self.files[i].next_visit = now;
+            }
+        }
+    }
+
+    /// Drops file `i`'s watch, if it has one.
+    pub(super) fn unwatch(&mut self, i: usize) {
+        let Some(wd) = self.files[i].watch.take() else {
+            return;
+        };
+        Stats::sub(&self.stats.files_idle_watched, 1);
+        if let Some(w) = self.watcher.as_mut() {
+            w.unwatch_file(wd);
+        }
+    }
+
+    /// A look at watched file `i` found it written at `written`, with no event: if that is
+    /// not just now, its filesystem raises none (NFS, FUSE): it is polled from then on.
+    fn written_without_event(&mut self, i: usize, written: std::time::SystemTime) {
+        if self.files[i].watch.is_none() {
+            return;
+        }
+        self.unwatch(i);
+        let f = &mut self.files[i];
+        let age = std::time::SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        if age >= EVENT_MISSED_AFTER {
+            if let Some(held_back) = crate::log_limit::allow("tail.event_missed") {
+                tracing::warn!(path = %f.path.display(), held_back, "a write to an idle file raised no inotify event; the file is polled from now on");
+            }
+            Stats::add(&self.stats.file_watches_failed, 1);
+            f.unwatchable = true;
+        }
     }
 
     /// For each directory with a rotated generation not yet read to its end, the rank of
@@ -412,6 +527,7 @@ impl Tailer {
                 }
             }
         }
+        self.unwatch(i);
         let f = self.files.swap_remove(i);
         tracing::debug!(path = %f.path.display(), "file read to its end; letting it go");
         Stats::add(&self.stats.files_released, 1);

@@ -4,12 +4,12 @@
 
 use super::assembler::{Assembler, AssemblyRules};
 use super::compressed::{self, is_gzip, Decompressed};
-use super::dir_watch::DirWatcher;
 use super::discover::{Discovery, Found};
 use super::fingerprint::{fingerprint, fingerprint_unterminated};
 use super::open::open_log;
 use super::reader::{LineReader, RawLine};
 use super::wake::Wake;
+use super::watcher::Watcher;
 use crate::checkpoint::{CheckpointLookup, CheckpointMsg, Entry};
 use crate::config::{Config, StartAt};
 use crate::enrich::exclude::{Decision, Exclusion};
@@ -38,12 +38,29 @@ const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// With directory watches working, how often a periodic rescan also lists every
 /// container directory for generations rotated away unseen (events say where to look).
 const FULL_LOOK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a periodic rescan comes when directory events tell of every change: the
+/// patterns are flat, every followed file's directory is watched, no link dangles and no
+/// file waits for room. It is then a safety net, and its cost (a `realpath` and a `stat`
+/// per file) is most of what an idle node costs.
+const SAFETY_RESCAN: Duration = Duration::from_secs(60);
 /// Rescans asked for by directory events come at most this often: a storm of rotations
 /// on many containers costs one scan per interval, not one per event.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(20);
 /// How soon a file stopped short by its reservation is looked at again: the checkpointer
 /// writes a reservation within 5 ms.
 const RESERVATION_WAIT: Duration = Duration::from_millis(5);
+/// A file with nothing new for this long (and looked at `max_idle_poll` apart) is
+/// watched instead of polled: a watch costs two syscalls and an event, so a file quiet
+/// only between two lines is not worth one.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+/// How often a watched idle file is looked at all the same: a write whose event did not
+/// come (a filesystem that raises none) is found then, and the file polled from then on.
+/// On one grid for all files, so that their looks come together.
+const PARKED_LOOK: Duration = Duration::from_secs(10);
+/// A write older than this found by a look at a watched file: its event did not come.
+const EVENT_MISSED_AFTER: Duration = Duration::from_secs(2);
+/// How often files waiting for their pod's metadata are looked at again.
+const WAITING_RETRY: Duration = Duration::from_millis(25);
 /// How long the identities of released files are remembered in this run.
 const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -168,6 +185,10 @@ struct Followed {
     next_visit: Instant,
     /// The wait after a look that found nothing: doubled each time, up to `max_idle_poll`.
     backoff: Duration,
+    /// Idle, and watched for its next write instead of polled (see `park`).
+    watch: Option<inotify::WatchDescriptor>,
+    /// Cannot be watched (refused, or a write came without its event): always polled.
+    unwatchable: bool,
     last_path_check: Instant,
     found_at_start: bool,
     /// Truncated: read from 0 whatever was known of it.
@@ -210,6 +231,8 @@ impl Followed {
             at_eof: false,
             next_visit: now,
             backoff: Duration::ZERO,
+            watch: None,
+            unwatchable: false,
             last_path_check: now,
             found_at_start: false,
             fresh: false,
@@ -239,7 +262,7 @@ pub struct Tailer {
     stats: Arc<Stats>,
     raw: Vec<RawLine>,
     out: Vec<LogEvent>,
-    watcher: Option<DirWatcher>,
+    watcher: Option<Watcher>,
     watched: HashSet<PathBuf>,
     /// The directories the followed files really are in (`/var/log/pods/…/<container>`),
     /// watched: kubelet's rotations happen there, unseen from `/var/log/containers`.
@@ -261,6 +284,8 @@ pub struct Tailer {
     deferred: HashSet<(u64, u64)>,
     /// Files waiting for their pod's metadata before being read or skipped, since when.
     waiting: Vec<(Found, Instant, Option<File>)>,
+    /// The origin of the grid watched idle files are looked at on.
+    started: Instant,
 }
 
 impl Tailer {
@@ -306,6 +331,7 @@ impl Tailer {
             excluded: HashSet::new(),
             deferred: HashSet::new(),
             waiting: Vec::new(),
+            started: Instant::now(),
         }
     }
 
@@ -352,13 +378,14 @@ impl Tailer {
                     next_full_look = now + FULL_LOOK_INTERVAL;
                 }
                 self.rescan(now, full);
-                next_rescan = now + self.settings.rescan_interval;
+                next_rescan = now + self.rescan_every();
                 last_rescan = now;
                 rescan_pending = false;
             }
             if !self.waiting.is_empty() {
                 self.retry_waiting(now);
             }
+            self.wake_written(now, lost_events);
             self.read_pass(now)?;
             let now = Instant::now();
             self.flush_expired(now);
@@ -380,6 +407,9 @@ impl Tailer {
             if let Some(v) = self.files.iter().map(|f| f.next_visit).min() {
                 until = until.min(v);
             }
+            if !self.waiting.is_empty() {
+                until = until.min(now + WAITING_RETRY);
+            }
             if until > now {
                 self.wake.wait(until - now);
             }
@@ -387,9 +417,28 @@ impl Tailer {
         Ok(())
     }
 
+    /// How long until the next periodic rescan (see `SAFETY_RESCAN`).
+    fn rescan_every(&self) -> Duration {
+        let watched = |f: &Followed| {
+            f.real_path
+                .parent()
+                .is_some_and(|d| self.container_dirs.contains_key(d) || self.watched.contains(d))
+        };
+        let told = self.watches_work()
+            && self.discovery.flat()
+            && !self.discovery.has_dangling()
+            && self.deferred.is_empty()
+            && self.files.iter().all(watched);
+        if told {
+            self.settings.rescan_interval.max(SAFETY_RESCAN)
+        } else {
+            self.settings.rescan_interval
+        }
+    }
+
     /// Whether directory events come: rotations and new files are then seen at once.
     fn watches_work(&self) -> bool {
-        self.watcher.as_ref().is_some_and(DirWatcher::is_working)
+        self.watcher.as_ref().is_some_and(Watcher::is_working)
     }
 
     fn send(&mut self) -> Result<(), ChannelClosed> {

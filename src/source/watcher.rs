@@ -1,47 +1,61 @@
-//! Directory watches for new, renamed and deleted files, on inotify. Only those events are
-//! asked for: a write to a file in a watched directory raises none. (A watch that also
-//! reports writes, as `notify`'s do, costs one event per line a container writes: a third
-//! of the agent's CPU at 50,000 lines a second.)
+//! inotify watches. On directories: new, renamed and deleted files. A write to a file in
+//! a watched directory raises none (a watch that also reports writes, as `notify`'s do,
+//! costs one event per line a container writes: a third of the agent's CPU at 50,000
+//! lines a second). On idle files: one `IN_MODIFY`, once (`IN_ONESHOT`), so that a file
+//! with nothing to read is not looked at until it is written, and a busy one raises none.
 
 use super::wake::Wake;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-const MASK: WatchMask = WatchMask::CREATE
+const DIR_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
     .union(WatchMask::ONLYDIR);
 
-type Dirs = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
+/// A truncation raises `IN_MODIFY` too.
+const FILE_MASK: WatchMask = WatchMask::MODIFY.union(WatchMask::ONESHOT);
 
-pub struct DirWatcher {
+/// A watched file, by device and inode.
+pub type FileId = (u64, u64);
+
+enum Target {
+    Dir(PathBuf),
+    File(FileId),
+}
+
+type Targets = Arc<Mutex<HashMap<WatchDescriptor, Target>>>;
+
+pub struct Watcher {
     watches: Watches,
     /// Each watched directory, its watch and how many asked for it.
     by_path: HashMap<PathBuf, (WatchDescriptor, usize)>,
-    dirs: Dirs,
+    targets: Targets,
     stop: Arc<AtomicBool>,
     /// The event thread ended on an error: nothing is watched any more.
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl DirWatcher {
+impl Watcher {
     /// Starts the event thread: each event wakes the read loop for a rescan, and says in
     /// which directory a file appeared; lost events (the kernel's queue overflowed) ask
     /// for a look everywhere.
-    pub fn start(wake: Arc<Wake>) -> io::Result<DirWatcher> {
+    pub fn start(wake: Arc<Wake>) -> io::Result<Watcher> {
         let mut inotify = Inotify::init()?;
         let watches = inotify.watches();
-        let dirs: Dirs = Arc::default();
+        let targets: Targets = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
-        let (d, s, fail) = (dirs.clone(), stop.clone(), failed.clone());
+        let (d, s, fail) = (targets.clone(), stop.clone(), failed.clone());
         let thread = std::thread::Builder::new()
             .name("dir-watch".into())
             .spawn(move || {
@@ -65,29 +79,34 @@ impl DirWatcher {
                             return;
                         }
                     };
-                    let mut dirs = d.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut targets = d.lock().unwrap_or_else(|e| e.into_inner());
                     for ev in events {
                         if ev.mask.contains(EventMask::Q_OVERFLOW) {
                             wake.request_full_rescan();
                             continue;
                         }
+                        // Also after a one-shot watch's event: the kernel removed it.
                         if ev.mask.contains(EventMask::IGNORED) {
-                            dirs.remove(&ev.wd);
+                            targets.remove(&ev.wd);
                             continue;
                         }
-                        if !ev.mask.contains(EventMask::DELETE) {
-                            if let Some(dir) = dirs.get(&ev.wd) {
-                                wake.note_changed_dir(dir.clone());
+                        match targets.get(&ev.wd) {
+                            Some(Target::File(id)) => wake.note_written(*id),
+                            Some(Target::Dir(dir)) => {
+                                if !ev.mask.contains(EventMask::DELETE) {
+                                    wake.note_changed_dir(dir.clone());
+                                }
+                                wake.request_rescan();
                             }
+                            None => wake.request_rescan(),
                         }
-                        wake.request_rescan();
                     }
                 }
             })?;
-        Ok(DirWatcher {
+        Ok(Watcher {
             watches,
             by_path: HashMap::new(),
-            dirs,
+            targets,
             stop,
             failed,
             thread: Some(thread),
@@ -104,11 +123,11 @@ impl DirWatcher {
             *n += 1;
             return Ok(());
         }
-        let wd = self.watches.add(dir, MASK)?;
-        self.dirs
+        let wd = self.watches.add(dir, DIR_MASK)?;
+        self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(wd.clone(), dir.to_path_buf());
+            .insert(wd.clone(), Target::Dir(dir.to_path_buf()));
         self.by_path.insert(dir.to_path_buf(), (wd, 1));
         Ok(())
     }
@@ -124,16 +143,39 @@ impl DirWatcher {
         }
         let wd = wd.clone();
         self.by_path.remove(dir);
-        self.dirs
+        self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&wd);
         // Gone with its directory, most often: the kernel dropped it already.
         let _ = self.watches.remove(wd);
     }
+
+    /// Asks for the next write to the open `file` (known as `id`), once: it is noted in
+    /// `Wake::take_written`. Through `/proc/self/fd`, so that it is this very file that
+    /// is watched even if its path names another one by now.
+    pub fn watch_file(&mut self, file: &File, id: FileId) -> io::Result<WatchDescriptor> {
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let wd = self.watches.add(&path, FILE_MASK)?;
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wd.clone(), Target::File(id));
+        Ok(wd)
+    }
+
+    /// Drops a file's watch that has not fired (the file is let go, or read anyway).
+    pub fn unwatch_file(&mut self, wd: WatchDescriptor) {
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&wd);
+        // Fired meanwhile, or the file was deleted: the kernel removed it already.
+        let _ = self.watches.remove(wd);
+    }
 }
 
-impl Drop for DirWatcher {
+impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Removing a watch queues an IN_IGNORED event, which ends the thread's blocking read.
@@ -175,7 +217,7 @@ mod tests {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let wake = Arc::new(Wake::default());
-        let mut w = DirWatcher::start(wake.clone()).unwrap();
+        let mut w = Watcher::start(wake.clone()).unwrap();
         w.watch(dir.path()).unwrap();
         let log = dir.path().join("0.log");
         let mut f = std::fs::File::create(&log).unwrap();
@@ -199,10 +241,65 @@ mod tests {
         assert!(wake.take_changed_dirs().is_empty(), "no longer watched");
     }
 
+    fn written_within(wake: &Wake, id: FileId) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if wake.take_written().contains(&id) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_file_watch_reports_one_write_then_is_gone() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let wake = Arc::new(Wake::default());
+        let mut w = Watcher::start(wake.clone()).unwrap();
+        let log = dir.path().join("0.log");
+        let mut writer = File::create(&log).unwrap();
+        let reader = File::open(&log).unwrap();
+        w.watch_file(&reader, (1, 2)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(wake.take_written().is_empty(), "nothing written yet");
+        writer.write_all(b"a line\n").unwrap();
+        assert!(written_within(&wake, (1, 2)), "the first write");
+        for _ in 0..10 {
+            writer.write_all(b"a line\n").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            wake.take_written().is_empty(),
+            "one event, not one per write"
+        );
+        // The path renamed away (rotated): the open file is still the one watched.
+        std::fs::rename(&log, dir.path().join("0.log.1")).unwrap();
+        File::create(&log)
+            .unwrap()
+            .write_all(b"new file\n")
+            .unwrap();
+        w.watch_file(&reader, (1, 2)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(wake.take_written().is_empty(), "a write to the new file");
+        writer.set_len(0).unwrap();
+        assert!(
+            written_within(&wake, (1, 2)),
+            "a truncation of the watched one"
+        );
+        // Dropped before it fired: nothing comes.
+        let wd = w.watch_file(&reader, (1, 2)).unwrap();
+        w.unwatch_file(wd);
+        writer.write_all(b"after\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(wake.take_written().is_empty(), "unwatched");
+    }
+
     #[test]
     fn dropping_the_watcher_ends_its_blocked_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = DirWatcher::start(Arc::new(Wake::default())).unwrap();
+        let mut w = Watcher::start(Arc::new(Wake::default())).unwrap();
         w.watch(dir.path()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let (tx, rx) = std::sync::mpsc::channel();
