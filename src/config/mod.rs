@@ -123,7 +123,8 @@ pub struct SourceConfig {
     /// How long a rotated or deleted file is kept open at its end for late writes.
     #[serde(with = "duration_str")]
     pub rotate_wait: Duration,
-    /// Longest wait between reads of an idle file (inotify usually wakes us sooner).
+    /// Longest wait between looks at a file with nothing new. A file quiet for a second
+    /// is watched with inotify instead; one that cannot be is polled this often.
     #[serde(with = "duration_str")]
     pub max_idle_poll: Duration,
     /// How long a file read to its end waits before it is read again: many files writing

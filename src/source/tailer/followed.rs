@@ -375,24 +375,26 @@ impl Tailer {
     /// Has the file's path moved on to a new file (rotation)? The fallback to the watch on
     /// its directory: not needed while that works.
     pub(super) fn check_path(&mut self, i: usize, now: Instant) {
-        let watched = |p: &Path| {
-            p.parent()
-                .is_some_and(|d| self.container_dirs.contains_key(d))
-        };
-        if watched(&self.files[i].real_path) && self.watches_work() {
-            return;
-        }
-        let f = &mut self.files[i];
         // The old file is read to its end through the open fd: at most once a second, so
         // idle files cost little.
         let every = self.settings.max_idle_poll.max(PATH_CHECK_INTERVAL);
-        if f.gone_since.is_none() && now.duration_since(f.last_path_check) >= every {
-            f.last_path_check = now;
-            let moved =
-                std::fs::metadata(&f.path).map_or(true, |m| (m.dev(), m.ino()) != (f.dev, f.inode));
-            if moved {
-                self.wake.request_rescan();
-            }
+        let f = &self.files[i];
+        if f.gone_since.is_some() || now.duration_since(f.last_path_check) < every {
+            return;
+        }
+        let watched = f
+            .real_path
+            .parent()
+            .is_some_and(|d| self.container_dirs.contains_key(d));
+        let f = &mut self.files[i];
+        f.last_path_check = now;
+        if watched && self.watcher.as_ref().is_some_and(Watcher::is_working) {
+            return;
+        }
+        let moved =
+            std::fs::metadata(&f.path).map_or(true, |m| (m.dev(), m.ino()) != (f.dev, f.inode));
+        if moved {
+            self.wake.request_rescan();
         }
     }
 
