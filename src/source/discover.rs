@@ -32,6 +32,10 @@ pub struct Discovery {
     dangling: std::sync::Mutex<HashMap<PathBuf, (Instant, bool)>>,
     /// How long a link must lead to nothing before it is counted and warned about.
     dangling_grace: Duration,
+    /// Each link's target as last read, and where it then resolved to: a link that still
+    /// says the same costs one `readlink` at a scan, not a `realpath` (a syscall or two
+    /// per path component), most of what a rescan of an idle node costs.
+    resolved: std::sync::Mutex<HashMap<PathBuf, (PathBuf, PathBuf)>>,
 }
 
 /// A link dangles for a moment in every rotation (the file renamed, the new one not yet
@@ -60,6 +64,7 @@ impl Discovery {
             refused: Default::default(),
             dangling: Default::default(),
             dangling_grace: DANGLING_GRACE,
+            resolved: Default::default(),
         })
     }
 
@@ -80,6 +85,8 @@ impl Discovery {
             .collect();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        // Links met at this scan: the others are forgotten at its end.
+        let mut resolved = HashMap::new();
         let mut dangling = HashSet::new();
         let mut empty = Vec::new();
         for pattern in &self.include {
@@ -91,7 +98,7 @@ impl Discovery {
                 if self.exclude.is_match(&path) {
                     continue;
                 }
-                let real_path = match std::fs::canonicalize(&path) {
+                let real_path = match self.resolve(&path, &mut resolved) {
                     Ok(p) => p,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         if path.is_symlink() {
@@ -112,8 +119,15 @@ impl Discovery {
                 if self.exclude.is_match(&real_path) {
                     continue;
                 }
-                let Ok(meta) = std::fs::metadata(&real_path) else {
-                    continue;
+                let meta = match std::fs::metadata(&real_path) {
+                    Ok(m) => m,
+                    // Resolved from the last scan: its file is gone since.
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::NotFound && path.is_symlink() {
+                            dangling.insert(path);
+                        }
+                        continue;
+                    }
                 };
                 if !meta.is_file() {
                     continue;
@@ -133,6 +147,7 @@ impl Discovery {
                 empty.push(pattern.as_str());
             }
         }
+        *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = resolved;
         self.report_dangling(dangling, stats);
         if !empty.is_empty() {
             if let Some(held_back) = crate::log_limit::allow("include_matches_nothing") {
@@ -140,6 +155,31 @@ impl Discovery {
             }
         }
         out
+    }
+
+    /// Where `path` leads: from the last scan's answer if it is a link whose target reads
+    /// the same, else by `realpath`. Links are remembered in `met`.
+    fn resolve(
+        &self,
+        path: &Path,
+        met: &mut HashMap<PathBuf, (PathBuf, PathBuf)>,
+    ) -> std::io::Result<PathBuf> {
+        let Ok(target) = std::fs::read_link(path) else {
+            return std::fs::canonicalize(path);
+        };
+        let known = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .filter(|(t, _)| *t == target)
+            .map(|(_, real)| real.clone());
+        let real = match known {
+            Some(real) => real,
+            None => std::fs::canonicalize(path)?,
+        };
+        met.insert(path.to_path_buf(), (target, real.clone()));
+        Ok(real)
     }
 
     /// Counts each link that has led to nothing for the grace period, once; warns, at
@@ -222,6 +262,38 @@ fn fixed_prefix(pattern: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_is_resolved_again_when_it_changes_and_dangles_when_its_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, links) = (dir.path().join("pods"), dir.path().join("containers"));
+        fs::create_dir_all(&pods).unwrap();
+        fs::create_dir_all(&links).unwrap();
+        let (a, b) = (pods.join("a.log"), pods.join("b.log"));
+        fs::write(&a, "a\n").unwrap();
+        fs::write(&b, "b\n").unwrap();
+        let link = links.join("x.log");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let cfg = SourceConfig {
+            include: vec![format!("{}/*.log", links.display())],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg)
+            .unwrap()
+            .with_dangling_grace(Duration::ZERO);
+        let stats = Stats::default();
+        let real = |found: Vec<Found>| found.into_iter().map(|f| f.real_path).collect::<Vec<_>>();
+        let canon = |p: &Path| fs::canonicalize(p).unwrap();
+        assert_eq!(real(d.scan(&stats)), vec![canon(&a)]);
+        assert_eq!(real(d.scan(&stats)), vec![canon(&a)], "from the last scan");
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        assert_eq!(real(d.scan(&stats)), vec![canon(&b)], "the link changed");
+        fs::remove_file(&b).unwrap();
+        assert!(d.scan(&stats).is_empty());
+        assert!(d.has_dangling(), "its file is gone");
+        assert_eq!(Stats::get(&stats.links_dangling), 1);
+    }
 
     #[test]
     fn a_pattern_is_flat_when_only_its_last_part_has_wildcards() {

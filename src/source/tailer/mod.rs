@@ -35,9 +35,10 @@ mod followed;
 const BATCH_EVENTS: usize = 1024;
 /// How often an idle file's path is checked for a rotation, at least.
 const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// With directory watches working, how often a periodic rescan also lists every
-/// container directory for generations rotated away unseen (events say where to look).
-const FULL_LOOK_INTERVAL: Duration = Duration::from_secs(60);
+/// With directory watches working, how often a periodic rescan also lists every container
+/// directory for generations rotated away unseen (events say where to look, and lost
+/// events ask for such a look at once).
+const FULL_LOOK_INTERVAL: Duration = Duration::from_secs(300);
 /// How often a periodic rescan comes when directory events tell of every change: the
 /// patterns are flat, every followed file's directory is watched, no link dangles and no
 /// file waits for room. It is then a safety net, and its cost (a `realpath` and a `stat`
