@@ -180,9 +180,7 @@ fn one_noisy_container_does_not_starve_the_others() {
 #[test]
 fn many_slow_files_are_read_in_gathered_passes() {
     let tree = Tree::new();
-    let files: Vec<_> = (0..40)
-        .map(|p| tree.container("ns", &format!("slow{p}"), "app"))
-        .collect();
+    let files = tree.containers("slow", 40);
     let mut cfg = test_config(vec![tree.glob()]);
     cfg.source.read_interval = Duration::from_millis(100);
     cfg.source.max_idle_poll = Duration::from_millis(500);
@@ -215,9 +213,7 @@ fn many_slow_files_are_read_in_gathered_passes() {
 #[test]
 fn idle_files_are_watched_and_a_write_wakes_the_reader() {
     let tree = Tree::new();
-    let files: Vec<_> = (0..10)
-        .map(|p| tree.container("ns", &format!("idle{p}"), "app"))
-        .collect();
+    let files = tree.containers("idle", 10);
     for (p, f) in files.iter().enumerate() {
         f.append(seq_lines(p as u64 * 100, 1).as_bytes());
     }
@@ -394,9 +390,7 @@ fn a_generation_compressed_after_it_was_read_is_not_read_again_after_a_restart()
 #[test]
 fn past_max_open_files_new_files_wait_for_room_and_lose_nothing() {
     let tree = Tree::new();
-    let logs: Vec<_> = (0..3)
-        .map(|p| tree.container("ns", &format!("p{p}"), "app"))
-        .collect();
+    let logs = tree.containers("p", 3);
     for (p, log) in logs.iter().enumerate() {
         log.append(seq_lines(p as u64 * 100, 100).as_bytes());
     }

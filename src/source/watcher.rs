@@ -201,15 +201,20 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    fn changed_within(wake: &Wake, dir: &Path) -> bool {
+    /// Whether `seen` comes true within 5 s.
+    fn within(mut seen: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if wake.take_changed_dirs().contains(dir) {
+            if seen() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    fn changed_within(wake: &Wake, dir: &Path) -> bool {
+        within(|| wake.take_changed_dirs().contains(dir))
     }
 
     #[test]
@@ -242,14 +247,7 @@ mod tests {
     }
 
     fn written_within(wake: &Wake, id: FileId) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if wake.take_written().contains(&id) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
+        within(|| wake.take_written().contains(&id))
     }
 
     #[test]

@@ -45,6 +45,13 @@ impl Tree {
 
     /// A container's log as kubelet lays it out: `pods/<ns>_<pod>_<uid>/<c>/0.log` and a
     /// symlink to it in `containers/`. The file is created empty.
+    /// `n` pods `<prefix>0`… in namespace `ns`, one container `app` each.
+    pub fn containers(&self, prefix: &str, n: usize) -> Vec<ContainerLog> {
+        (0..n)
+            .map(|p| self.container("ns", &format!("{prefix}{p}"), "app"))
+            .collect()
+    }
+
     pub fn container(&self, ns: &str, pod: &str, container: &str) -> ContainerLog {
         let uid = format!("uid-{pod}");
         let dir = self.pods.join(format!("{ns}_{pod}_{uid}")).join(container);
