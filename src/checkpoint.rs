@@ -480,6 +480,9 @@ impl Checkpointer {
 
     /// Persists, saying once when writing starts failing and once when it works again.
     fn persist_reporting(&mut self, failing: &mut bool) {
+        if let Some(p) = &self.publish {
+            p.send_replace(self.committed());
+        }
         let result = self.persist();
         self.publish_reservations();
         match result {
@@ -524,16 +527,10 @@ impl Checkpointer {
                 },
                 // Nothing changed, nothing to write: an idle agent is not woken each second.
                 _ = tick.tick(), if self.dirty || failing => {
-                    if let Some(p) = &self.publish {
-                        p.send_replace(self.committed());
-                    }
                     urgent_since = None;
                     self.persist_reporting(&mut failing);
                 }
                 _ = tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)), if soon.is_some() => {
-                    if let Some(p) = &self.publish {
-                        p.send_replace(self.committed());
-                    }
                     urgent_since = None;
                     self.persist_reporting(&mut failing);
                 }

@@ -382,13 +382,10 @@ impl Tailer {
         if f.gone_since.is_some() || now.duration_since(f.last_path_check) < every {
             return;
         }
-        let watched = f
-            .real_path
-            .parent()
-            .is_some_and(|d| self.container_dirs.contains_key(d));
+        let told = self.dir_watched(f) && self.watches_work();
         let f = &mut self.files[i];
         f.last_path_check = now;
-        if watched && self.watcher.as_ref().is_some_and(Watcher::is_working) {
+        if told {
             return;
         }
         let moved =

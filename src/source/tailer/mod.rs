@@ -420,21 +420,23 @@ impl Tailer {
 
     /// How long until the next periodic rescan (see `SAFETY_RESCAN`).
     fn rescan_every(&self) -> Duration {
-        let watched = |f: &Followed| {
-            f.real_path
-                .parent()
-                .is_some_and(|d| self.container_dirs.contains_key(d) || self.watched.contains(d))
-        };
         let told = self.watches_work()
             && self.discovery.flat()
             && !self.discovery.has_dangling()
             && self.deferred.is_empty()
-            && self.files.iter().all(watched);
+            && self.files.iter().all(|f| self.dir_watched(f));
         if told {
             self.settings.rescan_interval.max(SAFETY_RESCAN)
         } else {
             self.settings.rescan_interval
         }
+    }
+
+    /// Whether `f`'s directory is watched (an include directory, or its container's).
+    fn dir_watched(&self, f: &Followed) -> bool {
+        f.real_path
+            .parent()
+            .is_some_and(|d| self.container_dirs.contains_key(d) || self.watched.contains(d))
     }
 
     /// Whether directory events come: rotations and new files are then seen at once.
