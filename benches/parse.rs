@@ -42,6 +42,7 @@ fn ctx() -> Arc<FileContext> {
         path: path.to_path_buf(),
         known_since: Instant::now(),
         replay_end: 0,
+        ids: logferry::event::IdScheme::Offset,
     })
 }
 

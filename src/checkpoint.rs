@@ -2,7 +2,7 @@
 //! events (sinks may acknowledge out of order); the offsets are written atomically to
 //! `checkpoints.json` in the state directory (temp file, fsync, rename, fsync dir).
 
-use crate::event::{AckRange, FileIdentity, FileKey};
+use crate::event::{AckRange, FileIdentity, FileKey, IdScheme};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -86,6 +86,9 @@ pub struct Entry {
     /// Unix seconds when the file was read to its end and let go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<u64>,
+    /// How the file's document ids are made; absent (written by an earlier build): hashed.
+    #[serde(default)]
+    pub ids: IdScheme,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,7 +125,11 @@ impl Loaded {
         let mut loose = HashMap::new();
         let mut first_lines = HashMap::new();
         let mut reserved = HashMap::new();
+        let mut hashed_ids = HashSet::new();
         for e in &self.entries {
+            if e.ids == IdScheme::Hashed {
+                hashed_ids.insert((e.identity.inode, e.identity.fingerprint));
+            }
             exact.insert(e.identity, e.offset);
             if let Some(r) = e.reserved {
                 reserved.insert(e.identity, r);
@@ -135,6 +142,7 @@ impl Loaded {
             loose,
             first_lines,
             reserved,
+            hashed_ids,
         }
     }
 }
@@ -145,6 +153,8 @@ pub struct CheckpointLookup {
     loose: HashMap<(u64, u64), u64>,
     first_lines: HashMap<u64, (FileIdentity, u64)>,
     reserved: HashMap<FileIdentity, u64>,
+    /// Files whose ids the last run made hashed (as `id_seed` does, by inode and first line).
+    hashed_ids: HashSet<(u64, u64)>,
 }
 
 impl CheckpointLookup {
@@ -159,6 +169,16 @@ impl CheckpointLookup {
     /// copy of it has another), and its offset.
     pub fn by_fingerprint(&self, fingerprint: u64) -> Option<(FileIdentity, u64)> {
         self.first_lines.get(&fingerprint).copied()
+    }
+
+    /// How a file's ids are made: as the last run made them, or from the offset for a file
+    /// it did not know.
+    pub fn ids(&self, id: &FileIdentity) -> IdScheme {
+        if self.hashed_ids.contains(&(id.inode, id.fingerprint)) {
+            IdScheme::Hashed
+        } else {
+            IdScheme::Offset
+        }
     }
 
     /// Where the last run's events of a file it read end that it may have sent: what it
@@ -275,6 +295,7 @@ pub enum CheckpointMsg {
         path: PathBuf,
         real_path: PathBuf,
         offset: u64,
+        ids: IdScheme,
         /// With a state directory: how far it is to be read before more is reserved, and
         /// where the reservation is published once written down.
         reserve: Option<(u64, Arc<AtomicU64>)>,
@@ -351,6 +372,7 @@ impl Checkpointer {
                 path,
                 real_path,
                 offset,
+                ids,
                 reserve,
             } => {
                 // A reservation of an earlier run is kept: a crash of this run before its
@@ -379,6 +401,7 @@ impl Checkpointer {
                         offset,
                         reserved: pending.or(earlier),
                         released_at: None,
+                        ids,
                     },
                 );
                 self.dirty = true;
@@ -649,6 +672,7 @@ mod tests {
             offset: 42,
             reserved: Some(4096),
             released_at: None,
+            ids: IdScheme::Offset,
         };
         store.save(vec![e.clone()]).unwrap();
         assert_eq!(
@@ -697,6 +721,7 @@ mod tests {
             path: dir.path().join("gone.log"),
             real_path: container.join("0.log"),
             offset: 0,
+            ids: IdScheme::Offset,
             reserve: None,
         });
         c.handle(CheckpointMsg::Acked(vec![AckRange {
@@ -744,6 +769,7 @@ mod tests {
                 path: dir.path().join("gone.log"),
                 real_path: container.join(format!("0.log.{key}")),
                 offset: 0,
+                ids: IdScheme::Offset,
                 reserve: None,
             });
             c.handle(CheckpointMsg::Released { key, events: 0 });
@@ -770,6 +796,7 @@ mod tests {
             path: dir.path().join("0.log"),
             real_path: dir.path().join("0.log"),
             offset: 100,
+            ids: IdScheme::Offset,
             reserve,
         };
         let mut c = Checkpointer::new(Some(store), &loaded);
@@ -799,5 +826,48 @@ mod tests {
         c.persist_reporting(&mut failing);
         assert_eq!(c.committed()[0].reserved, Some(5000));
         assert_eq!(limit.load(Ordering::Acquire), 5000);
+    }
+
+    /// An earlier build wrote no `ids`: its files keep hashed ids, through this run's
+    /// checkpoints too, so that a line it sent and this run sends again gets its old id.
+    #[test]
+    fn files_of_an_earlier_build_keep_hashed_ids_and_new_ones_get_offset_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(FILE_NAME),
+            r#"{"version":1,"files":[{"dev":1,"inode":2,"fingerprint":"0000000000000003","path":"/a.log","offset":10,"reserved":500}]}"#,
+        )
+        .unwrap();
+        let (store, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        let old = loaded.entries[0].identity;
+        let lookup = loaded.lookup();
+        assert_eq!(lookup.ids(&old), IdScheme::Hashed);
+        // After a reboot the device may differ; the ids do not depend on it.
+        assert_eq!(
+            lookup.ids(&FileIdentity { dev: 7, ..old }),
+            IdScheme::Hashed
+        );
+        let new = FileIdentity { inode: 3, ..old };
+        assert_eq!(lookup.ids(&new), IdScheme::Offset);
+
+        let mut c = Checkpointer::new(Some(store), &loaded);
+        for (key, identity) in [(1, old), (2, new)] {
+            c.handle(CheckpointMsg::Opened {
+                key,
+                identity,
+                path: dir.path().join("a.log"),
+                real_path: dir.path().join("a.log"),
+                offset: 10,
+                ids: lookup.ids(&identity),
+                reserve: None,
+            });
+        }
+        c.persist().unwrap();
+        let written = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(written.contains(r#""ids":"hashed""#), "{written}");
+        let (_, loaded) = CheckpointStore::open(dir.path()).unwrap();
+        let lookup = loaded.lookup();
+        assert_eq!(lookup.ids(&old), IdScheme::Hashed);
+        assert_eq!(lookup.ids(&new), IdScheme::Offset);
     }
 }

@@ -130,6 +130,20 @@ mod hex_u64 {
     }
 }
 
+/// How a file's document ids are made. Fixed for a file's whole life, across restarts:
+/// a line sent again must get the id it was first sent with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdScheme {
+    /// A hash of the file's seed and the offset: the only form of earlier builds, hence
+    /// what a checkpoint entry without `ids` means.
+    #[default]
+    Hashed,
+    /// The file's seed, then the offset: ids of one file share their first 15 characters,
+    /// which gzip takes almost for free.
+    Offset,
+}
+
 /// Identifies one reading of one file generation inside this process (a truncated file
 /// gets a new key). Acknowledgements are addressed by it.
 pub type FileKey = u64;
@@ -151,6 +165,7 @@ pub struct FileContext {
     /// (what the file held at the restart) may have been sent before, and Elasticsearch may
     /// have rolled the stream over since. 0: none.
     pub replay_end: u64,
+    pub ids: IdScheme,
 }
 
 /// The API's metadata of a file's pod, as the enrich stage found it: one per pod version,

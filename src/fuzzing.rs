@@ -124,6 +124,7 @@ fn context() -> Arc<FileContext> {
         kube: meta,
         known_since: Instant::now(),
         replay_end: 0,
+        ids: crate::event::IdScheme::Offset,
     })
 }
 

@@ -722,6 +722,7 @@ mod tests {
             offset,
             reserved: None,
             released_at,
+            ids: Default::default(),
         };
         let lags = file_lags(&[entry(600, None), entry(1000, Some(5))]);
         assert_eq!(lags.len(), 1, "a released file is not followed");

@@ -801,6 +801,110 @@ fn a_replay_after_a_rollover_is_looked_up_and_not_indexed_twice() {
     assert_eq!(Stats::get(&st.es_replays_unchecked), 0);
 }
 
+/// Issue 18: an earlier build made every id a hash. Its checkpoint (no `ids`) says it
+/// committed 100 lines and may have sent 300; it sent them. After the upgrade that file's
+/// replay and its new lines keep the hashed ids (so the replay is found, not indexed again),
+/// while a file the earlier build never saw gets ids from its offsets.
+#[test]
+fn a_file_of_an_earlier_build_keeps_its_hashed_ids_across_the_upgrade() {
+    use logferry::encode::doc_id::{document_id, id_seed};
+    use logferry::event::{FileIdentity, IdScheme};
+    use std::os::unix::fs::MetadataExt;
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("upgrade");
+    let c = tree.container("shop", "old", "app");
+    let lines: Vec<String> = (0..500).map(|i| seq_lines(i, 1)).collect();
+    c.append(lines.concat().as_bytes());
+    let start = |n: usize| -> u64 { lines[..n].iter().map(|l| l.len() as u64).sum() };
+    let meta = std::fs::metadata(c.path()).unwrap();
+    let fingerprint =
+        logferry::source::fingerprint::fingerprint(&std::fs::File::open(c.path()).unwrap())
+            .unwrap()
+            .unwrap();
+    let identity = FileIdentity {
+        dev: meta.dev(),
+        inode: meta.ino(),
+        fingerprint,
+    };
+    let hashed = |n: usize| {
+        String::from_utf8(document_id(IdScheme::Hashed, id_seed(&identity), start(n)).to_vec())
+            .unwrap()
+    };
+    // What the earlier build sent: lines 0..300, with their hashed ids.
+    let body: String = (0..300)
+        .map(|i| {
+            format!(
+                "{{\"create\":{{\"_index\":\"{}\",\"_id\":\"{}\"}}}}\n{}\n",
+                stream(&ns),
+                hashed(i),
+                json!({"@timestamp": "2026-12-05T00:00:00Z", "message": seq_msg(i as u64)})
+            )
+        })
+        .collect();
+    let (status, v) = es.bulk_raw(&body);
+    assert_eq!((status, v["errors"].as_bool()), (200, Some(false)), "{v}");
+    let state = tree.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let legacy = json!({"version": 1, "files": [{
+        "dev": identity.dev, "inode": identity.inode,
+        "fingerprint": format!("{fingerprint:016x}"),
+        "path": c.link, "real_path": c.path(),
+        "offset": start(100), "reserved": start(300),
+    }]});
+    std::fs::write(state.join("checkpoints.json"), legacy.to_string()).unwrap();
+    let fresh = tree.container("shop", "new", "app");
+    fresh.append(seq_lines(1000, 50).as_bytes());
+
+    let agent = Agent::start(es_config(vec![tree.glob()], &es, &ns), Some(&state));
+    es.wait_count(&stream(&ns), 550);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 450);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = agent.stop();
+    es.call("POST", &format!("/{}/_refresh", stream(&ns)), None);
+    let (_, v) = es.call(
+        "POST",
+        &format!("/{}/_search", stream(&ns)),
+        Some(json!({"size": 10000, "query": {"match_all": {}}})),
+    );
+    let hits = v["hits"]["hits"].as_array().unwrap();
+    let got: Vec<(u64, String)> = hits
+        .iter()
+        .map(|h| {
+            let seq = seqs(std::slice::from_ref(&h["_source"]))[0];
+            (seq, h["_id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let all: Vec<u64> = got.iter().map(|(s, _)| *s).filter(|s| *s < 1000).collect();
+    assert_exactly_once(&all, 500);
+    for (seq, id) in &got {
+        if *seq < 1000 {
+            assert_eq!(*id, hashed(*seq as usize), "line {seq} of the old file");
+        } else {
+            // The new file's ids are its seed, then its offset: one prefix for them all.
+            assert_eq!(
+                id[..15],
+                got.iter().find(|(s, _)| *s >= 1000).unwrap().1[..15]
+            );
+        }
+    }
+    assert_eq!(got.iter().filter(|(s, _)| *s >= 1000).count(), 50);
+    assert_eq!(Stats::get(&summary.stats.es_replays_present), 200);
+    let written = std::fs::read_to_string(state.join("checkpoints.json")).unwrap();
+    let v: Value = serde_json::from_str(&written).unwrap();
+    let schemes: Vec<(u64, &str)> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["inode"].as_u64().unwrap(), f["ids"].as_str().unwrap()))
+        .collect();
+    assert!(schemes.contains(&(identity.inode, "hashed")), "{written}");
+    assert!(
+        schemes.contains(&(std::fs::metadata(fresh.path()).unwrap().ino(), "offset")),
+        "{written}"
+    );
+}
+
 /// Issue 14: Elasticsearch indexes a request, the connection is cut before the answer, and
 /// the stream rolls over before the retry. The retry looks the request's ids up first:
 /// what landed is not sent again.

@@ -1,8 +1,8 @@
-//! Deterministic document ids: a 128-bit hash of the file's identity and the event's
-//! offset, base64url. A replayed or retried event gets the same id, so Elasticsearch
+//! Deterministic document ids from the file's identity and the event's offset, 22
+//! characters of base64url. A replayed or retried event gets the same id, so Elasticsearch
 //! answers `create` with 409 instead of indexing it twice.
 
-use crate::event::FileIdentity;
+use crate::event::{FileIdentity, IdScheme};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// The per-file part of every id. The device number is left out: it may change across
@@ -16,23 +16,47 @@ pub fn id_seed(identity: &FileIdentity) -> u128 {
 
 pub const ID_LEN: usize = 22;
 
-pub fn document_id(seed: u128, offset: u64) -> [u8; ID_LEN] {
+/// Offsets below this fit the 7 digits that follow the seed's 15 in an `Offset` id.
+pub const OFFSET_ID_LIMIT: u64 = 1 << OFFSET_BITS;
+const OFFSET_BITS: u32 = 42;
+const SEED_DIGITS: usize = 15;
+const _: () = assert!(SEED_DIGITS * 6 + OFFSET_BITS as usize == 6 * ID_LEN);
+
+pub fn document_id(scheme: IdScheme, seed: u128, offset: u64) -> [u8; ID_LEN] {
+    match scheme {
+        IdScheme::Offset if offset < OFFSET_ID_LIMIT => offset_id(seed, offset),
+        // Past 4 TiB the hashed form: a file that large cannot be replayed into it anyway.
+        _ => hashed_id(seed, offset),
+    }
+}
+
+fn hashed_id(seed: u128, offset: u64) -> [u8; ID_LEN] {
     let mut b = [0u8; 24];
     b[..16].copy_from_slice(&seed.to_le_bytes());
     b[16..].copy_from_slice(&offset.to_le_bytes());
-    base64url(xxh3_128(&b).to_be_bytes())
+    let mut out = [0u8; ID_LEN];
+    // 22 digits of 6 bits hold 132 bits: the top four are zero.
+    base64url(xxh3_128(&b), &mut out);
+    out
 }
 
-fn base64url(v: [u8; 16]) -> [u8; ID_LEN] {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// The seed's top 90 bits, then the offset in 42: distinct for distinct offsets of a file.
+fn offset_id(seed: u128, offset: u64) -> [u8; ID_LEN] {
     let mut out = [0u8; ID_LEN];
-    let n = u128::from_be_bytes(v);
-    // 22 digits of 6 bits hold 132 bits: the top four are zero.
+    let (head, tail) = out.split_at_mut(SEED_DIGITS);
+    base64url(seed >> (128 - 6 * SEED_DIGITS as u32), head);
+    base64url(u128::from(offset), tail);
+    out
+}
+
+/// The low `6 * out.len()` bits of `n`, most significant digit first.
+fn base64url(n: u128, out: &mut [u8]) {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let len = out.len();
     for (i, o) in out.iter_mut().enumerate() {
-        let shift = 6 * (ID_LEN - 1 - i);
+        let shift = 6 * (len - 1 - i);
         *o = A[((n >> shift) & 63) as usize];
     }
-    out
 }
 
 #[cfg(test)]
@@ -40,31 +64,67 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    const IDENTITY: FileIdentity = FileIdentity {
+        dev: 1,
+        inode: 2,
+        fingerprint: 3,
+    };
+
+    fn text(id: [u8; ID_LEN]) -> String {
+        String::from_utf8(id.to_vec()).unwrap()
+    }
+
     #[test]
-    fn stable_and_distinct() {
-        let id = FileIdentity {
-            dev: 1,
-            inode: 2,
-            fingerprint: 3,
-        };
-        let seed = id_seed(&id);
-        assert_eq!(document_id(seed, 10), document_id(seed, 10));
+    fn stable_and_distinct_in_both_forms() {
+        let seed = id_seed(&IDENTITY);
         // A different device (after a reboot) keeps the ids.
-        assert_eq!(seed, id_seed(&FileIdentity { dev: 9, ..id }));
+        assert_eq!(seed, id_seed(&FileIdentity { dev: 9, ..IDENTITY }));
         let other = id_seed(&FileIdentity {
             fingerprint: 4,
-            ..id
+            ..IDENTITY
         });
-        let ids: HashSet<_> = (0..10_000u64)
-            .flat_map(|o| [document_id(seed, o), document_id(other, o)])
-            .collect();
-        assert_eq!(ids.len(), 20_000);
-        let s = std::str::from_utf8(&document_id(seed, 0))
-            .unwrap()
-            .to_string();
-        assert_eq!(s.len(), 22);
-        assert!(s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let offsets = (0..10_000u64).chain(OFFSET_ID_LIMIT - 5000..OFFSET_ID_LIMIT + 5000);
+        let mut ids = HashSet::new();
+        for o in offsets {
+            for scheme in [IdScheme::Hashed, IdScheme::Offset] {
+                let id = document_id(scheme, seed, o);
+                assert_eq!(id, document_id(scheme, seed, o));
+                ids.insert(id);
+                ids.insert(document_id(scheme, other, o));
+            }
+        }
+        // Every id distinct but the hashed fallback of `Offset` ids past the limit.
+        assert_eq!(ids.len(), 4 * 20_000 - 2 * 5000);
+        for id in ids {
+            assert!(text(id)
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn offset_ids_share_the_file_prefix_and_count_up() {
+        let seed = id_seed(&IDENTITY);
+        let a = text(document_id(IdScheme::Offset, seed, 0));
+        let b = text(document_id(IdScheme::Offset, seed, 4097));
+        assert_eq!(a[..SEED_DIGITS], b[..SEED_DIGITS]);
+        assert_eq!(&a[SEED_DIGITS..], "AAAAAAA");
+        // 4097 = 1 * 64^2 + 0 * 64 + 1.
+        assert_eq!(&b[SEED_DIGITS..], "AAAABAB");
+        let last = text(document_id(IdScheme::Offset, seed, OFFSET_ID_LIMIT - 1));
+        assert_eq!(&last[SEED_DIGITS..], "_______");
+        assert_eq!(
+            document_id(IdScheme::Offset, seed, OFFSET_ID_LIMIT),
+            document_id(IdScheme::Hashed, seed, OFFSET_ID_LIMIT)
+        );
+        let other = text(document_id(
+            IdScheme::Offset,
+            id_seed(&FileIdentity {
+                inode: 5,
+                ..IDENTITY
+            }),
+            0,
+        ));
+        assert_ne!(a[..SEED_DIGITS], other[..SEED_DIGITS]);
     }
 }

@@ -149,7 +149,7 @@ impl DocumentEncoder {
         out.extend_from_slice(b"{\"create\":{\"_index\":\"");
         out.extend_from_slice(index.as_bytes());
         out.extend_from_slice(b"\",\"_id\":\"");
-        out.extend_from_slice(&document_id(fields.id_seed, e.offset));
+        out.extend_from_slice(&document_id(fields.ids, fields.id_seed, e.offset));
         out.extend_from_slice(b"\"}}\n");
         let action_len = out.len() - a;
         self.event.encode(e, fields, extra, out);
@@ -291,6 +291,7 @@ pub(crate) mod tests {
                 path: "/var/log/containers/x.log".into(),
                 known_since: std::time::Instant::now(),
                 replay_end: 0,
+                ids: crate::event::IdScheme::Offset,
             }),
             pod: None,
             seq: 0,

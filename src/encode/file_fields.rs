@@ -5,7 +5,7 @@
 use super::doc_id::id_seed;
 use super::escape::write_bytes;
 use super::metadata::{ContainerMetadata, MetadataOptions};
-use crate::event::{FileKey, LogEvent, PodMetadata};
+use crate::event::{FileKey, IdScheme, LogEvent, PodMetadata};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub struct FileFields {
     /// The per-file part of every document id.
     pub id_seed: u128,
+    pub ids: IdScheme,
     /// `"file":{"path":…}`, for inside the `log` object.
     pub path: Bytes,
     /// The Kubernetes, container, host and agent members, without braces.
@@ -44,6 +45,7 @@ impl Describe {
         .fragment(&self.host_name);
         FileFields {
             id_seed: id_seed(&e.file.identity),
+            ids: e.file.ids,
             path: Bytes::from(path),
             members,
         }

@@ -233,6 +233,7 @@ mod tests {
             path: "/x".into(),
             known_since: std::time::Instant::now(),
             replay_end: 0,
+            ids: crate::event::IdScheme::Offset,
         })
     }
 

@@ -78,6 +78,7 @@ impl Tailer {
         let f = &mut self.files[i];
         let key = self.next_key;
         self.next_key += 1;
+        let ids = self.checkpoints.ids(&identity);
         let ctx = Arc::new(FileContext {
             key,
             kube: f.kube.clone(),
@@ -85,6 +86,7 @@ impl Tailer {
             path: f.path.clone(),
             known_since: f.known_since,
             replay_end,
+            ids,
         });
         // Without a state directory nothing survives a crash: nothing to reserve.
         let (limit, asked) = match self.settings.reserve_ahead {
@@ -98,6 +100,7 @@ impl Tailer {
             path: f.path.clone(),
             real_path: f.real_path.clone(),
             offset,
+            ids,
             reserve: self.settings.reserve_ahead.map(|_| (asked, limit.clone())),
         });
         f.reading = Some(Reading {
