@@ -171,7 +171,7 @@ impl Default for SourceConfig {
             max_read_bytes_per_file: 256 * 1024,
             rotate_wait: Duration::from_secs(5),
             max_idle_poll: Duration::from_millis(500),
-            read_interval: Duration::from_millis(100),
+            read_interval: Duration::from_millis(200),
             multiline: MultilineConfig::default(),
             json: JsonConfig::default(),
             logfmt: LogfmtConfig::default(),

@@ -24,6 +24,11 @@ const DIR_MASK: WatchMask = WatchMask::CREATE
 /// A truncation raises `IN_MODIFY` too.
 const FILE_MASK: WatchMask = WatchMask::MODIFY.union(WatchMask::ONESHOT);
 
+/// Fault injection for tests: file watches that report no write, as on NFS or FUSE (a
+/// watch is taken all the same: only its deletion is reported).
+#[doc(hidden)]
+pub static DEAF_FILE_WATCHES: AtomicBool = AtomicBool::new(false);
+
 /// A watched file, by device and inode.
 pub type FileId = (u64, u64);
 
@@ -156,7 +161,12 @@ impl Watcher {
     /// is watched even if its path names another one by now.
     pub fn watch_file(&mut self, file: &File, id: FileId) -> io::Result<WatchDescriptor> {
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let wd = self.watches.add(&path, FILE_MASK)?;
+        let mask = if DEAF_FILE_WATCHES.load(Ordering::Relaxed) {
+            WatchMask::DELETE_SELF.union(WatchMask::ONESHOT)
+        } else {
+            FILE_MASK
+        };
+        let wd = self.watches.add(&path, mask)?;
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
