@@ -25,7 +25,7 @@ const _: () = assert!(SEED_DIGITS * 6 + OFFSET_BITS as usize == 6 * ID_LEN);
 pub fn document_id(scheme: IdScheme, seed: u128, offset: u64) -> [u8; ID_LEN] {
     match scheme {
         IdScheme::Offset if offset < OFFSET_ID_LIMIT => offset_id(seed, offset),
-        // Past 4 TiB the hashed form: a file that large cannot be replayed into it anyway.
+        // No log file reaches 4 TiB, but an id must stay unique if one did.
         _ => hashed_id(seed, offset),
     }
 }
