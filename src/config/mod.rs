@@ -8,6 +8,7 @@ mod index_name;
 mod kubernetes;
 mod multiline;
 mod rate_limit;
+mod retention;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
 pub use elasticsearch::{has_userinfo, ElasticsearchConfig, IndexMode, Secret};
@@ -16,6 +17,7 @@ pub use index_name::{sanitize_index, sanitize_part};
 pub use kubernetes::KubernetesConfig;
 pub use multiline::{MultilineConfig, MultilineParserConfig, MultilineRuleConfig, MultilineRules};
 pub use rate_limit::RateLimitConfig;
+pub use retention::{Days, RetentionConfig, RetentionRule};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub buffer: BufferConfig,
     pub rate_limit: RateLimitConfig,
+    pub retention: RetentionConfig,
     pub http: HttpConfig,
     pub reload: ReloadConfig,
     pub shutdown: ShutdownConfig,
@@ -71,6 +74,7 @@ impl Default for Config {
             output: OutputConfig::default(),
             buffer: BufferConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            retention: RetentionConfig::default(),
             http: HttpConfig::default(),
             reload: ReloadConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -460,6 +464,8 @@ impl Config {
         self.buffer
             .validate(self.output.kind == OutputKind::Elasticsearch)?;
         self.rate_limit.validate()?;
+        self.retention
+            .validate(self.output.elasticsearch.retention_days)?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             (
                 "log_level".to_string(),

@@ -14,6 +14,7 @@ pub mod lookup;
 mod replay;
 pub mod rescue;
 pub mod response;
+pub mod retention;
 pub mod retry;
 pub mod shipper;
 pub mod spool;
