@@ -234,6 +234,7 @@ fn pod() -> Arc<PodMetadata> {
         Arc::new(PodMetadata {
             pod: Arc::new(pod_info()),
             namespace_labels: None,
+            namespace_annotations: None,
         })
     })
     .clone()
@@ -270,8 +271,8 @@ fn bulk(c: &mut Criterion) {
     const N: usize = 1000;
     g.throughput(Throughput::Elements(N as u64));
     let mut enc = on_node_1(DocumentEncoder::new(&JsonConfig::default()));
-    let router = Router::new(&ElasticsearchConfig::default());
-    let target = router.target(Some("shop"), "");
+    let router = Router::new(&ElasticsearchConfig::default(), &Default::default());
+    let target = router.target(router.retention().default_class(), Some("shop"), "");
     // 30% JSON messages, as in the reference workload.
     let events: Vec<LogEvent> = (0..N)
         .map(|i| {

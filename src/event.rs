@@ -175,6 +175,8 @@ pub struct PodMetadata {
     pub pod: Arc<crate::enrich::kube::pod::PodInfo>,
     /// The namespace's labels, when asked for.
     pub namespace_labels: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// The namespace's annotations, watched with its labels.
+    pub namespace_annotations: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 /// One log event: a line, a merged partial line or a multiline group.

@@ -356,6 +356,12 @@ fn counters(s: &Stats) -> Vec<(&'static str, &'static str, Kind, &AtomicU64)> {
             &s.lines_rate_limited,
         ),
         (
+            "retention_annotations_refused_total",
+            "logferry.io/retention annotations that do not parse or fall outside the bounds (the rules and the default apply), once per file and pod version.",
+            Counter,
+            &s.retention_refused,
+        ),
+        (
             "rate_limit_summaries_total",
             "Summary events shipped for lines dropped over a rate limit.",
             Counter,
@@ -872,6 +878,7 @@ mod tests {
             "logferry_rate_limited_lines_total",
             "logferry_read_errors_total",
             "logferry_reads_held_for_reservation_total",
+            "logferry_retention_annotations_refused_total",
             "logferry_rotations_total",
             "logferry_truncation_recovered_bytes_total",
             "logferry_truncations_total",

@@ -248,7 +248,8 @@ fn start_output(
         let sink = StdoutSink {
             encoder: encoder(),
             format: config.output.stdout.format,
-            targets: Targets::new(Router::new(&config.output.elasticsearch)),
+            targets: Targets::new(Router::new(&config.output.elasticsearch, &config.retention))
+                .counting(stats.clone()),
             writer: output,
             acks: acks.clone(),
             stats: stats.clone(),
@@ -271,8 +272,7 @@ fn start_output(
     };
     let sink = ElasticsearchSink::new(
         opts.health.clone(),
-        &config.output.elasticsearch,
-        &config.source,
+        config,
         encoder(),
         &dead_letter,
         acks.clone(),
@@ -301,7 +301,7 @@ fn start_output(
     .map_err(|e| PipelineError::Buffer(dir.clone(), e))?;
     let spool = Spool::new(
         writer,
-        Router::new(&config.output.elasticsearch),
+        Router::new(&config.output.elasticsearch, &config.retention),
         encoder(),
         acks.clone(),
         &config.buffer,

@@ -166,6 +166,9 @@ pub struct Stats {
     pub events_field_type_mismatch: AtomicU64,
     /// Lines dropped over a container's rate limit, and the summary events that said so.
     pub lines_rate_limited: AtomicU64,
+    /// `logferry.io/retention` annotations refused (unparsable or out of bounds), once per
+    /// file and pod version.
+    pub retention_refused: AtomicU64,
     pub rate_limit_summaries: AtomicU64,
     /// Bytes of bulk bodies sent and not yet answered (a gauge).
     pub es_in_flight_bytes: AtomicU64,
@@ -263,6 +266,7 @@ impl Default for Stats {
             events_invalid_utf8: AtomicU64::new(0),
             events_field_type_mismatch: AtomicU64::new(0),
             lines_rate_limited: AtomicU64::new(0),
+            retention_refused: AtomicU64::new(0),
             rate_limit_summaries: AtomicU64::new(0),
             es_in_flight_bytes: AtomicU64::new(0),
             es_items_sent: AtomicU64::new(0),

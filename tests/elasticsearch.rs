@@ -234,7 +234,7 @@ fn setup_installs_a_90_day_policy_and_a_template_that_makes_the_stream() {
     cfg.ilm_policy = name.clone();
     let client = BulkClient::new(&cfg).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let resources = setup::resources(&cfg, &["json".to_string()]);
+    let resources = setup::resources(&cfg, &Default::default(), &["json".to_string()]);
     let changes: Vec<setup::Change> = rt
         .block_on(setup::apply(client.transport(), &resources, false))
         .unwrap()
@@ -533,6 +533,58 @@ fn client_certificates_and_the_reason_a_handshake_fails() {
         Reply::Unreachable(why) => assert!(why.contains("expired"), "{why}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Issue 19: each retention class has its stream, its ILM policy and its template; lines
+/// land in the stream of the class the rules give their namespace.
+#[test]
+fn retention_classes_route_lines_to_their_streams_and_policies() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let dataset = unique("ret");
+    let (ci, shop, pay) = (unique("ci-"), unique("shop"), unique("pay"));
+    tree.container(&ci, "build", "app")
+        .append(seq_lines(0, 10).as_bytes());
+    tree.container(&shop, "web", "app")
+        .append(seq_lines(10, 5).as_bytes());
+    tree.container(&pay, "api", "app")
+        .append(seq_lines(15, 7).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, "default");
+    let e = &mut cfg.output.elasticsearch;
+    e.route_by_namespace = true;
+    e.dataset = dataset.clone();
+    e.template_name = dataset.clone();
+    e.ilm_policy = dataset.clone();
+    cfg.retention = toml::from_str(&format!(
+        "[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"\n[[rules]]\nnamespaces = [{pay:?}]\nretention = \"365d\""
+    ))
+    .unwrap();
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    let name = |class: &str, ns: &str| format!("logs-{dataset}{class}-{}", ns.replace('-', "_"));
+    let streams = [
+        (name(".r7d", &ci), 10, format!("{dataset}-r7d"), "7d"),
+        (name("", &shop), 5, dataset.clone(), "90d"),
+        (name(".r365d", &pay), 7, format!("{dataset}-r365d"), "365d"),
+    ];
+    for (stream, n, _, _) in &streams {
+        es.wait_count(stream, *n);
+    }
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 22);
+    agent.stop();
+    for (stream, n, policy, days) in &streams {
+        assert_eq!(es.count(stream), *n, "{stream}");
+        let (status, ds) = es.call("GET", &format!("/_data_stream/{stream}"), None);
+        assert_eq!(status, 200, "{ds}");
+        assert_eq!(
+            ds["data_streams"][0]["ilm_policy"],
+            policy.as_str(),
+            "{stream}"
+        );
+        let (_, p) = es.call("GET", &format!("/_ilm/policy/{policy}"), None);
+        assert_eq!(p[policy]["policy"]["phases"]["delete"]["min_age"], *days);
+    }
+    let doc = &es.docs(&streams[0].0)[0];
+    assert_eq!(doc["data_stream"]["dataset"], format!("{dataset}.r7d"));
 }
 
 #[test]

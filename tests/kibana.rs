@@ -24,6 +24,7 @@ fn objects() -> Vec<Value> {
 fn template_fields() -> HashMap<String, String> {
     let rs = setup::resources(
         &ElasticsearchConfig::default(),
+        &Default::default(),
         &logferry::config::SourceConfig::default().kept_objects(),
     );
     let mappings = rs

@@ -466,6 +466,14 @@ impl Config {
         self.rate_limit.validate()?;
         self.retention
             .validate(self.output.elasticsearch.retention_days)?;
+        let classes = !self.retention.rules.is_empty() || !self.retention.classes.is_empty();
+        if classes && self.output.elasticsearch.mode == IndexMode::Index {
+            return Err((
+                "retention.rules".into(),
+                "retention classes need data streams (output.elasticsearch.mode = \"data_stream\")"
+                    .into(),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             (
                 "log_level".to_string(),
@@ -919,6 +927,24 @@ include = ["${LOGS:-/logs}/*.log", "$$literal"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("checkpoint.interval"), "{e}");
+        let e = parse("[retention]\nmax = \"1000d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.max"), "{e}");
+        let e = parse("[output.elasticsearch]\nmode = \"index\"\n[[retention.rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.rules") && e.contains("data streams"),
+            "{e}"
+        );
+        let e = parse("[retention]\ndefault = \"90 days\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.default") && e.contains("not a number of days"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -160,6 +160,7 @@ mod tests {
         e.pod = Some(Arc::new(PodMetadata {
             pod: Arc::new(pod),
             namespace_labels: None,
+            namespace_annotations: None,
         }));
         let with_pod = cache.get(&e).members.clone();
         assert!(std::str::from_utf8(&with_pod)

@@ -256,9 +256,14 @@ impl Resolver {
         let labels = labels.map(|(_, l)| l);
         let version = (pod.resource_version.clone(), labels_gen);
         if state.built_for.as_ref() != Some(&version) {
+            let namespace_annotations = labels
+                .is_some()
+                .then(|| c.namespace_annotations(&pod.namespace))
+                .flatten();
             state.pod = Some(Arc::new(PodMetadata {
                 pod,
                 namespace_labels: labels,
+                namespace_annotations,
             }));
             state.built_for = Some(version);
         }

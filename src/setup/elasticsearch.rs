@@ -3,7 +3,7 @@
 //! each object carries a content hash in `_meta.version`; one that differs is reported and
 //! replaced only when asked (`setup --overwrite`).
 
-use crate::config::{ElasticsearchConfig, IndexMode};
+use crate::config::{Days, ElasticsearchConfig, IndexMode, RetentionConfig};
 use crate::sink::elasticsearch::target::Router;
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::Transport;
@@ -73,11 +73,10 @@ fn with_meta(mut body: Value, meta_at: &[&str]) -> (Value, String) {
     (body, version)
 }
 
-/// What `setup` installs for this config. `kept`: the keys structured messages are kept
-/// under (`SourceConfig::kept_objects`).
-pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
-    let name = &cfg.template_name;
-    let retention = format!("{}d", cfg.retention_days);
+/// The ILM policy that deletes an index `retention` after it was made (data streams: after
+/// its rollover).
+fn policy(cfg: &ElasticsearchConfig, retention: Days) -> (Value, String) {
+    let retention = retention.to_string();
     let phases = match cfg.mode {
         IndexMode::DataStream => json!({
             "hot": { "min_age": "0ms", "actions": {
@@ -89,8 +88,21 @@ pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
             "delete": { "min_age": retention, "actions": { "delete": {} } }
         }),
     };
-    let (policy, pv) = with_meta(json!({ "policy": { "phases": phases } }), &["policy"]);
+    with_meta(json!({ "policy": { "phases": phases } }), &["policy"])
+}
 
+/// What `setup` installs for this config: the default class's policy, the shared
+/// component templates and its index template, then a policy and an index template per
+/// other retention class. `kept`: the keys structured messages are kept under
+/// (`SourceConfig::kept_objects`).
+pub fn resources(
+    cfg: &ElasticsearchConfig,
+    retention: &RetentionConfig,
+    kept: &[String],
+) -> Vec<Resource> {
+    let name = &cfg.template_name;
+    let router = Router::new(cfg, retention);
+    let default = router.retention().default_class();
     let keyword = json!({ "type": "keyword" });
     let names = |keys: &[&str]| -> Value {
         Value::Object(
@@ -169,15 +181,25 @@ pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
             "index.codec": "best_compression" } } }),
         &[],
     );
-    let mut index_template = json!({
-        "index_patterns": [Router::new(cfg).index_pattern()],
-        "composed_of": [format!("{name}@settings"), format!("{name}@mappings")],
-        "priority": cfg.template_priority
-    });
-    if cfg.mode == IndexMode::DataStream {
-        index_template["data_stream"] = json!({});
-    }
-    let (index_template, iv) = with_meta(index_template, &[]);
+    // A class's template sets its own policy over the shared settings' default one.
+    let index_template = |pattern: String, policy: Option<&str>| {
+        let mut t = json!({
+            "index_patterns": [pattern],
+            "composed_of": [format!("{name}@settings"), format!("{name}@mappings")],
+            "priority": cfg.template_priority
+        });
+        if cfg.mode == IndexMode::DataStream {
+            t["data_stream"] = json!({});
+        }
+        if let Some(p) = policy {
+            t["template"] = json!({ "settings": { "index.lifecycle.name": p } });
+        }
+        with_meta(t, &[])
+    };
+    let default_pattern = match cfg.mode {
+        IndexMode::DataStream => router.class_pattern(default),
+        IndexMode::Index => router.index_pattern(),
+    };
     let resource = |kind, name: String, api: &str, (body, version): (Value, String)| Resource {
         kind,
         path: format!("{api}/{name}"),
@@ -185,12 +207,12 @@ pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
         body,
         version,
     };
-    vec![
+    let mut rs = vec![
         resource(
             "ILM policy",
             cfg.ilm_policy.clone(),
             "_ilm/policy",
-            (policy, pv),
+            policy(cfg, default),
         ),
         resource(
             "component template",
@@ -208,9 +230,33 @@ pub fn resources(cfg: &ElasticsearchConfig, kept: &[String]) -> Vec<Resource> {
             "index template",
             name.clone(),
             "_index_template",
-            (index_template, iv),
+            index_template(default_pattern, None),
         ),
-    ]
+    ];
+    if cfg.mode == IndexMode::DataStream {
+        for class in router
+            .retention()
+            .classes()
+            .iter()
+            .filter(|c| **c != default)
+        {
+            let policy_name = format!("{}-r{}d", cfg.ilm_policy, class.0);
+            let template = index_template(router.class_pattern(*class), Some(&policy_name));
+            rs.push(resource(
+                "ILM policy",
+                policy_name,
+                "_ilm/policy",
+                policy(cfg, *class),
+            ));
+            rs.push(resource(
+                "index template",
+                format!("{name}-r{}d", class.0),
+                "_index_template",
+                template,
+            ));
+        }
+    }
+    rs
 }
 
 /// The `_meta.version` of what Elasticsearch holds, from each API's GET shape.
@@ -331,7 +377,8 @@ mod tests {
     #[test]
     fn ninety_day_policy_and_a_template_for_the_stream() {
         let cfg = ElasticsearchConfig::default();
-        let rs = resources(&cfg, &kept());
+        let rs = resources(&cfg, &Default::default(), &kept());
+        assert_eq!(rs.len(), 4, "one class, four objects");
         let policy = &rs[0].body["policy"];
         assert_eq!(policy["phases"]["delete"]["min_age"], "90d");
         assert_eq!(
@@ -355,17 +402,27 @@ mod tests {
             "logferry"
         );
         // The same config gives the same versions; another retention another.
-        assert_eq!(resources(&cfg, &kept())[0].version, rs[0].version);
+        assert_eq!(
+            resources(&cfg, &Default::default(), &kept())[0].version,
+            rs[0].version
+        );
         let other = ElasticsearchConfig {
             retention_days: 30,
             ..Default::default()
         };
-        assert_ne!(resources(&other, &kept())[0].version, rs[0].version);
+        assert_ne!(
+            resources(&other, &Default::default(), &kept())[0].version,
+            rs[0].version
+        );
     }
 
     #[test]
     fn versions_are_read_from_each_get_shape() {
-        let rs = resources(&ElasticsearchConfig::default(), &kept());
+        let rs = resources(
+            &ElasticsearchConfig::default(),
+            &Default::default(),
+            &kept(),
+        );
         let v = |i: usize| rs[i].version.clone();
         let ilm =
             json!({ "logferry": { "version": 1, "policy": { "_meta": { "version": v(0) } } } });
@@ -374,5 +431,54 @@ mod tests {
         assert_eq!(installed_version(&rs[1], &ct), Some(v(1)));
         let it = json!({ "index_templates": [ { "name": "logferry", "index_template": { "_meta": { "version": v(3) } } } ] });
         assert_eq!(installed_version(&rs[3], &it), Some(v(3)));
+    }
+
+    #[test]
+    fn each_retention_class_has_its_policy_and_template() {
+        let retention: RetentionConfig = toml::from_str(
+            "default = \"30d\"\n[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"\n[[rules]]\nnamespaces = [\"payments\"]\nretention = \"365d\"",
+        )
+        .unwrap();
+        let cfg = ElasticsearchConfig::default();
+        let rs = resources(&cfg, &retention, &kept());
+        let get = |name: &str| rs.iter().find(|r| r.name == name).unwrap();
+        // The default class keeps the plain names, now with its retention.
+        assert_eq!(
+            get("logferry").body["policy"]["phases"]["delete"]["min_age"],
+            "30d"
+        );
+        assert_eq!(
+            get("logferry").path,
+            "_ilm/policy/logferry",
+            "the default policy keeps its name"
+        );
+        let t = &rs
+            .iter()
+            .find(|r| r.path == "_index_template/logferry")
+            .unwrap()
+            .body;
+        assert_eq!(t["index_patterns"], json!(["logs-kubernetes-*"]));
+        for (days, name) in [(7, "logferry-r7d"), (365, "logferry-r365d")] {
+            let p = rs
+                .iter()
+                .find(|r| r.path == format!("_ilm/policy/{name}"))
+                .unwrap();
+            assert_eq!(
+                p.body["policy"]["phases"]["delete"]["min_age"],
+                format!("{days}d")
+            );
+            let t = &rs
+                .iter()
+                .find(|r| r.path == format!("_index_template/{name}"))
+                .unwrap()
+                .body;
+            assert_eq!(
+                t["index_patterns"],
+                json!([format!("logs-kubernetes.r{days}d-*")])
+            );
+            assert_eq!(t["template"]["settings"]["index.lifecycle.name"], name);
+            assert_eq!(t["data_stream"], json!({}));
+        }
+        assert_eq!(rs.len(), 4 + 2 * 2);
     }
 }

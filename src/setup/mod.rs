@@ -12,8 +12,13 @@ use ::elasticsearch::http::transport::Transport;
 
 /// Installs the index setup, retrying until Elasticsearch answers. Shipping waits for
 /// it, so the data stream is never created without our template.
-pub async fn ensure(transport: &Transport, cfg: &ElasticsearchConfig, kept: &[String]) {
-    let rs = elasticsearch::resources(cfg, kept);
+pub async fn ensure(
+    transport: &Transport,
+    cfg: &ElasticsearchConfig,
+    retention: &crate::config::RetentionConfig,
+    kept: &[String],
+) {
+    let rs = elasticsearch::resources(cfg, retention, kept);
     let mut backoff = Backoff::new(cfg.retry_initial_backoff, cfg.retry_max_backoff);
     let mut attempts = 0u32;
     loop {
@@ -98,8 +103,11 @@ pub fn command(
     {
         return Err(CommandError::KibanaUserinfo);
     }
-    let resources = elasticsearch::resources(es, &cfg.source.kept_objects());
-    let objects = kibana::saved_objects(&Router::new(es).index_pattern())?;
+    cfg.retention
+        .validate(es.retention_days)
+        .map_err(|(k, m)| CommandError::Config(k, m))?;
+    let resources = elasticsearch::resources(es, &cfg.retention, &cfg.source.kept_objects());
+    let objects = kibana::saved_objects(&Router::new(es, &cfg.retention).index_pattern())?;
     let report = |out: &mut dyn std::io::Write, text: String| {
         out.write_all(text.as_bytes()).map_err(CommandError::Output)
     };

@@ -13,12 +13,22 @@ struct Entry {
     deleted_at: Option<Instant>,
 }
 
+type Labels = Arc<BTreeMap<String, String>>;
+
+/// A namespace's labels and annotations, with the generation they were set at.
+#[derive(Debug, Clone)]
+struct NamespaceMeta {
+    generation: u64,
+    labels: Labels,
+    annotations: Labels,
+}
+
 #[derive(Debug, Default)]
 pub struct PodCache {
     pods: HashMap<String, Entry>,
     by_name: HashMap<(String, String), String>,
-    /// Labels of each namespace, with the generation they were set at.
-    namespaces: HashMap<String, (u64, Arc<BTreeMap<String, String>>)>,
+    /// Labels and annotations of each namespace, with the generation they were set at.
+    namespaces: HashMap<String, NamespaceMeta>,
     /// The first full list has arrived.
     pub synced: bool,
     /// Bumped on every change, so readers can tell when to look again.
@@ -104,15 +114,31 @@ impl PodCache {
         self.generation += 1;
     }
 
-    pub fn set_namespace(&mut self, name: String, labels: BTreeMap<String, String>) {
+    pub fn set_namespace(
+        &mut self,
+        name: String,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+    ) {
         self.generation += 1;
-        self.namespaces
-            .insert(name, (self.generation, Arc::new(labels)));
+        let meta = NamespaceMeta {
+            generation: self.generation,
+            labels: Arc::new(labels),
+            annotations: Arc::new(annotations),
+        };
+        self.namespaces.insert(name, meta);
     }
 
     /// A namespace's labels and the generation they are from.
-    pub fn namespace_labels(&self, name: &str) -> Option<(u64, Arc<BTreeMap<String, String>>)> {
-        self.namespaces.get(name).cloned()
+    pub fn namespace_labels(&self, name: &str) -> Option<(u64, Labels)> {
+        self.namespaces
+            .get(name)
+            .map(|m| (m.generation, m.labels.clone()))
+    }
+
+    /// A namespace's annotations (`logferry.io/retention` is read from them).
+    pub fn namespace_annotations(&self, name: &str) -> Option<Labels> {
+        self.namespaces.get(name).map(|m| m.annotations.clone())
     }
 
     /// By uid (exact), else by namespace and name.

@@ -132,7 +132,8 @@ pub async fn run(
                 match ev {
                     Some(Ok(Event::Apply(ns) | Event::InitApply(ns))) => {
                         if let Some(name) = ns.metadata.name.clone() {
-                            write(&cache).set_namespace(name, ns.metadata.labels.unwrap_or_default());
+                            let m = ns.metadata;
+                            write(&cache).set_namespace(name, m.labels.unwrap_or_default(), m.annotations.unwrap_or_default());
                             bump(&cache);
                         }
                     }

@@ -303,8 +303,8 @@ mod tests {
     use crate::sink::elasticsearch::target::Router;
 
     fn fill(level: u32, n: usize) -> (Sealed, Vec<u8>) {
-        let router = Router::new(&ElasticsearchConfig::default());
-        let target = router.target(None, "");
+        let router = Router::new(&ElasticsearchConfig::default(), &Default::default());
+        let target = router.target(router.retention().default_class(), None, "");
         let mut encoder = DocumentEncoder::new(&JsonConfig::default());
         let mut batch = Batch::new(level);
         let mut plain = Batch::new(0);

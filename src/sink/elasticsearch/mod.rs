@@ -26,7 +26,7 @@ use self::retry::Acked;
 use self::shipper::Shipper;
 use self::target::{Router, Targets};
 use crate::checkpoint::CheckpointMsg;
-use crate::config::ElasticsearchConfig;
+use crate::config::{ElasticsearchConfig, RetentionConfig};
 use crate::encode::DocumentEncoder;
 use crate::event::LogEvent;
 use crate::stats::Stats;
@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 struct Shared {
     client: BulkClient,
     cfg: ElasticsearchConfig,
+    retention: RetentionConfig,
     /// The document keys structured messages are kept under (`json`, `logfmt`).
     kept: Vec<String>,
     stats: Arc<Stats>,
@@ -53,28 +54,30 @@ pub struct ElasticsearchSink {
 }
 
 impl ElasticsearchSink {
+    /// Ships to `config.output.elasticsearch`, routing by `config.retention`.
     pub fn new(
         health: Arc<crate::health::Health>,
-        cfg: &ElasticsearchConfig,
-        source: &crate::config::SourceConfig,
+        config: &crate::config::Config,
         encoder: DocumentEncoder,
         dead_letter_dir: &std::path::Path,
         acks: mpsc::UnboundedSender<CheckpointMsg>,
         stats: Arc<Stats>,
     ) -> Result<Self, client::ClientError> {
+        let (cfg, retention) = (&config.output.elasticsearch, &config.retention);
         Ok(ElasticsearchSink {
             health,
             shared: Arc::new(Shared {
                 client: BulkClient::new(cfg)?,
                 cfg: cfg.clone(),
-                kept: source.kept_objects(),
+                retention: retention.clone(),
+                kept: config.source.kept_objects(),
                 stats: stats.clone(),
                 dead_letter: Mutex::new(DeadLetter::new(
                     dead_letter_dir,
                     cfg.dead_letter_max_bytes,
                 )),
             }),
-            router: Router::new(cfg),
+            router: Router::new(cfg, retention),
             encoder,
             acks,
         })
@@ -86,12 +89,13 @@ impl ElasticsearchSink {
             crate::setup::ensure(
                 self.shared.client.transport(),
                 &self.shared.cfg,
+                &self.shared.retention,
                 &self.shared.kept,
             )
             .await;
         }
         self.health.set_ready(true);
-        let mut targets = Targets::new(self.router.clone());
+        let mut targets = Targets::new(self.router.clone()).counting(self.shared.stats.clone());
         let mut shipper = Shipper::new(self.shared.clone());
         let mut open = true;
         loop {
@@ -148,7 +152,7 @@ impl ElasticsearchSink {
                 }
             };
             tokio::select! {
-                _ = crate::setup::ensure(shared.client.transport(), &shared.cfg, &shared.kept) => {}
+                _ = crate::setup::ensure(shared.client.transport(), &shared.cfg, &shared.retention, &shared.kept) => {}
                 _ = closed, if !drain => {
                     tracing::info!("stopping before Elasticsearch answered; the documents stay in the disk buffer");
                     return;

@@ -49,6 +49,28 @@ pub(super) fn template_for(s: &State, index: &str) -> Option<(String, Value)> {
     best.map(|(_, n, t)| (n, t))
 }
 
+/// The ILM policy a template gives its indices: its own settings over its component
+/// templates', the later component over the earlier, as Elasticsearch composes them.
+pub(super) fn ilm_policy_of(s: &State, t: &Value) -> Option<String> {
+    let of = |settings: &Value| {
+        settings
+            .get("index.lifecycle.name")
+            .or_else(|| settings.pointer("/index/lifecycle/name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let components = t["composed_of"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str().and_then(|c| s.component.get(c)))
+        .map(|ct| &ct["template"]["settings"]);
+    components
+        .chain([&t["template"]["settings"]])
+        .rev()
+        .find_map(of)
+}
+
 pub(super) fn create_index(s: &State, name: &str) -> Index {
     let mut idx = Index::default();
     if let Some((_, t)) = template_for(s, name) {

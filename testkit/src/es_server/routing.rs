@@ -316,7 +316,11 @@ fn api(s: &mut State, m: &str, segs: &[&str], body_json: Value) -> Resp {
                     .collect();
                 reply(
                     200,
-                    json!({ "data_streams": [ { "name": name, "generation": i.generation, "indices": indices, "template": template_for(s, name).map(|(n, _)| n) } ] }),
+                    json!({ "data_streams": [ {
+                        "name": name, "generation": i.generation, "indices": indices,
+                        "template": template_for(s, name).map(|(n, _)| n),
+                        "ilm_policy": template_for(s, name).and_then(|(_, t)| ilm_policy_of(s, &t)),
+                    } ] }),
                 )
             }
             None => error(
