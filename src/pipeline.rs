@@ -210,6 +210,7 @@ async fn start_enrich(
         open.clone(),
         changed_tx,
         stats.clone(),
+        config.watches_namespaces(),
     ));
     opts.health.track("kubernetes watch", task.abort_handle());
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL_BATCHES);
@@ -219,8 +220,9 @@ async fn start_enrich(
         acks.clone(),
         stats.clone(),
     );
-    let enricher =
-        Enricher::new(cache.clone(), &config.kubernetes, stats.clone()).with_rate_limits(limits);
+    let enricher = Enricher::new(cache.clone(), &config.kubernetes, stats.clone())
+        .with_rate_limits(limits)
+        .watching_namespaces(config.watches_namespaces());
     let enrich = tokio::spawn(enricher.run(events, tx, changed_rx));
     opts.health.track("enrich", enrich.abort_handle());
     Ok(Enrich {

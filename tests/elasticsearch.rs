@@ -587,6 +587,43 @@ fn retention_classes_route_lines_to_their_streams_and_policies() {
     assert_eq!(doc["data_stream"]["dataset"], format!("{dataset}.r7d"));
 }
 
+/// Issue 19: with `lifecycle = "dsl"` each class's template carries its data stream
+/// lifecycle instead of an ILM policy.
+#[test]
+fn retention_classes_under_the_data_stream_lifecycle() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let dataset = unique("dsl");
+    let (ci, shop) = (unique("ci-"), unique("shop"));
+    tree.container(&ci, "build", "app")
+        .append(seq_lines(0, 3).as_bytes());
+    tree.container(&shop, "web", "app")
+        .append(seq_lines(3, 2).as_bytes());
+    let mut cfg = es_config(vec![tree.glob()], &es, "default");
+    let e = &mut cfg.output.elasticsearch;
+    e.route_by_namespace = true;
+    e.lifecycle = logferry::config::Lifecycle::Dsl;
+    e.dataset = dataset.clone();
+    e.template_name = dataset.clone();
+    e.ilm_policy = dataset.clone();
+    cfg.retention =
+        toml::from_str("default = \"30d\"\n[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"")
+            .unwrap();
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    let name = |class: &str, ns: &str| format!("logs-{dataset}{class}-{}", ns.replace('-', "_"));
+    for (stream, n, days) in [(name(".r7d", &ci), 3, "7d"), (name("", &shop), 2, "30d")] {
+        es.wait_count(&stream, n);
+        let (status, ds) = es.call("GET", &format!("/_data_stream/{stream}"), None);
+        assert_eq!(status, 200, "{ds}");
+        let ds = &ds["data_streams"][0];
+        assert_eq!(ds["lifecycle"]["data_retention"], days, "{stream}");
+        assert!(ds.get("ilm_policy").is_none(), "{ds}");
+    }
+    agent.stop();
+    let (status, _) = es.call("GET", &format!("/_ilm/policy/{dataset}"), None);
+    assert_eq!(status, 404, "no ILM policy under the data stream lifecycle");
+}
+
 #[test]
 fn routing_by_namespace_and_the_plain_index_mode() {
     let es = Es::new();

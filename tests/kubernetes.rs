@@ -314,6 +314,57 @@ fn namespace_labels_and_label_selectors() {
     agent.stop();
 }
 
+/// Issue 19: a pod's `logferry.io/retention` annotation, else its namespace's, picks the
+/// class (rounded up to one); one outside the bounds is refused and counted, and the rules
+/// decide. The namespaces are watched for it without their labels going into documents.
+#[test]
+fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
+    let api = KubeServer::start();
+    let annotated = |v: &str| json!({ "logferry.io/retention": v });
+    api.add_namespace_annotated("audit", json!({ "env": "prod" }), annotated("365d"));
+    api.add_namespace("shop", json!({}));
+    api.add_namespace("ci-1", json!({}));
+    let tree = Tree::new();
+    // (namespace, pod, its annotation, the dataset its lines must get)
+    let cases = [
+        ("shop", "short", Some("20d"), "kubernetes.r30d"),
+        ("audit", "keeper", None, "kubernetes.r365d"),
+        ("audit", "brief", Some("30d"), "kubernetes.r30d"),
+        ("ci-1", "greedy", Some("3650d"), "kubernetes.r7d"),
+        ("shop", "plain", None, "kubernetes"),
+    ];
+    for (i, (ns, name, annotation, _)) in cases.iter().enumerate() {
+        let uid = format!("uid-{name}");
+        let mut p = pod(ns, name, &uid);
+        p.annotations = annotation.map_or(json!({}), annotated);
+        api.add_pod(p);
+        tree.container(ns, name, "app")
+            .append(seq_lines(i as u64, 1).as_bytes());
+    }
+    let mut cfg = kube_config(&tree, &api);
+    cfg.output.stdout.format = logferry::config::StdoutFormat::Bulk;
+    cfg.retention = toml::from_str(
+        "classes = [\"30d\", \"365d\"]\n[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"",
+    )
+    .unwrap();
+    let agent = Agent::start(cfg, None);
+    let docs = agent.wait_for(cases.len());
+    for (i, (ns, name, _, dataset)) in cases.iter().enumerate() {
+        let d = by_seq(&docs, i as u64);
+        assert_eq!(d["data_stream"]["dataset"], *dataset, "{ns}/{name}");
+        assert!(
+            d["kubernetes"].get("namespace_labels").is_none(),
+            "watched for the class only"
+        );
+    }
+    let summary = agent.stop();
+    assert_eq!(
+        logferry::stats::Stats::get(&summary.stats.retention_refused),
+        1,
+        "the greedy pod's annotation"
+    );
+}
+
 #[test]
 fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
     let api = KubeServer::start();

@@ -50,6 +50,15 @@ pub enum IndexMode {
     Index,
 }
 
+/// What deletes old data: an ILM policy per retention class, or the data stream
+/// lifecycle (`data_retention` in each class's index template) on clusters that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    Ilm,
+    Dsl,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElasticsearchConfig {
@@ -111,6 +120,7 @@ pub struct ElasticsearchConfig {
 
     /// Install the ILM policy and templates at start (idempotent).
     pub setup: bool,
+    pub lifecycle: Lifecycle,
     pub ilm_policy: String,
     pub retention_days: u32,
     /// Name of the index template and prefix of the component templates.
@@ -157,6 +167,7 @@ impl Default for ElasticsearchConfig {
             max_requests_per_second: 0,
             max_bytes_per_second: 0,
             setup: true,
+            lifecycle: Lifecycle::Ilm,
             ilm_policy: "logferry".into(),
             retention_days: 90,
             template_name: "logferry".into(),
@@ -323,6 +334,12 @@ impl ElasticsearchConfig {
         }
         if self.retention_days == 0 {
             return Err(err("retention_days", "must be at least 1"));
+        }
+        if self.lifecycle == Lifecycle::Dsl && self.mode == IndexMode::Index {
+            return Err(err(
+                "lifecycle",
+                "\"dsl\" needs data streams (mode = \"data_stream\"); daily indices use ILM",
+            ));
         }
         if self.ilm_policy.is_empty() || self.template_name.is_empty() {
             return Err(err(

@@ -11,7 +11,7 @@ mod rate_limit;
 mod retention;
 
 pub use buffer::{BufferConfig, BufferKind, Fsync};
-pub use elasticsearch::{has_userinfo, ElasticsearchConfig, IndexMode, Secret};
+pub use elasticsearch::{has_userinfo, ElasticsearchConfig, IndexMode, Lifecycle, Secret};
 pub use fields::{FieldsConfig, LogfmtConfig};
 pub use index_name::{sanitize_index, sanitize_part};
 pub use kubernetes::KubernetesConfig;
@@ -61,6 +61,17 @@ pub struct Config {
     /// The agent's own log level, as `RUST_LOG` takes it (`info`, `logferry=debug,warn`);
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
+}
+
+impl Config {
+    /// Whether namespaces are watched: for their labels in documents, or for the retention
+    /// rules and annotations.
+    pub fn watches_namespaces(&self) -> bool {
+        self.kubernetes.namespace_labels
+            || self
+                .retention
+                .reads_namespaces(self.output.elasticsearch.retention_days)
+    }
 }
 
 impl Default for Config {

@@ -114,6 +114,13 @@ impl RetentionConfig {
         v
     }
 
+    /// Whether a line's class may depend on its namespace's labels or annotations (with
+    /// one class there is nothing to choose).
+    pub fn reads_namespaces(&self, fallback: u32) -> bool {
+        self.classes(fallback).len() > 1
+            && (self.annotations || self.rules.iter().any(|r| !r.namespace_labels.is_empty()))
+    }
+
     /// The bounds an annotation must keep within.
     pub fn bounds(&self, fallback: u32) -> (Days, Days) {
         let classes = self.classes(fallback);

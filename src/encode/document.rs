@@ -89,6 +89,7 @@ impl DocumentEncoder {
             options: MetadataOptions {
                 annotations: config.kubernetes.annotations.clone(),
                 dedot: config.kubernetes.dedot_keys,
+                namespace_labels: config.kubernetes.namespace_labels,
             },
         })
     }

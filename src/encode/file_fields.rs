@@ -39,7 +39,9 @@ impl Describe {
         let members = ContainerMetadata {
             path: &e.file.kube,
             pod: pod.map(|p| &*p.pod),
-            namespace_labels: pod.and_then(|p| p.namespace_labels.as_deref()),
+            namespace_labels: pod
+                .and_then(|p| p.namespace_labels.as_deref())
+                .filter(|_| self.options.namespace_labels),
             options: &self.options,
         }
         .fragment(&self.host_name);

@@ -15,6 +15,9 @@ pub struct MetadataOptions {
     pub annotations: Vec<String>,
     /// `.` → `_` in label and annotation keys.
     pub dedot: bool,
+    /// The namespace's labels go in (`kubernetes.namespace_labels`); they may be watched
+    /// for the retention rules alone.
+    pub namespace_labels: bool,
 }
 
 pub struct ContainerMetadata<'a> {
@@ -192,6 +195,7 @@ mod tests {
         let opts = MetadataOptions {
             annotations: vec!["team".into()],
             dedot: false,
+            namespace_labels: true,
         };
         let m = ContainerMetadata {
             path: &path,
@@ -226,6 +230,7 @@ mod tests {
         let opts = MetadataOptions {
             annotations: vec!["secret.example/*".into()],
             dedot: true,
+            namespace_labels: true,
         };
         let ns_labels: BTreeMap<String, String> = [("env".into(), "prod".into())].into();
         let v = Value::Object(

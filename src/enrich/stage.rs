@@ -47,7 +47,8 @@ pub struct Enricher {
 /// What turns a file's path names into its pod's metadata.
 struct Resolver {
     cache: SharedCache,
-    namespace_labels: bool,
+    /// Namespaces are watched: a pod's metadata waits for its namespace's.
+    namespaces: bool,
     /// The cache generation last announced by the watch: while a file's context was built
     /// at it, events need no lookup (and no lock) at all.
     announced: u64,
@@ -62,7 +63,7 @@ impl Enricher {
         Enricher {
             resolver: Resolver {
                 cache,
-                namespace_labels: cfg.namespace_labels,
+                namespaces: cfg.namespace_labels,
                 announced: 0,
             },
             wait: cfg.metadata_wait,
@@ -71,6 +72,12 @@ impl Enricher {
             pending: 0,
             limits: None,
         }
+    }
+
+    /// Namespaces are watched (`Config::watches_namespaces`): metadata waits for them.
+    pub fn watching_namespaces(mut self, on: bool) -> Self {
+        self.resolver.namespaces = on;
+        self
     }
 
     pub fn with_rate_limits(
@@ -245,10 +252,10 @@ impl Resolver {
             return Resolved::Unknown;
         };
         let labels = self
-            .namespace_labels
+            .namespaces
             .then(|| c.namespace_labels(&pod.namespace))
             .flatten();
-        if self.namespace_labels && labels.is_none() && !state.gave_up {
+        if self.namespaces && labels.is_none() && !state.gave_up {
             // The namespace watch has not delivered it yet: wait for it like for the pod.
             return Resolved::Unknown;
         }

@@ -3,7 +3,7 @@
 //! each object carries a content hash in `_meta.version`; one that differs is reported and
 //! replaced only when asked (`setup --overwrite`).
 
-use crate::config::{Days, ElasticsearchConfig, IndexMode, RetentionConfig};
+use crate::config::{Days, ElasticsearchConfig, IndexMode, Lifecycle, RetentionConfig};
 use crate::sink::elasticsearch::target::Router;
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::Transport;
@@ -175,14 +175,23 @@ pub fn resources(
             "properties": properties } } }),
         &[],
     );
-    let (settings, sv) = with_meta(
-        json!({ "template": { "settings": {
-            "index.lifecycle.name": cfg.ilm_policy,
-            "index.codec": "best_compression" } } }),
-        &[],
-    );
-    // A class's template sets its own policy over the shared settings' default one.
-    let index_template = |pattern: String, policy: Option<&str>| {
+    let dsl = cfg.lifecycle == Lifecycle::Dsl;
+    let mut shared_settings = json!({ "index.codec": "best_compression" });
+    if !dsl {
+        shared_settings["index.lifecycle.name"] = json!(cfg.ilm_policy);
+    }
+    let (settings, sv) = with_meta(json!({ "template": { "settings": shared_settings } }), &[]);
+    // A class's own part of its template: its ILM policy over the shared settings' default
+    // one, or its data stream lifecycle.
+    let own = |class: Days| -> Option<Value> {
+        if dsl {
+            Some(json!({ "lifecycle": { "data_retention": class.to_string() } }))
+        } else {
+            (class != default)
+                .then(|| json!({ "settings": { "index.lifecycle.name": policy_name(cfg, class) } }))
+        }
+    };
+    let index_template = |pattern: String, own: Option<Value>| {
         let mut t = json!({
             "index_patterns": [pattern],
             "composed_of": [format!("{name}@settings"), format!("{name}@mappings")],
@@ -191,8 +200,8 @@ pub fn resources(
         if cfg.mode == IndexMode::DataStream {
             t["data_stream"] = json!({});
         }
-        if let Some(p) = policy {
-            t["template"] = json!({ "settings": { "index.lifecycle.name": p } });
+        if let Some(own) = own {
+            t["template"] = own;
         }
         with_meta(t, &[])
     };
@@ -207,56 +216,62 @@ pub fn resources(
         body,
         version,
     };
-    let mut rs = vec![
-        resource(
+    let mut rs = Vec::new();
+    if !dsl {
+        rs.push(resource(
             "ILM policy",
             cfg.ilm_policy.clone(),
             "_ilm/policy",
             policy(cfg, default),
-        ),
-        resource(
-            "component template",
-            format!("{name}@settings"),
-            "_component_template",
-            (settings, sv),
-        ),
-        resource(
-            "component template",
-            format!("{name}@mappings"),
-            "_component_template",
-            (mappings, mv),
-        ),
-        resource(
-            "index template",
-            name.clone(),
-            "_index_template",
-            index_template(default_pattern, None),
-        ),
-    ];
+        ));
+    }
+    rs.push(resource(
+        "component template",
+        format!("{name}@settings"),
+        "_component_template",
+        (settings, sv),
+    ));
+    rs.push(resource(
+        "component template",
+        format!("{name}@mappings"),
+        "_component_template",
+        (mappings, mv),
+    ));
+    rs.push(resource(
+        "index template",
+        name.clone(),
+        "_index_template",
+        index_template(default_pattern, own(default)),
+    ));
     if cfg.mode == IndexMode::DataStream {
-        for class in router
+        for &class in router
             .retention()
             .classes()
             .iter()
             .filter(|c| **c != default)
         {
-            let policy_name = format!("{}-r{}d", cfg.ilm_policy, class.0);
-            let template = index_template(router.class_pattern(*class), Some(&policy_name));
-            rs.push(resource(
-                "ILM policy",
-                policy_name,
-                "_ilm/policy",
-                policy(cfg, *class),
-            ));
+            if !dsl {
+                rs.push(resource(
+                    "ILM policy",
+                    policy_name(cfg, class),
+                    "_ilm/policy",
+                    policy(cfg, class),
+                ));
+            }
             rs.push(resource(
                 "index template",
                 format!("{name}-r{}d", class.0),
                 "_index_template",
-                template,
+                index_template(router.class_pattern(class), own(class)),
             ));
         }
     }
     rs
+}
+
+/// The ILM policy of a retention class other than the default.
+fn policy_name(cfg: &ElasticsearchConfig, class: Days) -> String {
+    format!("{}-r{}d", cfg.ilm_policy, class.0)
 }
 
 /// The `_meta.version` of what Elasticsearch holds, from each API's GET shape.
@@ -480,5 +495,41 @@ mod tests {
             assert_eq!(t["data_stream"], json!({}));
         }
         assert_eq!(rs.len(), 4 + 2 * 2);
+    }
+
+    #[test]
+    fn the_data_stream_lifecycle_replaces_the_policies() {
+        let retention: RetentionConfig =
+            toml::from_str("[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"").unwrap();
+        let cfg = ElasticsearchConfig {
+            lifecycle: Lifecycle::Dsl,
+            ..Default::default()
+        };
+        let rs = resources(&cfg, &retention, &kept());
+        assert!(rs.iter().all(|r| r.kind != "ILM policy"));
+        let settings = &rs
+            .iter()
+            .find(|r| r.name == "logferry@settings")
+            .unwrap()
+            .body;
+        assert!(settings["template"]["settings"]
+            .get("index.lifecycle.name")
+            .is_none());
+        let template = |name: &str| {
+            rs.iter()
+                .find(|r| r.path == format!("_index_template/{name}"))
+                .unwrap()
+                .body
+                .clone()
+        };
+        assert_eq!(
+            template("logferry")["template"]["lifecycle"]["data_retention"],
+            "90d"
+        );
+        assert_eq!(
+            template("logferry-r7d")["template"]["lifecycle"]["data_retention"],
+            "7d"
+        );
+        assert_eq!(rs.len(), 4);
     }
 }

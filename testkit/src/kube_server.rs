@@ -208,7 +208,16 @@ impl KubeServer {
     }
 
     pub fn add_namespace(&self, name: &str, labels: Value) {
-        self.record(Kind::Namespace, "ADDED", json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } }));
+        self.add_namespace_annotated(name, labels, json!({}));
+    }
+
+    pub fn add_namespace_annotated(&self, name: &str, labels: Value, annotations: Value) {
+        let meta = json!({ "name": name, "labels": labels, "annotations": annotations });
+        self.record(
+            Kind::Namespace,
+            "ADDED",
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": meta }),
+        );
     }
 
     /// Forgets the history and ends every watch: watching again from an old

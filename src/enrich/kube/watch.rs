@@ -61,6 +61,7 @@ pub async fn client(cfg: &KubernetesConfig, stats: Arc<Stats>) -> Result<Client,
 }
 
 /// Runs the watches until the process ends, keeping `cache` current and bumping `changed`.
+/// `namespaces`: watch the namespaces too (`Config::watches_namespaces`).
 pub async fn run(
     client: Client,
     cfg: KubernetesConfig,
@@ -68,13 +69,14 @@ pub async fn run(
     open: Arc<OpenPods>,
     changed: notify::Sender<u64>,
     stats: Arc<Stats>,
+    namespaces: bool,
 ) {
     let pods: Api<Pod> = Api::all(client.clone());
     let wc = watcher::Config::default()
         .fields(&format!("spec.nodeName={}", cfg.node_name))
         .any_semantic();
     let mut pod_events = watcher::watcher(pods, wc).default_backoff().boxed();
-    let mut ns_events = if cfg.namespace_labels {
+    let mut ns_events = if namespaces {
         let api: Api<Namespace> = Api::all(client);
         watcher::watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()

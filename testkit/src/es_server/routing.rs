@@ -314,14 +314,26 @@ fn api(s: &mut State, m: &str, segs: &[&str], body_json: Value) -> Resp {
                     .chain([i.write_index(name)])
                     .map(|n| json!({ "index_name": n }))
                     .collect();
-                reply(
-                    200,
-                    json!({ "data_streams": [ {
+                reply(200, {
+                    let template = template_for(s, name);
+                    let mut ds = json!({
                         "name": name, "generation": i.generation, "indices": indices,
-                        "template": template_for(s, name).map(|(n, _)| n),
-                        "ilm_policy": template_for(s, name).and_then(|(_, t)| ilm_policy_of(s, &t)),
-                    } ] }),
-                )
+                        "template": template.as_ref().map(|(n, _)| n.clone()),
+                    });
+                    if let Some((_, t)) = &template {
+                        if let Some(p) = ilm_policy_of(s, t) {
+                            ds["ilm_policy"] = json!(p);
+                        }
+                        // The data stream lifecycle, as the template's own part sets it.
+                        if let Some(l) = t["template"].get("lifecycle") {
+                            let mut l = l.clone();
+                            l["enabled"] =
+                                json!(l.get("enabled").and_then(Value::as_bool).unwrap_or(true));
+                            ds["lifecycle"] = l;
+                        }
+                    }
+                    json!({ "data_streams": [ds] })
+                })
             }
             None => error(
                 404,
