@@ -374,6 +374,47 @@ fn setup_dry_run_prints_the_requests_and_secrets_stay_hidden() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("output.elasticsearch.endpoints[0]"));
 }
 
+/// Issue 19: `setup` makes a policy and a template per retention class, and the Kibana
+/// data view covers the streams of every class.
+#[test]
+fn setup_dry_run_covers_every_retention_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("es.toml");
+    fs::write(
+        &p,
+        "[output]\ntype = \"elasticsearch\"\n[retention]\ndefault = \"30d\"\n[[retention.rules]]\nnamespaces = [\"kube-system\"]\nretention = \"7d\"\n",
+    )
+    .unwrap();
+    let out = logferry(&[
+        "setup",
+        "--config",
+        p.to_str().unwrap(),
+        "--dry-run",
+        "--kibana-url",
+        "https://kibana.example:5601",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    for request in [
+        "PUT /_ilm/policy/logferry\n",
+        "PUT /_ilm/policy/logferry-r7d\n",
+        "PUT /_index_template/logferry\n",
+        "PUT /_index_template/logferry-r7d\n",
+    ] {
+        assert!(text.contains(request), "{request} in {text}");
+    }
+    assert!(text.contains("\"min_age\": \"30d\""), "{text}");
+    assert!(
+        text.contains("\"title\":\"logs-kubernetes.r7d-*,logs-kubernetes-*\""),
+        "{text}"
+    );
+    // A bound outside every class names its key.
+    fs::write(&p, "[retention]\nmax = \"400d\"\n").unwrap();
+    let out = logferry(&["check-config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retention.max"));
+}
+
 #[test]
 fn self_logs_in_json_are_one_object_a_line_and_carry_no_log_content() {
     let out = logferry(&[

@@ -624,6 +624,103 @@ fn retention_classes_under_the_data_stream_lifecycle() {
     assert_eq!(status, 404, "no ILM policy under the data stream lifecycle");
 }
 
+/// A config routing by namespace into a dataset of the test's own, with `retention`.
+fn classes_config(
+    tree: &Tree,
+    es: &Es,
+    dataset: &str,
+    retention: &str,
+) -> logferry::config::Config {
+    let mut cfg = es_config(vec![tree.glob()], es, "default");
+    let e = &mut cfg.output.elasticsearch;
+    e.route_by_namespace = true;
+    e.dataset = dataset.into();
+    e.template_name = dataset.into();
+    e.ilm_policy = dataset.into();
+    cfg.retention = toml::from_str(retention).unwrap();
+    cfg
+}
+
+/// Issue 19: the lines of a crashed run are replayed after a restart whose config moved
+/// their namespace to another class. Their ids are looked up in the namespace's streams
+/// of every class: nothing the old stream holds is indexed again in the new one.
+#[test]
+fn a_replay_into_another_class_is_looked_up_in_the_old_one() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let dataset = unique("moved");
+    let shop = unique("shop");
+    let c = tree.container(&shop, "web", "app");
+    c.append(seq_lines(0, 500).as_bytes());
+    let state = tree.state_dir();
+    let agent = Agent::start(classes_config(&tree, &es, &dataset, ""), Some(&state));
+    let old = format!("logs-{dataset}-{shop}");
+    es.wait_count(&old, 500);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 500);
+    agent.stop();
+    // As after a crash before the checkpoint was written: every line is replayed.
+    let file = state.join("checkpoints.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    for f in v["files"].as_array_mut().unwrap() {
+        f["offset"] = 0.into();
+    }
+    std::fs::write(&file, v.to_string()).unwrap();
+    c.append(seq_lines(500, 100).as_bytes());
+    let moved = format!("[[rules]]\nnamespaces = [{shop:?}]\nretention = \"7d\"");
+    let agent = Agent::start(classes_config(&tree, &es, &dataset, &moved), Some(&state));
+    let new = format!("logs-{dataset}.r7d-{shop}");
+    es.wait_count(&new, 100);
+    agent.wait_stat("all acknowledged", |s| Stats::get(&s.events_delivered), 600);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = agent.stop();
+    let mut all = seqs(&es.docs(&old));
+    all.extend(seqs(&es.docs(&new)));
+    assert_exactly_once(&all, 600);
+    assert_eq!(es.count(&new), 100, "only the new lines in the new class");
+    assert_eq!(Stats::get(&summary.stats.es_replays_present), 500);
+}
+
+/// Issue 19: requests carrying lines of several classes, with items and requests refused
+/// at random: each line lands once, in its class's stream.
+#[test]
+fn rejected_items_of_several_classes_land_once_in_their_streams() {
+    let es = Es::new();
+    let Some(server) = es.in_tree() else {
+        return eprintln!("skipped: needs fault injection");
+    };
+    server.faults(|f| {
+        f.item_429_ratio = 0.3;
+        f.request_fail_ratio = 0.2;
+    });
+    let tree = Tree::new();
+    let dataset = unique("retries");
+    let namespaces = ["ci-a", "shop", "pay"];
+    for (i, ns) in namespaces.iter().enumerate() {
+        tree.container(ns, "p", "app")
+            .append(seq_lines(i as u64 * 1000, 1000).as_bytes());
+    }
+    let retention = "[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"\n[[rules]]\nnamespaces = [\"pay\"]\nretention = \"365d\"";
+    let mut cfg = classes_config(&tree, &es, &dataset, retention);
+    cfg.output.elasticsearch.batch_max_events = 200;
+    let agent = Agent::start(cfg, Some(&tree.state_dir()));
+    let streams = [
+        format!("logs-{dataset}.r7d-ci_a"),
+        format!("logs-{dataset}-shop"),
+        format!("logs-{dataset}.r365d-pay"),
+    ];
+    for (i, stream) in streams.iter().enumerate() {
+        es.wait_count(stream, 1000);
+        let got: Vec<u64> = seqs(&es.docs(stream))
+            .into_iter()
+            .map(|s| s - i as u64 * 1000)
+            .collect();
+        assert_exactly_once(&got, 1000);
+    }
+    let summary = agent.stop();
+    assert!(Stats::get(&summary.stats.es_items_retried) > 0);
+    assert_eq!(Stats::get(&summary.stats.es_dead_lettered), 0);
+}
+
 #[test]
 fn routing_by_namespace_and_the_plain_index_mode() {
     let es = Es::new();

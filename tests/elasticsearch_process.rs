@@ -93,6 +93,90 @@ fn kill_9_mid_batch_then_restart_indexes_every_line_once() {
     }
 }
 
+const CI_7_DAYS: &str =
+    "[retention]\n[[retention.rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"\n";
+
+/// Issue 19: `kill -9` while lines of two retention classes are in flight, three times:
+/// each line lands once, in its class's stream.
+#[test]
+fn kill_9_with_two_retention_classes_indexes_every_line_once_in_its_stream() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("killc");
+    for (i, k8s_ns) in ["ci-1", "shop"].iter().enumerate() {
+        tree.container(k8s_ns, "p", "app")
+            .append(seq_lines(i as u64 * 4_000, 4_000).as_bytes());
+    }
+    let config = write_config(&tree, &es, &ns);
+    let text = fs::read_to_string(&config).unwrap() + CI_7_DAYS;
+    fs::write(&config, text).unwrap();
+    let (short, default) = (
+        format!("logs-kubernetes.r7d-{ns}"),
+        format!("logs-kubernetes-{ns}"),
+    );
+    let both = format!("{short},{default}");
+    for kill_at in [1_000u64, 3_500, 6_000] {
+        let mut child = spawn(&config);
+        es.wait_count(&both, kill_at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut child = spawn(&config);
+    es.wait_count(&both, 8_000);
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_exactly_once(&seqs(&es.docs(&short)), 4_000);
+    let shop: Vec<u64> = seqs(&es.docs(&default))
+        .into_iter()
+        .map(|s| s - 4_000)
+        .collect();
+    assert_exactly_once(&shop, 4_000);
+}
+
+/// Issue 19: a reload that moves a namespace to another retention class: its new lines
+/// go to the new class's stream (its template installed first), none is lost or repeated,
+/// and the old stream keeps what it had.
+#[test]
+fn a_reload_moves_a_namespace_to_another_class() {
+    let es = Es::new();
+    let tree = Tree::new();
+    let ns = unique("move");
+    let c = tree.container("ci-9", "r", "app");
+    c.append(seq_lines(0, 1_000).as_bytes());
+    let config = write_config(&tree, &es, &ns);
+    let text = fs::read_to_string(&config).unwrap();
+    let mut child = spawn(&config);
+    let (default, short) = (
+        format!("logs-kubernetes-{ns}"),
+        format!("logs-kubernetes.r7d-{ns}"),
+    );
+    es.wait_count(&default, 1_000);
+    fs::write(&config, text + CI_7_DAYS).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    for from in (1_000..2_000).step_by(50) {
+        c.append(seq_lines(from, 50).as_bytes());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let both = format!("{default},{short}");
+    es.wait_count(&both, 2_000);
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let (old, new) = (seqs(&es.docs(&default)), seqs(&es.docs(&short)));
+    let mut all = old.clone();
+    all.extend(&new);
+    assert_exactly_once(&all, 2_000);
+    assert!(
+        new.contains(&1_999),
+        "the last lines went to the 7-day class"
+    );
+    assert!(old.len() >= 1_000, "the old stream keeps its lines");
+    let (status, ds) = es.call("GET", &format!("/_data_stream/{short}"), None);
+    assert_eq!(status, 200, "{ds}");
+    assert_eq!(ds["data_streams"][0]["ilm_policy"], "logferry-r7d");
+}
+
 #[test]
 fn memory_stays_bounded_while_elasticsearch_is_down() {
     let es = Es::new();

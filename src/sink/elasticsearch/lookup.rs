@@ -32,9 +32,10 @@ pub enum LookupError {
     },
 }
 
-/// The ids of `ids` that `stream` holds. Searches see only what was refreshed, so the
-/// stream is refreshed first: a document indexed just before a crash is found too. A
-/// stream that does not exist holds nothing.
+/// The ids of `ids` that `stream` holds (comma-separated streams and patterns: any of
+/// them). Searches see only what was refreshed, so the streams are refreshed first: a
+/// document indexed just before a crash is found too. A stream that does not exist holds
+/// nothing.
 pub async fn present_ids(
     transport: &Transport,
     stream: &str,
@@ -92,7 +93,11 @@ async fn call(
 ) -> Result<(u16, String), LookupError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let query = [("filter_path", "hits.hits._id,error.type")];
+    // A stream of `targets` not made yet holds nothing: skipped, not answered 404.
+    let query = [
+        ("filter_path", "hits.hits._id,error.type"),
+        ("ignore_unavailable", "true"),
+    ];
     let resp = transport
         .send(
             Method::Post,

@@ -39,6 +39,7 @@ struct Shared {
     client: BulkClient,
     cfg: ElasticsearchConfig,
     retention: RetentionConfig,
+    router: Router,
     /// The document keys structured messages are kept under (`json`, `logfmt`).
     kept: Vec<String>,
     stats: Arc<Stats>,
@@ -70,6 +71,7 @@ impl ElasticsearchSink {
                 client: BulkClient::new(cfg)?,
                 cfg: cfg.clone(),
                 retention: retention.clone(),
+                router: Router::new(cfg, retention),
                 kept: config.source.kept_objects(),
                 stats: stats.clone(),
                 dead_letter: Mutex::new(DeadLetter::new(

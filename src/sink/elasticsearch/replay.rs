@@ -35,7 +35,10 @@ pub(super) async fn check_sealed(shared: &Shared, batch: &mut Sealed) -> Result<
     for (stream, items) in &by_stream {
         let ids: Vec<String> = items.iter().map(|(_, id)| id.clone()).collect();
         let transport = shared.client.transport();
-        match present_ids(transport, stream, &ids, shared.cfg.request_timeout).await {
+        // Also in the namespace's streams of other retention classes: a line the last run
+        // sent may have moved class since (a rule or an annotation changed).
+        let targets = shared.router.lookup_targets(stream);
+        match present_ids(transport, &targets, &ids, shared.cfg.request_timeout).await {
             Ok(present) => found.extend(
                 items
                     .iter()

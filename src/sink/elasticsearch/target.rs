@@ -69,6 +69,28 @@ impl Router {
         format!("logs-{}-*", self.dataset_of(class))
     }
 
+    /// Where the ids of a replay into `stream` are looked up: the stream and its
+    /// namespace's streams of every retention class, past and present
+    /// (`logs-<dataset>-<ns>,logs-<dataset>.r*-<ns>`). Another name is looked up alone.
+    pub fn lookup_targets(&self, stream: &str) -> String {
+        let ns = stream
+            .strip_prefix(&format!("logs-{}", self.dataset))
+            .and_then(|rest| match rest.strip_prefix('-') {
+                Some(ns) => Some(ns),
+                None => {
+                    let (class, ns) = rest.strip_prefix(".r")?.split_once('-')?;
+                    let days = class.strip_suffix('d')?;
+                    days.bytes().all(|b| b.is_ascii_digit()).then_some(ns)
+                }
+            });
+        match ns {
+            Some(ns) if self.mode == IndexMode::DataStream => {
+                format!("logs-{d}-{ns},logs-{d}.r*-{ns}", d = self.dataset)
+            }
+            _ => stream.to_string(),
+        }
+    }
+
     /// What every document goes to: the index template's pattern in index mode, every
     /// class's streams (comma-separated, as a Kibana data view takes them) otherwise.
     pub fn index_pattern(&self) -> String {
@@ -282,6 +304,17 @@ mod tests {
             "logs-kubernetes-shop"
         );
         assert_eq!(r.class_pattern(Days(7)), "logs-kubernetes.r7d-*");
+        for stream in ["logs-kubernetes.r7d-shop", "logs-kubernetes-shop"] {
+            assert_eq!(
+                r.lookup_targets(stream),
+                "logs-kubernetes-shop,logs-kubernetes.r*-shop"
+            );
+        }
+        assert_eq!(r.lookup_targets("other-index"), "other-index");
+        assert_eq!(
+            r.lookup_targets("logs-kubernetes.rx-shop"),
+            "logs-kubernetes.rx-shop"
+        );
         assert_eq!(r.index_pattern(), "logs-kubernetes.r7d-*,logs-kubernetes-*");
     }
 

@@ -26,6 +26,11 @@ pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// Whether a request's targets (comma-separated names and patterns) take in `name`.
+pub(super) fn targets_match(targets: &str, name: &str) -> bool {
+    targets.split(',').any(|t| glob_match(t, name))
+}
+
 /// The highest-priority template matching an index; ES 8's built-in `logs` template
 /// (`logs-*-*`, priority 100, data stream) when no other does.
 pub(super) fn template_for(s: &State, index: &str) -> Option<(String, Value)> {

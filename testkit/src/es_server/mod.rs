@@ -200,7 +200,7 @@ impl State {
     fn docs_where(&self, pattern: &str) -> Vec<(String, String, Value)> {
         self.indices
             .iter()
-            .filter(|(n, _)| glob_match(pattern, n))
+            .filter(|(n, _)| targets_match(pattern, n))
             .flat_map(|(n, i)| i.all_docs(n).map(|(ix, id, d)| (ix, id.clone(), d.clone())))
             .collect()
     }
@@ -208,7 +208,11 @@ impl State {
     /// The documents with one of `ids`, in every backing index: (index, id, source).
     fn docs_with_ids(&self, pattern: &str, ids: &HashSet<&str>) -> Vec<(String, String, Value)> {
         let mut out = Vec::new();
-        for (name, i) in self.indices.iter().filter(|(n, _)| glob_match(pattern, n)) {
+        for (name, i) in self
+            .indices
+            .iter()
+            .filter(|(n, _)| targets_match(pattern, n))
+        {
             let current = i.write_index(name);
             let all = i
                 .earlier
@@ -235,7 +239,7 @@ impl State {
     pub fn count(&self, pattern: &str) -> usize {
         self.indices
             .iter()
-            .filter(|(n, _)| glob_match(pattern, n))
+            .filter(|(n, _)| targets_match(pattern, n))
             .map(|(_, i)| {
                 i.docs.len()
                     + i.ids.len()

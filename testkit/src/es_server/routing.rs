@@ -14,6 +14,10 @@ pub(super) async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let filter = FilterPath::from_query(req.uri().query());
+    let ignore_unavailable = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "ignore_unavailable=true"));
     let gzip = req
         .headers()
         .get("content-encoding")
@@ -89,7 +93,13 @@ pub(super) async fn handle(
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     };
     let mut s = state.lock().unwrap();
-    Ok(api(&mut s, method.as_str(), &segs, body_json))
+    Ok(api(
+        &mut s,
+        method.as_str(),
+        &segs,
+        body_json,
+        ignore_unavailable,
+    ))
 }
 
 /// The bulk endpoint: its latency, size limit and injected failures, then the items.
@@ -185,7 +195,9 @@ async fn bulk_endpoint(
 }
 
 /// Every other API the agent and the tests use.
-fn api(s: &mut State, m: &str, segs: &[&str], body_json: Value) -> Resp {
+/// `ignore_unavailable`: a concrete name in a search's or refresh's targets that is no
+/// index is skipped instead of answered 404.
+fn api(s: &mut State, m: &str, segs: &[&str], body_json: Value, ignore_unavailable: bool) -> Resp {
     match (m, segs) {
         ("GET", []) => reply(
             200,
@@ -254,14 +266,22 @@ fn api(s: &mut State, m: &str, segs: &[&str], body_json: Value) -> Resp {
                 &format!("index template matching [{name}] not found"),
             ),
         },
-        // A concrete name that is no index is an error; a pattern may match nothing.
-        ("POST" | "GET", [index, "_refresh" | "_search"])
-            if !index.contains('*') && !s.indices.contains_key(*index) =>
+        // Targets are a comma-separated list. A concrete name that is no index is an error
+        // (unless told to skip it); a pattern may match nothing.
+        ("POST" | "GET", [targets, "_refresh" | "_search"])
+            if !ignore_unavailable
+                && targets
+                    .split(',')
+                    .any(|t| !t.contains('*') && !s.indices.contains_key(t)) =>
         {
+            let missing = targets
+                .split(',')
+                .find(|t| !t.contains('*') && !s.indices.contains_key(*t))
+                .unwrap_or_default();
             error(
                 404,
                 "index_not_found_exception",
-                &format!("no such index [{index}]"),
+                &format!("no such index [{missing}]"),
             )
         }
         ("POST" | "GET", [_, "_refresh"]) => reply(
