@@ -136,7 +136,8 @@ fn kill_9_with_two_retention_classes_indexes_every_line_once_in_its_stream() {
 
 /// Issue 19: a reload that moves a namespace to another retention class: its new lines
 /// go to the new class's stream (its template installed first), none is lost or repeated,
-/// and the old stream keeps what it had.
+/// and the old stream keeps what it had. Removing the class again moves them back and
+/// leaves its stream as it is.
 #[test]
 fn a_reload_moves_a_namespace_to_another_class() {
     let es = Es::new();
@@ -152,7 +153,7 @@ fn a_reload_moves_a_namespace_to_another_class() {
         format!("logs-kubernetes.r7d-{ns}"),
     );
     es.wait_count(&default, 1_000);
-    fs::write(&config, text + CI_7_DAYS).unwrap();
+    fs::write(&config, text.clone() + CI_7_DAYS).unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     for from in (1_000..2_000).step_by(50) {
         c.append(seq_lines(from, 50).as_bytes());
@@ -161,17 +162,45 @@ fn a_reload_moves_a_namespace_to_another_class() {
     let both = format!("{default},{short}");
     es.wait_count(&both, 2_000);
     std::thread::sleep(Duration::from_millis(300));
+    let moved = es.count(&short);
+    // The class removed again: its stream and what it holds stay.
+    fs::write(&config, text).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let log = config.with_extension("log");
+    let deadline = Instant::now() + WAIT;
+    while fetch(&log, "/metrics")
+        .and_then(|(_, m)| sample(&m, "logferry_config_reloads_total"))
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second reload did not happen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.append(seq_lines(2_000, 100).as_bytes());
+    es.wait_count(&both, 2_100);
+    std::thread::sleep(Duration::from_millis(300));
     sigterm(&child);
     assert!(child.wait().unwrap().success());
     let (old, new) = (seqs(&es.docs(&default)), seqs(&es.docs(&short)));
     let mut all = old.clone();
     all.extend(&new);
-    assert_exactly_once(&all, 2_000);
+    assert_exactly_once(&all, 2_100);
     assert!(
         new.contains(&1_999),
-        "the last lines went to the 7-day class"
+        "the lines after the move went to the 7-day class"
     );
-    assert!(old.len() >= 1_000, "the old stream keeps its lines");
+    assert_eq!(
+        es.count(&short),
+        moved,
+        "the removed class's stream keeps its lines"
+    );
+    assert!(
+        old.contains(&2_099),
+        "and the namespace is back in the default class"
+    );
     let (status, ds) = es.call("GET", &format!("/_data_stream/{short}"), None);
     assert_eq!(status, 200, "{ds}");
     assert_eq!(ds["data_streams"][0]["ilm_policy"], "logferry-r7d");

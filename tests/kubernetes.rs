@@ -316,7 +316,8 @@ fn namespace_labels_and_label_selectors() {
 
 /// Issue 19: a pod's `logferry.io/retention` annotation, else its namespace's, picks the
 /// class (rounded up to one); one outside the bounds is refused and counted, and the rules
-/// decide. The namespaces are watched for it without their labels going into documents.
+/// decide, by namespace name or label. The namespaces are watched for it without their
+/// labels going into documents.
 #[test]
 fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
     let api = KubeServer::start();
@@ -324,6 +325,7 @@ fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
     api.add_namespace_annotated("audit", json!({ "env": "prod" }), annotated("365d"));
     api.add_namespace("shop", json!({}));
     api.add_namespace("ci-1", json!({}));
+    api.add_namespace("ledger", json!({ "compliance": "audit" }));
     let tree = Tree::new();
     // (namespace, pod, its annotation, the dataset its lines must get)
     let cases = [
@@ -332,6 +334,7 @@ fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
         ("audit", "brief", Some("30d"), "kubernetes.r30d"),
         ("ci-1", "greedy", Some("3650d"), "kubernetes.r7d"),
         ("shop", "plain", None, "kubernetes"),
+        ("ledger", "books", None, "kubernetes.r365d"),
     ];
     for (i, (ns, name, annotation, _)) in cases.iter().enumerate() {
         let uid = format!("uid-{name}");
@@ -344,7 +347,7 @@ fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
     let mut cfg = kube_config(&tree, &api);
     cfg.output.stdout.format = logferry::config::StdoutFormat::Bulk;
     cfg.retention = toml::from_str(
-        "classes = [\"30d\", \"365d\"]\n[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"",
+        "classes = [\"30d\", \"365d\"]\n[[rules]]\nnamespaces = [\"ci-*\"]\nretention = \"7d\"\n[[rules]]\nnamespace_labels = [\"compliance=audit\"]\nretention = \"365d\"",
     )
     .unwrap();
     let agent = Agent::start(cfg, None);
