@@ -368,6 +368,56 @@ fn retention_annotations_of_pods_and_namespaces_pick_the_class() {
     );
 }
 
+/// Issue 19: a retention annotation that does not parse is warned about with its pod and
+/// value, and its lines ship in the class the rules give (here the default).
+#[test]
+fn a_refused_retention_annotation_is_warned_about_with_its_pod() {
+    let api = KubeServer::start();
+    api.add_namespace("shop", json!({}));
+    let mut p = pod("shop", "greedy-1", "uid-greedy-1");
+    p.annotations = json!({ "logferry.io/retention": "forever" });
+    api.add_pod(p);
+    let tree = Tree::new();
+    tree.container("shop", "greedy-1", "app")
+        .append(seq_lines(0, 3).as_bytes());
+    let config = tree.root.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kubernetes]\nenabled = true\nnode_name = \"{NODE}\"\nkubeconfig = \"{}\"\n[retention]\nclasses = [\"30d\"]\n",
+            api.kubeconfig(tree.root.path()).display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_logferry"))
+        .args([
+            "debug",
+            "--once",
+            "--from-beginning",
+            "--format",
+            "bulk",
+            "--config",
+        ])
+        .arg(&config)
+        .arg(tree.glob())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("retention annotation refused")
+            && stderr.contains("greedy-1")
+            && stderr.contains("forever"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("\"dataset\":\"kubernetes\"").count(),
+        3,
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_file_deleted_while_waiting_for_its_pod_is_still_read() {
     let api = KubeServer::start();

@@ -392,7 +392,11 @@ impl Tailer {
             self.flush_expired(now);
             self.release_drained(now);
             self.send()?;
-            if self.settings.once && self.files.iter().all(|f| f.at_eof || f.reading.is_none()) {
+            // A file waiting for its pod's metadata is read once it comes (or the wait ends).
+            if self.settings.once
+                && self.waiting.is_empty()
+                && self.files.iter().all(|f| f.at_eof || f.reading.is_none())
+            {
                 self.finish_all(now);
                 self.send()?;
                 break;
