@@ -303,7 +303,8 @@ fn start_output(
     .map_err(|e| PipelineError::Buffer(dir.clone(), e))?;
     let spool = Spool::new(
         writer,
-        Router::new(&config.output.elasticsearch, &config.retention),
+        Targets::new(Router::new(&config.output.elasticsearch, &config.retention))
+            .counting(stats.clone()),
         encoder(),
         acks.clone(),
         &config.buffer,

@@ -3,7 +3,7 @@
 //! to the checkpointer once they are as durable as the fsync policy says.
 
 use super::batch::encode_item;
-use super::target::{Router, Targets};
+use super::target::Targets;
 use crate::buffer::{record, QueueWriter};
 use crate::checkpoint::CheckpointMsg;
 use crate::config::{BufferConfig, Fsync};
@@ -36,14 +36,14 @@ pub struct Spool {
 impl Spool {
     pub fn new(
         writer: QueueWriter,
-        router: Router,
+        targets: Targets,
         encoder: DocumentEncoder,
         acks: mpsc::UnboundedSender<CheckpointMsg>,
         cfg: &BufferConfig,
     ) -> Spool {
         Spool {
             writer,
-            targets: Targets::new(router),
+            targets,
             encoder,
             acks,
             fsync: cfg.fsync,
