@@ -219,6 +219,13 @@ mod tests {
         );
         assert_eq!(err("max = \"400d\"").0, "retention.max");
         assert_eq!(err("min = \"100d\"\nmax = \"90d\"").0, "retention.min");
+        assert!(c.reads_namespaces(90));
+        // One class: nothing to choose, namespaces need not be watched.
+        assert!(!parse("").reads_namespaces(90));
+        assert!(
+            !parse("annotations = false\n[[rules]]\nnamespaces = [\"a\"]\nretention = \"7d\"")
+                .reads_namespaces(90)
+        );
         let e = toml::from_str::<RetentionConfig>("default = \"3 months\"").unwrap_err();
         assert!(e.to_string().contains("not a number of days"), "{e}");
     }

@@ -83,11 +83,6 @@ impl Retention {
         &self.classes
     }
 
-    /// Whether any rule looks at namespace labels (they must then be watched).
-    pub fn needs_namespace_labels(&self) -> bool {
-        self.rules.iter().any(|r| !r.labels.is_empty())
-    }
-
     /// The line's class, and the annotation refused on the way if any.
     pub fn class_of(&self, s: Subject<'_>) -> (Days, Option<Refused>) {
         let mut refused = None;
@@ -191,7 +186,6 @@ mod tests {
         assert_eq!(class("ci-9", &audit), (Days(7), None));
         assert_eq!(r.class_of(Subject::default()), (Days(90), None));
         assert_eq!(r.classes(), [Days(7), Days(30), Days(90), Days(365)]);
-        assert!(r.needs_namespace_labels());
     }
 
     #[test]
