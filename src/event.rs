@@ -179,6 +179,16 @@ pub struct PodMetadata {
     pub namespace_annotations: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
+/// Whether two events carry the same pod version (or both none): what is derived from a
+/// file's pod is kept until this changes.
+pub fn same_pod(a: &Option<Arc<PodMetadata>>, b: &Option<Arc<PodMetadata>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// One log event: a line, a merged partial line or a multiline group.
 #[derive(Clone, Debug)]
 pub struct LogEvent {

@@ -993,7 +993,7 @@ fn a_replay_after_a_rollover_is_looked_up_and_not_indexed_twice() {
 /// while a file the earlier build never saw gets ids from its offsets.
 #[test]
 fn a_file_of_an_earlier_build_keeps_its_hashed_ids_across_the_upgrade() {
-    use logferry::encode::doc_id::{document_id, id_seed};
+    use logferry::encode::doc_id::FileIds;
     use logferry::event::{FileIdentity, IdScheme};
     use std::os::unix::fs::MetadataExt;
     let es = Es::new();
@@ -1014,8 +1014,12 @@ fn a_file_of_an_earlier_build_keeps_its_hashed_ids_across_the_upgrade() {
         fingerprint,
     };
     let hashed = |n: usize| {
-        String::from_utf8(document_id(IdScheme::Hashed, id_seed(&identity), start(n)).to_vec())
-            .unwrap()
+        String::from_utf8(
+            FileIds::new(&identity, IdScheme::Hashed)
+                .id(start(n))
+                .to_vec(),
+        )
+        .unwrap()
     };
     // What the earlier build sent: lines 0..300, with their hashed ids.
     let body: String = (0..300)

@@ -1,7 +1,6 @@
 //! The ECS document of one event, written byte by byte into the sink's buffer. What all
 //! events of a file share is encoded once per file and pod version (`file_fields`).
 
-use super::doc_id::document_id;
 use super::ecs_fields::{EcsValues, FieldKeys};
 use super::escape::{write_bytes, write_str};
 use super::file_fields::{Describe, FileFields, FileFieldsCache};
@@ -150,7 +149,7 @@ impl DocumentEncoder {
         out.extend_from_slice(b"{\"create\":{\"_index\":\"");
         out.extend_from_slice(index.as_bytes());
         out.extend_from_slice(b"\",\"_id\":\"");
-        out.extend_from_slice(&document_id(fields.ids, fields.id_seed, e.offset));
+        out.extend_from_slice(&fields.ids.id(e.offset));
         out.extend_from_slice(b"\"}}\n");
         let action_len = out.len() - a;
         self.event.encode(e, fields, extra, out);

@@ -2,10 +2,10 @@
 //! container, host and agent members), encoded once per file and pod version and kept
 //! while the file's events come.
 
-use super::doc_id::id_seed;
+use super::doc_id::FileIds;
 use super::escape::write_bytes;
 use super::metadata::{ContainerMetadata, MetadataOptions};
-use crate::event::{FileKey, IdScheme, LogEvent, PodMetadata};
+use crate::event::{same_pod, FileKey, LogEvent, PodMetadata};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -14,9 +14,8 @@ use std::sync::Arc;
 /// One file's shared parts, pre-encoded.
 #[derive(Debug, Clone)]
 pub struct FileFields {
-    /// The per-file part of every document id.
-    pub id_seed: u128,
-    pub ids: IdScheme,
+    /// How the file's document ids are made.
+    pub ids: FileIds,
     /// `"file":{"path":…}`, for inside the `log` object.
     pub path: Bytes,
     /// The Kubernetes, container, host and agent members, without braces.
@@ -46,8 +45,7 @@ impl Describe {
         }
         .fragment(&self.host_name);
         FileFields {
-            id_seed: id_seed(&e.file.identity),
-            ids: e.file.ids,
+            ids: FileIds::new(&e.file.identity, e.file.ids),
             path: Bytes::from(path),
             members,
         }
@@ -91,11 +89,7 @@ impl FileFieldsCache {
         let current = match self.files.get_mut(&e.file.key) {
             Some(c) => {
                 c.used = true;
-                match (&c.pod, &e.pod) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                }
+                same_pod(&c.pod, &e.pod)
             }
             None => false,
         };
@@ -168,7 +162,10 @@ mod tests {
         assert!(std::str::from_utf8(&with_pod)
             .unwrap()
             .contains("\"ip\":\"10.1.2.3\""));
-        assert_eq!(cache.get(&e).id_seed, id_seed(&e.file.identity));
+        assert_eq!(
+            cache.get(&e).ids,
+            FileIds::new(&e.file.identity, e.file.ids)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::retention::{Retention, Subject};
 use crate::config::{
     sanitize_index, sanitize_part, Days, ElasticsearchConfig, IndexMode, RetentionConfig,
 };
-use crate::event::{FileKey, LogEvent, PodMetadata};
+use crate::event::{same_pod, FileKey, LogEvent, PodMetadata};
 use crate::stats::Stats;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -194,12 +194,7 @@ impl Targets {
             }
         }
         if let Some(c) = self.cache.get(&e.file.key) {
-            let same_pod = match (&c.pod, &e.pod) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if c.date == date && same_pod {
+            if c.date == date && same_pod(&c.pod, &e.pod) {
                 return c.target.clone();
             }
         }

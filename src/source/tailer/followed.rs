@@ -277,7 +277,8 @@ impl Tailer {
         if f.gone_since.is_some() || f.compressed.is_some() || f.unwatchable {
             return;
         }
-        if f.watch.is_none() {
+        let watched_before = f.watch.is_some();
+        if !watched_before {
             match w.watch_file(&f.file, (f.dev, f.inode)) {
                 Ok(wd) => {
                     f.watch = Some(wd);
@@ -293,15 +294,16 @@ impl Tailer {
                 }
             }
         }
-        // Written between the last look and the watch: no event will tell.
+        // Written between the last look and a new watch: no event will tell. A watch that
+        // was there already would have raised one.
         let position = r.reader.read_position();
-        f.next_visit = match f.file.metadata() {
-            Ok(m) if m.len() == position => {
-                let since = pass.saturating_duration_since(self.started);
-                let looks = since.as_millis() / PARKED_LOOK.as_millis() + 1;
-                self.started + PARKED_LOOK * looks as u32
-            }
-            _ => pass,
+        let caught_up = watched_before || f.file.metadata().is_ok_and(|m| m.len() == position);
+        f.next_visit = if caught_up {
+            let since = pass.saturating_duration_since(self.started);
+            let looks = since.as_millis() / PARKED_LOOK.as_millis() + 1;
+            self.started + PARKED_LOOK * looks as u32
+        } else {
+            pass
         };
     }
 
