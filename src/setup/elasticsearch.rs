@@ -91,9 +91,10 @@ fn policy(cfg: &ElasticsearchConfig, retention: Days) -> (Value, String) {
     with_meta(json!({ "policy": { "phases": phases } }), &["policy"])
 }
 
-/// What `setup` installs for this config: the default class's policy, the shared
+/// What `setup` installs for this config: the default class's ILM policy, the shared
 /// component templates and its index template, then a policy and an index template per
-/// other retention class. `kept`: the keys structured messages are kept under
+/// other retention class (no policy under the data stream lifecycle: each template carries
+/// its retention). `kept`: the keys structured messages are kept under
 /// (`SourceConfig::kept_objects`).
 pub fn resources(
     cfg: &ElasticsearchConfig,
